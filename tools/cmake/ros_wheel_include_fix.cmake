@@ -1,0 +1,26 @@
+# Loaded with -DCMAKE_PROJECT_INCLUDE when building msg/ against the PyPI ROS 2 wheels.
+# Those wheels were built inside a manylinux image, so the CMake targets they export name
+# include directories under /opt/python/<abi>/... that do not exist here. Once configuration
+# has created every imported target, point those directories at this interpreter's headers.
+function(vla_rl_ros_retarget_wheel_includes)
+  find_package(Python3 REQUIRED COMPONENTS Interpreter Development.Module NumPy)
+  get_property(imported DIRECTORY "${CMAKE_SOURCE_DIR}" PROPERTY IMPORTED_TARGETS)
+  foreach(target IN LISTS imported)
+    get_target_property(dirs ${target} INTERFACE_INCLUDE_DIRECTORIES)
+    if(NOT dirs OR NOT dirs MATCHES "/opt/python/")
+      continue()
+    endif()
+    set(fixed "")
+    foreach(dir IN LISTS dirs)
+      if(dir MATCHES "^/opt/python/.*/numpy/.*include$")
+        list(APPEND fixed "${Python3_NumPy_INCLUDE_DIRS}")
+      elseif(dir MATCHES "^/opt/python/[^/]+/include/python3")
+        list(APPEND fixed "${Python3_INCLUDE_DIRS}")
+      else()
+        list(APPEND fixed "${dir}")
+      endif()
+    endforeach()
+    set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${fixed}")
+  endforeach()
+endfunction()
+cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL vla_rl_ros_retarget_wheel_includes)

@@ -1,0 +1,70 @@
+"""The ``vla-rl`` command: the ROS-free entry point to every job of the package.
+
+Each subcommand lives in its own module of this package exposing ``register(subparsers)``;
+the module adds its parser and sets ``func`` (called with the parsed args, returns an exit code).
+Modules are imported only when their subcommand runs, so ``vla-rl --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vla_rl_ros.core.config_io import ConfigError
+
+# subcommand -> (module, one-line help). Order is the order shown in --help.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("vla_rl_ros.cli.run_cmd", "the main job on the embedded default (demos, SFT, RL, eval)"),
+    "demos": ("vla_rl_ros.cli.demos_cmd", "record scripted-expert LIBERO demonstrations as MCAP bags"),
+    "sft": ("vla_rl_ros.cli.sft_cmd", "imitation (SFT) of the small VLA on recorded demonstrations"),
+    "train-prm": ("vla_rl_ros.cli.train_prm_cmd", "train the process reward model on pseudo progress labels"),
+    "train": ("vla_rl_ros.cli.train_cmd", "VLA-RL: trajectory-level PPO with critic, PRM and curriculum"),
+    "eval": ("vla_rl_ros.cli.eval_cmd", "success rates on held-out init states with confidence intervals"),
+    "bench": ("vla_rl_ros.cli.bench_cmd", "benchmarks (policy, env, graph) printed as JSON"),
+    "launch": ("vla_rl_ros.cli.launch_cmd", "start a ROS 2 graph (train_sim, eval_sim, ...) without ros2 launch"),
+    "config": ("vla_rl_ros.cli.config_cmd", "print the resolved configuration as a ROS params YAML"),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE`` (repeatable), shared by every subcommand."""
+    parser.add_argument("--config", default=None,
+                        help="ROS 2 params YAML (e.g. config/train_sim.yaml); defaults apply without it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set ppo.clip_range=0.1 (repeatable)")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Parser with every subcommand's help; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="vla-rl", description="VLA-RL for vision-language-action policies, ROS-free entry point.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module_name).register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vla-rl``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"vla-rl {args.command}: configuration error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vla-rl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

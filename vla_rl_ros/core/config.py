@@ -1,0 +1,112 @@
+"""The whole configuration tree: one dataclass per section, loaded from one YAML.
+
+The shipped ``config/*.yaml`` files are ROS 2 params files. Every node reads the shared
+``/**: ros__parameters:`` block (plus its own ``<node_name>: ros__parameters:`` block, which
+wins); the ROS-free command line reads the same file and applies ``--set section.key=value``
+overrides on top. Both end in :class:`ExperimentConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from vla_rl_ros.core.config_io import (ConfigError, check, from_dict, merge, parse_overrides,
+                                       read_yaml, to_dict)
+from vla_rl_ros.core.envs.config import EnvConfig
+from vla_rl_ros.core.policy.config import PolicyConfig
+from vla_rl_ros.core.rl.config import CurriculumConfig, PPOConfig, RewardConfig
+
+
+@dataclass
+class TrainConfig:
+    """Outer loop of ``vla-rl train`` and of the learner node."""
+
+    iterations: int = 20
+    """PPO iterations (rollout + update) to run."""
+    episodes_per_iter: int = 4
+    """Episodes collected per iteration across all environments."""
+    eval_every: int = 5
+    """Evaluate on held-out init states every N iterations; 0 disables."""
+    eval_episodes: int = 10
+    """Held-out episodes per evaluation."""
+    output_dir: str = "runs/default"
+    """Where checkpoints, adapters, bags, logs and results go."""
+    seed: int = 0
+    """Seed of the whole run (torch, numpy, sampling)."""
+    torch_threads: int = 0
+    """torch intra-op threads; 0 = torch's default."""
+
+    def __post_init__(self) -> None:
+        check(self.iterations >= 0, "train.iterations", self.iterations, "must be >= 0")
+        check(self.episodes_per_iter >= 1, "train.episodes_per_iter", self.episodes_per_iter, ">= 1")
+        check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0")
+        check(self.eval_episodes >= 1, "train.eval_episodes", self.eval_episodes, "must be >= 1")
+        check(bool(self.output_dir), "train.output_dir", self.output_dir, "must not be empty")
+        check(self.torch_threads >= 0, "train.torch_threads", self.torch_threads, "must be >= 0")
+
+
+@dataclass
+class GraphConfig:
+    """ROS graph plumbing shared by the nodes (topics are relative so namespaces work)."""
+
+    viz_rate_hz: float = 5.0
+    """Rate cap of per-environment camera and joint-state topics for visualisation."""
+    action_timeout_s: float = 10.0
+    """A bridge waiting longer than this for actions reports the policy as missing."""
+    bag_dir: str = "runs/default/bags"
+    """Where the recorder writes trajectory bags (MCAP)."""
+
+    def __post_init__(self) -> None:
+        check(self.viz_rate_hz > 0, "graph.viz_rate_hz", self.viz_rate_hz, "must be > 0")
+        check(self.action_timeout_s > 0, "graph.action_timeout_s", self.action_timeout_s, "must be > 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """Every section; a YAML or ROS params file may set any subset of it."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+
+
+SHARED_SECTION = "/**"
+
+
+def experiment_dict_from_params(yaml_data: Mapping[str, Any], node_name: str | None = None) -> dict:
+    """Nested experiment dict from a ROS params YAML: the shared block, then the node's own."""
+    merged: dict[str, Any] = {}
+    sections = [SHARED_SECTION] + ([node_name, "/" + node_name] if node_name else [])
+    found = False
+    for key in sections:
+        block = yaml_data.get(key)
+        if block is None:
+            continue
+        if not isinstance(block, Mapping) or "ros__parameters" not in block:
+            raise ConfigError(f"section {key!r} must hold a 'ros__parameters:' mapping")
+        merged = merge(merged, block["ros__parameters"] or {})
+        found = True
+    if not found and yaml_data:
+        raise ConfigError(f"no '/**' or '{node_name}' ros__parameters section in params file "
+                          f"(sections: {', '.join(map(str, yaml_data))})")
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                node_name: str | None = None) -> ExperimentConfig:
+    """Defaults <- params YAML (shared + node block) <- ``KEY=VALUE`` overrides, validated."""
+    data: dict[str, Any] = {}
+    if path:
+        data = experiment_dict_from_params(read_yaml(path), node_name)
+    data = merge(data, parse_overrides(overrides))
+    return from_dict(ExperimentConfig, data)
+
+
+def dump_params_yaml(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``/**: ros__parameters:`` mapping that reproduces ``cfg``."""
+    return {SHARED_SECTION: {"ros__parameters": to_dict(cfg)}}

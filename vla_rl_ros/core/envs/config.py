@@ -1,0 +1,51 @@
+"""Configuration of the environments (LIBERO suite, tasks, rendering, vectorisation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla_rl_ros.core.config_io import check
+
+KNOWN_BACKENDS = ("libero", "toy")
+KNOWN_RENDERERS = ("egl", "osmesa")
+
+
+@dataclass
+class EnvConfig:
+    """Which tasks to run and how the simulator renders them."""
+
+    backend: str = "libero"
+    """'libero' (MuJoCo scenes) or 'toy' (a tiny VLA-shaped environment for fast tests)."""
+    suite: str = "libero_object"
+    """LIBERO suite name, e.g. libero_spatial, libero_object, libero_goal, libero_10, libero_90."""
+    task_ids: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Task indices within the suite that training and evaluation use."""
+    num_envs: int = 2
+    """Parallel environment worker processes (2 is the useful maximum on a 2-core CPU)."""
+    image_size: int = 128
+    """Camera resolution (square) rendered by the simulator."""
+    wrist_camera: bool = False
+    """Also render the wrist camera."""
+    renderer: str = "egl"
+    """MuJoCo GL backend: 'egl' or 'osmesa'."""
+    render_gpus: list[int] = field(default_factory=list)
+    """GPU ids that render, assigned round-robin to workers; empty = default device."""
+    max_episode_steps: int = 0
+    """Episode cap in control steps; 0 = the suite's standard cap."""
+    settle_steps: int = 10
+    """No-op steps after reset before the policy acts (standard LIBERO evaluation)."""
+    num_train_init_states: int = 40
+    """Init states 0..N-1 of each task are for training; the rest are held out for evaluation."""
+    seed: int = 0
+    """Environment seed."""
+
+    def __post_init__(self) -> None:
+        check(self.backend in KNOWN_BACKENDS, "env.backend", self.backend, f"one of {KNOWN_BACKENDS}")
+        check(self.renderer in KNOWN_RENDERERS, "env.renderer", self.renderer, f"one of {KNOWN_RENDERERS}")
+        check(len(self.task_ids) > 0, "env.task_ids", self.task_ids, "at least one task")
+        check(all(t >= 0 for t in self.task_ids), "env.task_ids", self.task_ids, "indices must be >= 0")
+        check(1 <= self.num_envs <= 256, "env.num_envs", self.num_envs, "between 1 and 256")
+        check(16 <= self.image_size <= 1024, "env.image_size", self.image_size, "between 16 and 1024")
+        check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
+        check(self.settle_steps >= 0, "env.settle_steps", self.settle_steps, "must be >= 0")
+        check(1 <= self.num_train_init_states < 50, "env.num_train_init_states",
+              self.num_train_init_states, "between 1 and 49 (LIBERO has 50 init states per task)")

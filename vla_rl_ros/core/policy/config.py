@@ -1,0 +1,52 @@
+"""Configuration of the VLA policy (model size, decoding, LoRA, critic)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vla_rl_ros.core.config_io import check
+
+
+@dataclass
+class PolicyConfig:
+    """Which VLA to run and how to decode actions from it.
+
+    ``model_path`` empty means: build the embedded small default architecture from
+    ``size`` with fresh weights (what a laptop without a checkpoint runs).
+    """
+
+    model_path: str = ""
+    """Local directory of a saved policy (ours) or an openvla-7b style checkpoint; '' = new small model."""
+    size: str = "small"
+    """Named architecture preset when no model_path is given: 'tiny' (tests), 'small' (CPU default)."""
+    image_size: int = 128
+    """Square input resolution of the vision backbones, in pixels."""
+    dtype: str = "float32"
+    """'float32' or 'bfloat16'."""
+    device: str = "cpu"
+    """Torch device, e.g. 'cpu' or 'cuda:0'."""
+    temperature: float = 1.5
+    """Sampling temperature for rollouts (VLA-RL uses 1.5); also used when computing PPO log-probs."""
+    restrict_to_action_tokens: bool = True
+    """Sample only among the 256 action token ids (and compute log-probs over the same set)."""
+    lora_rank: int = 16
+    """LoRA rank on the language model's linear layers (lm_head excluded)."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout inside LoRA adapters."""
+    unnorm_key: str = ""
+    """Key into the checkpoint's norm_stats for action un-normalisation; '' = the only key present."""
+    seed: int = 0
+    """Seed for weight initialisation of a new model and for sampling."""
+
+    def __post_init__(self) -> None:
+        check(self.size in ("tiny", "small", "base"), "policy.size", self.size, "one of tiny, small, base")
+        check(16 <= self.image_size <= 1024, "policy.image_size", self.image_size, "between 16 and 1024")
+        check(self.dtype in ("float32", "bfloat16"), "policy.dtype", self.dtype, "float32 or bfloat16")
+        check(self.temperature > 0, "policy.temperature", self.temperature, "must be > 0")
+        check(self.lora_rank > 0, "policy.lora_rank", self.lora_rank, "must be > 0")
+        check(self.lora_alpha > 0, "policy.lora_alpha", self.lora_alpha, "must be > 0")
+        check(0.0 <= self.lora_dropout < 1.0, "policy.lora_dropout", self.lora_dropout, "in [0, 1)")
+
+
+__all__ = ["PolicyConfig", "field"]
