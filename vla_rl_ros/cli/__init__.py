@@ -1,0 +1,1 @@
+"""The ``vla-rl`` command line (ROS-free entry point to every job)."""

@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vla_rl_ros.cli.train_cmd", "VLA-RL: trajectory-level PPO with critic, PRM and curriculum"),
     "eval": ("vla_rl_ros.cli.eval_cmd", "success rates on held-out init states with confidence intervals"),
     "bench": ("vla_rl_ros.cli.bench_cmd", "benchmarks (policy, env, graph) printed as JSON"),
-    "launch": ("vla_rl_ros.cli.launch_cmd", "start a ROS 2 graph (train_sim, eval_sim, ...) without ros2 launch"),
+    "launch": ("vla_rl_ros.cli.launch_cmd", "start a ROS 2 graph (train_sim, ...) without ros2 launch"),
     "config": ("vla_rl_ros.cli.config_cmd", "print the resolved configuration as a ROS params YAML"),
 }
 

@@ -1,0 +1,1 @@
+"""The ROS-free core: policy, PPO, PRM, curriculum, environments and data (never imports rclpy)."""
