@@ -85,7 +85,7 @@ fi
 key=$(digest "$root"/msg/*.msg "$root/CMakeLists.txt" "$root/package.xml" "$root/tools/cmake/ros_wheel_include_fix.cmake")
 if ! stage_done msgs "$key" || [ ! -d "$venv/lib/python3"*/site-packages/vla_rl_ros/msg ]; then
   say "building msg/ into the venv"
-  build="$root/build/msgs"
+  build="$venv/.vla_rl_msg_build"   # per environment, so two venvs never share a build tree
   rm -rf "$build"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_PREFIX_PATH="$venv" -DCMAKE_INSTALL_PREFIX="$venv" \
     -DPython3_EXECUTABLE="$venv/bin/python" -DPython3_FIND_VIRTUALENV=ONLY -DBUILD_TESTING=OFF \
