@@ -1,0 +1,248 @@
+"""Conversions between the ROS-free core's values and the package's messages, with validation.
+
+Every ``*_from_msg`` function checks what arrives over DDS before the core sees it and raises
+:class:`MessageError` with a reason that names the field and the bad value; nodes log the reason
+and drop the message instead of crashing. Functions here never touch rclpy nodes, only message
+objects, so they are tested without a graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Collection, Sequence
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from vla_rl_ros.core.envs.base import ACTION_DIM, Observation
+from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch
+
+RGB8 = "rgb8"
+MAX_ABS_ACTION = 10.0
+"""Continuous actions beyond this magnitude are malformed (LIBERO actions live in [-1, 1])."""
+
+
+class MessageError(ValueError):
+    """A received message is malformed; the text says which field and why."""
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        raise MessageError(reason)
+
+
+# ----------------------------------------------------------------------------- images
+def image_to_msg(image: np.ndarray, header: Header | None = None) -> Image:
+    """sensor_msgs/Image (rgb8) of a uint8 [H, W, 3] array."""
+    image = np.asarray(image)
+    _require(image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3,
+             f"image: expected uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = RGB8
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(image).tobytes()
+    return msg
+
+
+def image_from_msg(msg: Image, expected_size: int | None = None, what: str = "image") -> np.ndarray:
+    """uint8 [H, W, 3] view of an rgb8 image message, after checking encoding, size and step."""
+    _require(msg.encoding == RGB8, f"{what}: encoding {msg.encoding!r}, expected 'rgb8'")
+    _require(msg.height > 0 and msg.width > 0, f"{what}: empty image {msg.width}x{msg.height}")
+    if expected_size is not None:
+        _require(msg.height == expected_size and msg.width == expected_size,
+                 f"{what}: size {msg.width}x{msg.height}, expected {expected_size}x{expected_size}")
+    _require(msg.step == msg.width * 3, f"{what}: step {msg.step}, expected width*3 = {msg.width * 3}")
+    size = len(msg.data)
+    _require(size == msg.step * msg.height,
+             f"{what}: {size} data bytes, expected step*height = {msg.step * msg.height}")
+    return np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.width, 3)
+
+
+# ----------------------------------------------------------------------------- observations
+@dataclass
+class ObservationBatchData:
+    """The content of one ObservationBatch in core terms."""
+
+    bridge_id: str
+    step_seq: int
+    env_ids: list[int]
+    episode_ids: list[int]
+    observations: list[Observation]
+    stamp: object = None
+    """builtin_interfaces/Time of the header (kept so replies and recordings keep the timing)."""
+
+    @property
+    def images(self) -> np.ndarray:
+        """uint8 [B, H, W, 3] stack of the agentview images, what batched decoding takes."""
+        return np.stack([o.image for o in self.observations])
+
+    @property
+    def instructions(self) -> list[str]:
+        """Instruction of every entry, in batch order."""
+        return [o.instruction for o in self.observations]
+
+
+def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
+                        episode_ids: Sequence[int], observations: Sequence[Observation],
+                        header: Header | None = None) -> ObservationBatch:
+    """ObservationBatch of one step of ``observations`` (entry i belongs to ``env_ids[i]``)."""
+    count = len(observations)
+    _require(len(env_ids) == count and len(episode_ids) == count,
+             f"observations: {count} entries but {len(env_ids)} env_ids, {len(episode_ids)} episode_ids")
+    msg = ObservationBatch()
+    if header is not None:
+        msg.header = header
+    msg.bridge_id = bridge_id
+    msg.step_seq = int(step_seq)
+    msg.env_ids = [int(e) for e in env_ids]
+    msg.episode_ids = [int(e) for e in episode_ids]
+    msg.step_indices = [int(o.step) for o in observations]
+    msg.task_ids = [int(o.task_id) for o in observations]
+    msg.instructions = [o.instruction for o in observations]
+    msg.images = [image_to_msg(o.image, header) for o in observations]
+    if all(o.wrist_image is not None for o in observations) and count:
+        msg.wrist_images = [image_to_msg(o.wrist_image, header) for o in observations]
+    dims = {int(np.asarray(o.proprio).size) for o in observations}
+    _require(len(dims) <= 1, f"observations: proprio lengths differ {sorted(dims)}")
+    msg.proprio_dim = dims.pop() if dims else 0
+    if count:
+        msg.proprio = np.concatenate([np.asarray(o.proprio, np.float32).ravel() for o in observations])
+    return msg
+
+
+def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
+                          known_task_ids: Collection[int] | None = None,
+                          init_state_ids: Sequence[int] | None = None) -> ObservationBatchData:
+    """Validated core view of an ObservationBatch; raises MessageError naming the bad field."""
+    count = len(msg.env_ids)
+    _require(count > 0, "observations: empty batch (no env_ids)")
+    for name in ("episode_ids", "step_indices", "task_ids", "instructions", "images"):
+        _require(len(getattr(msg, name)) == count,
+                 f"observations.{name}: {len(getattr(msg, name))} entries, expected {count} (env_ids)")
+    _require(len(msg.wrist_images) in (0, count),
+             f"observations.wrist_images: {len(msg.wrist_images)} entries, expected 0 or {count}")
+    _require(len(set(msg.env_ids)) == count, f"observations.env_ids: duplicates in {list(msg.env_ids)}")
+    _require(len(msg.proprio) == count * msg.proprio_dim,
+             f"observations.proprio: {len(msg.proprio)} values, expected {count} x {msg.proprio_dim}")
+    proprio = np.asarray(msg.proprio, dtype=np.float32).reshape(count, msg.proprio_dim)
+    _require(bool(np.isfinite(proprio).all()), "observations.proprio: contains NaN or inf")
+    if known_task_ids is not None:
+        unknown = sorted({int(t) for t in msg.task_ids} - {int(t) for t in known_task_ids})
+        _require(not unknown, f"observations.task_ids: unknown task id(s) {unknown}, "
+                              f"known {sorted(known_task_ids)}")
+    observations = []
+    for i in range(count):
+        _require(bool(msg.instructions[i].strip()), f"observations.instructions[{i}]: empty instruction")
+        wrist = (image_from_msg(msg.wrist_images[i], image_size, f"observations.wrist_images[{i}]")
+                 if msg.wrist_images else None)
+        observations.append(Observation(
+            image=image_from_msg(msg.images[i], image_size, f"observations.images[{i}]"),
+            instruction=msg.instructions[i], proprio=proprio[i], task_id=int(msg.task_ids[i]),
+            init_state_id=int(init_state_ids[i]) if init_state_ids is not None else -1,
+            step=int(msg.step_indices[i]), wrist_image=wrist))
+    return ObservationBatchData(bridge_id=msg.bridge_id, step_seq=int(msg.step_seq),
+                                env_ids=[int(e) for e in msg.env_ids],
+                                episode_ids=[int(e) for e in msg.episode_ids],
+                                observations=observations, stamp=msg.header.stamp)
+
+
+# ----------------------------------------------------------------------------- actions
+@dataclass
+class ActionBatchData:
+    """The content of one ActionBatch in core terms (arrays are [B, ACTION_DIM] or [B])."""
+
+    bridge_id: str
+    step_seq: int
+    env_ids: list[int]
+    policy_version: int
+    tokens: np.ndarray
+    actions: np.ndarray
+    log_probs: np.ndarray
+    values: np.ndarray
+    temperature: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy_version: int,
+                   tokens: np.ndarray, actions: np.ndarray, log_probs: np.ndarray, values: np.ndarray,
+                   temperature: float, header: Header | None = None) -> ActionBatch:
+    """ActionBatch replying to one ObservationBatch with the policy's decode outputs."""
+    count = len(env_ids)
+    tokens = np.asarray(tokens).reshape(count, -1)
+    actions = np.asarray(actions, np.float32).reshape(count, -1)
+    log_probs = np.asarray(log_probs, np.float32).reshape(count, -1)
+    values = np.asarray(values, np.float32).reshape(count)
+    _require(actions.shape[1] == ACTION_DIM, f"actions: {actions.shape[1]} dims, expected {ACTION_DIM}")
+    msg = ActionBatch()
+    if header is not None:
+        msg.header = header
+    msg.bridge_id = bridge_id
+    msg.step_seq = int(step_seq)
+    msg.env_ids = [int(e) for e in env_ids]
+    msg.policy_version = int(policy_version)
+    msg.action_dim = ACTION_DIM
+    msg.action_tokens = tokens.astype(np.int32).ravel()
+    msg.actions = actions.ravel()
+    msg.token_log_probs = log_probs.ravel()
+    msg.values = values
+    msg.temperature = float(temperature)
+    return msg
+
+
+def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = None) -> ActionBatchData:
+    """Validated core view of an ActionBatch; NaN, oversize or misaligned actions raise MessageError."""
+    count = len(msg.env_ids)
+    _require(count > 0, "actions: empty batch (no env_ids)")
+    _require(msg.action_dim == ACTION_DIM, f"actions.action_dim={msg.action_dim}, expected {ACTION_DIM}")
+    if expected_env_ids is not None:
+        _require(list(msg.env_ids) == list(expected_env_ids),
+                 f"actions.env_ids {list(msg.env_ids)} do not match the pending batch {list(expected_env_ids)}")
+    for name in ("actions", "action_tokens", "token_log_probs"):
+        size = len(getattr(msg, name))
+        _require(size == count * ACTION_DIM, f"actions.{name}: {size} values, expected {count} x {ACTION_DIM}")
+    _require(len(msg.values) == count, f"actions.values: {len(msg.values)} values, expected {count}")
+    actions = np.asarray(msg.actions, np.float32).reshape(count, ACTION_DIM)
+    _require(bool(np.isfinite(actions).all()), "actions.actions: contains NaN or inf")
+    worst = float(np.abs(actions).max())
+    _require(worst <= MAX_ABS_ACTION, f"actions.actions: magnitude {worst:.3g} exceeds {MAX_ABS_ACTION}")
+    return ActionBatchData(
+        bridge_id=msg.bridge_id, step_seq=int(msg.step_seq), env_ids=[int(e) for e in msg.env_ids],
+        policy_version=int(msg.policy_version),
+        tokens=np.asarray(msg.action_tokens, np.int64).reshape(count, ACTION_DIM), actions=actions,
+        log_probs=np.asarray(msg.token_log_probs, np.float32).reshape(count, ACTION_DIM),
+        values=np.asarray(msg.values, np.float32), temperature=float(msg.temperature))
+
+
+# ----------------------------------------------------------------------------- episodes
+def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id: int, init_state_id: int,
+                          num_steps: int, success: bool, truncated: bool, aborted: bool,
+                          reason: str = "", header: Header | None = None) -> EpisodeResult:
+    """EpisodeResult for one finished episode."""
+    msg = EpisodeResult()
+    if header is not None:
+        msg.header = header
+    msg.bridge_id = bridge_id
+    msg.env_id, msg.episode_id, msg.task_id = int(env_id), int(episode_id), int(task_id)
+    msg.init_state_id, msg.num_steps = int(max(init_state_id, 0)), int(num_steps)
+    msg.success, msg.truncated, msg.aborted = bool(success), bool(truncated), bool(aborted)
+    msg.reason = reason
+    return msg
+
+
+def task_assignments_from_msg(msg, num_envs: int, known_task_ids: Collection[int]) -> list[tuple[int, int, int]]:
+    """``[(env_id, task_id, init_state_id)]`` of a TaskAssignment, checked against the bridge's envs."""
+    count = len(msg.env_ids)
+    _require(len(msg.task_ids) == count and len(msg.init_state_ids) == count,
+             f"task assignment: {count} env_ids, {len(msg.task_ids)} task_ids, "
+             f"{len(msg.init_state_ids)} init_state_ids")
+    out = []
+    for env_id, task_id, init_id in zip(msg.env_ids, msg.task_ids, msg.init_state_ids):
+        _require(0 <= env_id < num_envs, f"task assignment: env_id {env_id} outside [0, {num_envs})")
+        _require(task_id in known_task_ids,
+                 f"task assignment: unknown task id {task_id}, known {sorted(known_task_ids)}")
+        out.append((int(env_id), int(task_id), int(init_id)))
+    return out
