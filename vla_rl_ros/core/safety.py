@@ -1,0 +1,318 @@
+"""Safety layer between a policy and a real arm: ROS-free, so every rule is unit-tested.
+
+A policy action is LIBERO's OSC_POSE delta (xyz, axis-angle rotation, gripper) in [-1, 1].
+:class:`SafetyFilter` turns it into an end-effector pose target and a twist that always respect:
+
+- a workspace box (targets are clipped into it),
+- per-step limits on translation and rotation,
+- velocity limits (the step must be executable within one control period, and within the
+  actual time since the previous command, at the configured maximum speeds),
+- NaN / inf / wrong-length actions, stale robot state and a latched e-stop: all mean *stop*
+  (hold the pose where the stop began, zero twist),
+- a watchdog: no fresh action within ``watchdog_timeout_s`` also means stop.
+
+Every clamp and stop is counted under a stable name in :attr:`SafetyFilter.counters` and
+reported as an event string, so nodes can log it and publish it in ``/diagnostics``.
+Times are seconds from any monotonic clock the caller chooses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_rl_ros.core.config_io import check
+
+ACTION_DIM = 7
+COUNTER_NAMES = (
+    "clamp_action_range", "clamp_translation_step", "clamp_rotation_step", "clamp_velocity",
+    "clamp_workspace", "stop_invalid_action", "stop_watchdog", "stop_estop", "stop_stale_state",
+    "ignored_action_estopped",
+)
+"""Stable names of the counters (also the diagnostics keys)."""
+
+
+@dataclass
+class SafetyConfig:
+    """Limits of the real-arm safety layer; units are metres, radians and seconds (base frame)."""
+
+    armed: bool = False
+    """False (default) = dry run: commands go only to the dry-run topics, never to the driver."""
+    control_rate_hz: float = 20.0
+    """Rate of the watchdog and of stop commands; a step must be executable within one period."""
+    action_translation_scale_m: float = 0.05
+    """Metres per unit of action[0:3] (LIBERO OSC_POSE: 1.0 -> 5 cm)."""
+    action_rotation_scale_rad: float = 0.5
+    """Radians per unit of action[3:6] (LIBERO OSC_POSE: 1.0 -> 0.5 rad)."""
+    max_translation_step_m: float = 0.02
+    """Largest end-effector displacement one command may ask for."""
+    max_rotation_step_rad: float = 0.15
+    """Largest end-effector rotation one command may ask for."""
+    max_linear_speed_m_s: float = 0.25
+    """Largest commanded linear speed (twist and step / period)."""
+    max_angular_speed_rad_s: float = 1.0
+    """Largest commanded angular speed."""
+    workspace_min_m: list[float] = field(default_factory=lambda: [0.25, -0.40, 0.02])
+    """Lower corner (x, y, z) of the allowed end-effector box in the robot base frame."""
+    workspace_max_m: list[float] = field(default_factory=lambda: [0.75, 0.40, 0.60])
+    """Upper corner (x, y, z) of the allowed end-effector box in the robot base frame."""
+    watchdog_timeout_s: float = 0.5
+    """No fresh action for this long -> stop (hold pose, zero twist)."""
+    state_timeout_s: float = 0.25
+    """End-effector pose older than this is stale -> stop."""
+
+    def __post_init__(self) -> None:
+        check(self.control_rate_hz > 0, "safety.control_rate_hz", self.control_rate_hz, "must be > 0")
+        for name in ("action_translation_scale_m", "action_rotation_scale_rad", "max_translation_step_m",
+                     "max_rotation_step_rad", "max_linear_speed_m_s", "max_angular_speed_rad_s",
+                     "watchdog_timeout_s", "state_timeout_s"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and value > 0, f"safety.{name}", value, "must be finite and > 0")
+        for name in ("workspace_min_m", "workspace_max_m"):
+            value = getattr(self, name)
+            check(len(value) == 3 and all(math.isfinite(v) for v in value), f"safety.{name}", value,
+                  "three finite numbers (x, y, z)")
+        check(all(lo < hi for lo, hi in zip(self.workspace_min_m, self.workspace_max_m)),
+              "safety.workspace_max_m", self.workspace_max_m, f"must exceed workspace_min_m "
+              f"{self.workspace_min_m} on every axis")
+        check(self.watchdog_timeout_s >= 1.0 / self.control_rate_hz, "safety.watchdog_timeout_s",
+              self.watchdog_timeout_s, f"must be >= one control period ({1.0 / self.control_rate_hz:.3g} s)")
+
+    @property
+    def control_period_s(self) -> float:
+        """Seconds between two watchdog checks."""
+        return 1.0 / self.control_rate_hz
+
+
+# ----------------------------------------------------------------------------- rotations
+def quat_from_axis_angle(rotvec: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) of a rotation vector (axis * angle)."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.array([0.0, 0.0, 0.0, 1.0])
+    axis = rotvec / angle
+    return np.concatenate([axis * math.sin(angle / 2.0), [math.cos(angle / 2.0)]])
+
+
+def axis_angle_from_quat(quat: np.ndarray) -> np.ndarray:
+    """Rotation vector of a quaternion (x, y, z, w), angle in [0, pi] (robosuite's quat2axisangle)."""
+    quat = normalize_quat(quat)
+    if quat[3] < 0:  # q and -q are the same rotation; pick the short way round
+        quat = -quat
+    sin_half = float(np.linalg.norm(quat[:3]))
+    if sin_half < 1e-12:
+        return np.zeros(3)
+    angle = 2.0 * math.atan2(sin_half, float(quat[3]))
+    return quat[:3] / sin_half * angle
+
+
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of quaternions (x, y, z, w): rotation b first, then a."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array([aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw,
+                     aw * bw - ax * bx - ay * by - az * bz])
+
+
+def normalize_quat(quat: np.ndarray) -> np.ndarray:
+    """Unit quaternion; raises ValueError for a zero or non-finite one."""
+    quat = np.asarray(quat, dtype=np.float64)
+    norm = float(np.linalg.norm(quat))
+    if not (math.isfinite(norm) and norm > 1e-9):
+        raise ValueError(f"quaternion {quat.tolist()} cannot be normalised")
+    return quat / norm
+
+
+# ----------------------------------------------------------------------------- values
+@dataclass
+class EefPose:
+    """End-effector pose in the robot base frame."""
+
+    position: np.ndarray
+    """float64 [3] metres."""
+    quaternion: np.ndarray
+    """float64 [4] (x, y, z, w), unit."""
+
+    def is_finite(self) -> bool:
+        """True when every component is a finite number."""
+        return bool(np.isfinite(self.position).all() and np.isfinite(self.quaternion).all())
+
+
+@dataclass
+class SafeCommand:
+    """What the bridge sends to the driver for one action or one watchdog tick."""
+
+    target: EefPose | None
+    """Cartesian pose target; None only while no robot pose has ever been received."""
+    linear_velocity: np.ndarray
+    """float64 [3] m/s twist (zero when stopped)."""
+    angular_velocity: np.ndarray
+    """float64 [3] rad/s twist (zero when stopped)."""
+    gripper_closed: bool | None
+    """Gripper command; None = leave the gripper as it is (stops never open the hand)."""
+    stopped: bool
+    """True for a stop (hold pose, zero twist)."""
+    reason: str = ""
+    """Why it stopped: 'watchdog', 'estop', 'invalid_action: ...', 'stale_state', 'no_action_yet'."""
+    events: list[str] = field(default_factory=list)
+    """Human-readable clamp or stop events raised while building this command."""
+
+
+def proprio_from_state(pose: EefPose, finger_positions: np.ndarray) -> np.ndarray:
+    """LIBERO-style proprio: eef position (3), eef axis-angle (3), gripper finger positions (2)."""
+    fingers = np.zeros(2) if finger_positions is None else np.asarray(finger_positions, np.float64)
+    fingers = np.resize(fingers, 2) if fingers.size else np.zeros(2)
+    return np.concatenate([pose.position, axis_angle_from_quat(pose.quaternion), fingers]).astype(np.float32)
+
+
+def _clamp_norm(vector: np.ndarray, limit: float) -> tuple[np.ndarray, bool]:
+    norm = float(np.linalg.norm(vector))
+    if norm <= limit:
+        return vector, False
+    return vector * (limit / norm), True
+
+
+class SafetyFilter:
+    """Turns policy actions into commands that respect :class:`SafetyConfig`; counts every clamp."""
+
+    def __init__(self, config: SafetyConfig) -> None:
+        """Start stopped, with no robot state, no action and the e-stop released."""
+        self.config = config
+        self.counters: dict[str, int] = {name: 0 for name in COUNTER_NAMES}
+        self.estop_latched = False
+        self.estop_reason = ""
+        self._lo = np.asarray(config.workspace_min_m, np.float64)
+        self._hi = np.asarray(config.workspace_max_m, np.float64)
+        self._pose: EefPose | None = None
+        self._pose_time = -math.inf
+        self._last_action_time = -math.inf
+        self._last_command_time: float | None = None
+        self._hold: EefPose | None = None
+        self._gripper_closed: bool | None = None
+        self.stopped = True
+        self.stop_reason = "no_action_yet"
+
+    # ------------------------------------------------------------------ inputs
+    def update_state(self, pose: EefPose, now: float) -> None:
+        """Record the measured end-effector pose; a non-finite pose is ignored (it goes stale)."""
+        if pose.is_finite():
+            self._pose = EefPose(np.asarray(pose.position, np.float64), normalize_quat(pose.quaternion))
+            self._pose_time = now
+
+    def latch_estop(self, reason: str = "estop topic") -> None:
+        """Latch the e-stop: every later command is a stop until :meth:`reset_estop`."""
+        if not self.estop_latched:
+            self.counters["stop_estop"] += 1
+            self._enter_stop(f"estop: {reason}")
+        self.estop_latched = True
+        self.estop_reason = reason
+
+    def reset_estop(self) -> bool:
+        """Clear a latched e-stop (explicit operator action); the arm stays stopped until a fresh action."""
+        was = self.estop_latched
+        self.estop_latched = False
+        self.estop_reason = ""
+        if was:
+            self.stop_reason = "estop_reset: waiting for a fresh action"
+        self._last_action_time = -math.inf  # require a new action after the reset
+        return was
+
+    # ------------------------------------------------------------------ commands
+    def filter_action(self, action: np.ndarray, now: float) -> SafeCommand:
+        """Safe command for a fresh policy action (LIBERO OSC_POSE delta, 7 values in [-1, 1])."""
+        if self.estop_latched:
+            self.counters["ignored_action_estopped"] += 1
+            return self._stop_command(f"estop: {self.estop_reason}", ["action ignored: e-stop latched"])
+        action = np.asarray(action, dtype=np.float64).ravel()
+        if action.size != ACTION_DIM or not np.isfinite(action).all():
+            why = (f"{action.size} values, expected {ACTION_DIM}" if action.size != ACTION_DIM
+                   else f"non-finite values {action.tolist()}")
+            return self.reject_action(why)
+        if self._pose is None or now - self._pose_time > self.config.state_timeout_s:
+            self.counters["stop_stale_state"] += 1
+            age = now - self._pose_time
+            return self._stop_command("stale_state", [f"stop: end-effector pose stale ({age:.3g} s)"], new=True)
+        events: list[str] = []
+        clipped = np.clip(action, -1.0, 1.0)
+        if not np.array_equal(clipped, action):
+            self.counters["clamp_action_range"] += 1
+            events.append(f"clamp_action_range: {np.round(action, 4).tolist()} -> [-1, 1]")
+        cfg = self.config
+        period = cfg.control_period_s
+        since_last = period if self._last_command_time is None else max(now - self._last_command_time, 1e-3)
+        window = min(period, since_last)
+        delta_pos = self._limit("translation", clipped[:3] * cfg.action_translation_scale_m,
+                                cfg.max_translation_step_m, cfg.max_linear_speed_m_s * window, events)
+        delta_rot = self._limit("rotation", clipped[3:6] * cfg.action_rotation_scale_rad,
+                                cfg.max_rotation_step_rad, cfg.max_angular_speed_rad_s * window, events)
+        current = self._pose
+        wanted = current.position + delta_pos
+        inside = np.clip(wanted, self._lo, self._hi)
+        if not np.array_equal(inside, wanted):
+            self.counters["clamp_workspace"] += 1
+            events.append(f"clamp_workspace: {np.round(wanted, 4).tolist()} -> {np.round(inside, 4).tolist()}")
+            # From outside the box, clipping can jump: re-apply the step bound (move towards the box).
+            delta_pos, _ = _clamp_norm(inside - current.position,
+                                       min(cfg.max_translation_step_m, cfg.max_linear_speed_m_s * window))
+        target = EefPose(current.position + delta_pos,
+                         normalize_quat(quat_multiply(quat_from_axis_angle(delta_rot), current.quaternion)))
+        self._gripper_closed = bool(clipped[6] > 0.0)
+        self._last_action_time = now
+        self._last_command_time = now
+        self.stopped = False
+        self.stop_reason = ""
+        self._hold = None
+        return SafeCommand(target=target, linear_velocity=delta_pos / period, angular_velocity=delta_rot / period,
+                           gripper_closed=self._gripper_closed, stopped=False, events=events)
+
+    def reject_action(self, why: str) -> SafeCommand:
+        """Stop because an action was malformed (wrong length, NaN, inf, out of any sane range)."""
+        self.counters["stop_invalid_action"] += 1
+        return self._stop_command(f"invalid_action: {why}", [f"stop: invalid action ({why})"], new=True)
+
+    def tick(self, now: float) -> SafeCommand | None:
+        """Watchdog check, called every control period: a stop command, or None while actions are fresh."""
+        if self.estop_latched:
+            return self._stop_command(f"estop: {self.estop_reason}", [])
+        if now - self._last_action_time > self.config.watchdog_timeout_s:
+            events = []
+            if not self.stopped:
+                self.counters["stop_watchdog"] += 1
+                events.append(f"stop: watchdog, no fresh action for {now - self._last_action_time:.3g} s")
+            reason = self.stop_reason if self.stopped and self.stop_reason else "watchdog"
+            return self._stop_command(reason, events)
+        if self.stopped:  # an invalid action or stale state stopped us; keep holding until a good action
+            return self._stop_command(self.stop_reason, [])
+        return None
+
+    # ------------------------------------------------------------------ internals
+    def _limit(self, what: str, delta: np.ndarray, step_limit: float, speed_limit: float,
+               events: list[str]) -> np.ndarray:
+        limit = min(step_limit, speed_limit)
+        limited, clamped = _clamp_norm(delta, limit)
+        if clamped:
+            key = f"clamp_{what}_step" if step_limit <= speed_limit else "clamp_velocity"
+            self.counters[key] += 1
+            events.append(f"{key}: |{what}| {np.linalg.norm(delta):.4g} -> {limit:.4g}")
+        return limited
+
+    def _enter_stop(self, reason: str) -> None:
+        if not self.stopped or self._hold is None:
+            self._hold = self._pose
+        self.stopped = True
+        self.stop_reason = reason
+        self._last_command_time = None
+
+    def _stop_command(self, reason: str, events: list[str], new: bool = False) -> SafeCommand:
+        if new or not self.stopped:
+            self._enter_stop(reason)
+            self._last_action_time = -math.inf  # a stop needs a fresh good action to end
+        if self._hold is None:
+            self._hold = self._pose
+        zero = np.zeros(3)
+        return SafeCommand(target=self._hold, linear_velocity=zero, angular_velocity=zero.copy(),
+                           gripper_closed=self._gripper_closed, stopped=True, reason=reason, events=events)
