@@ -16,6 +16,7 @@ from vla_rl_ros.core.config_io import (ConfigError, check, from_dict, merge, par
 from vla_rl_ros.core.envs.config import EnvConfig
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.rl.config import CurriculumConfig, PPOConfig, RewardConfig
+from vla_rl_ros.core.safety import SafetyConfig
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ExperimentConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
 SHARED_SECTION = "/**"
