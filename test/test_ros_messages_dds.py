@@ -37,7 +37,8 @@ def sample_messages() -> dict:
                                      rng.normal(size=2), 1.5, header)
     rewards = StepRewardBatch(header=header, bridge_id="bridge_a", step_seq=42, env_ids=[0, 1], prm_version=2,
                               progress=[0.25, 0.5], rewards=[0.025, -0.01])
-    episode = convert.episode_result_to_msg("bridge_a", 1, 11, 4, 9, 77, True, False, False, "", header)
+    episode = convert.episode_result_to_msg("bridge_a", 1, 11, 4, 9, 77, True, False, False, "", header,
+                                            observations[1])
     aborted = convert.episode_result_to_msg("bridge_b", 0, 3, 2, 1, 5, False, False, True, "policy missing")
     bag = TrajectoryBagInfo(header=header, bag_path="/tmp/bags/iter_0003", iteration=3, policy_version=2,
                             num_episodes=4, num_steps=300, num_successes=1, partial=True)

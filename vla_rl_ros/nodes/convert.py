@@ -220,8 +220,9 @@ def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = 
 # ----------------------------------------------------------------------------- episodes
 def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id: int, init_state_id: int,
                           num_steps: int, success: bool, truncated: bool, aborted: bool,
-                          reason: str = "", header: Header | None = None) -> EpisodeResult:
-    """EpisodeResult for one finished episode."""
+                          reason: str = "", header: Header | None = None,
+                          final_observation: Observation | None = None) -> EpisodeResult:
+    """EpisodeResult for one finished episode, with its terminal observation when given."""
     msg = EpisodeResult()
     if header is not None:
         msg.header = header
@@ -230,6 +231,9 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     msg.init_state_id, msg.num_steps = int(max(init_state_id, 0)), int(num_steps)
     msg.success, msg.truncated, msg.aborted = bool(success), bool(truncated), bool(aborted)
     msg.reason = reason
+    if final_observation is not None:
+        msg.final_image = image_to_msg(final_observation.image, header)
+        msg.final_proprio = np.asarray(final_observation.proprio, np.float32).ravel()
     return msg
 
 

@@ -1,0 +1,136 @@
+"""``policy``: batched decoding of every pending ObservationBatch, from one or many bridges.
+
+Batches that arrive while the model is busy wait in a per-bridge slot; the next decode takes
+all of them in one batched call and replies to each bridge with its own ActionBatch. A new
+PolicyVersion is only noted when it arrives; adapters are swapped between two decodes, never
+during one, and a checksum mismatch keeps the current weights with a logged reason.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rclpy.node import Node
+from std_msgs.msg import Header
+
+from vla_rl_ros.graph import topics
+from vla_rl_ros.msg import ActionBatch, ObservationBatch, PolicyVersion
+from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.nodes.adapters import adapter_checksum
+from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.runner import run_node
+
+EXTRA_PARAMETERS = {
+    "greedy": (False, "Decode the most likely action tokens (evaluation) instead of sampling at "
+                      "policy.temperature (training rollouts)."),
+}
+
+
+def task_instructions(env_cfg) -> list[str]:
+    """Every instruction the environments of ``env_cfg`` can ask for (the small model's vocabulary)."""
+    if env_cfg.backend == "toy":
+        from vla_rl_ros.core.envs import toy
+        return list(toy.instructions())
+    from vla_rl_ros.core.policy.processor import libero_instructions
+    return list(libero_instructions())
+
+
+def make_policy(cfg):
+    """The VLA of ``cfg.policy``: loaded from ``model_path``, or a new small model."""
+    from vla_rl_ros.core.policy import VLAPolicy
+    if cfg.policy.model_path:
+        return VLAPolicy.load(cfg.policy.model_path, cfg.policy)
+    return VLAPolicy.create(cfg.policy, task_instructions(cfg.env))
+
+
+class PolicyNode(Node):
+    """Decodes actions for every bridge that publishes on ``observations``."""
+
+    def __init__(self, policy=None, **kwargs) -> None:
+        super().__init__("policy", **kwargs)
+        self.params = ExperimentParameters(self, EXTRA_PARAMETERS)
+        cfg = self.params.config
+        self.policy = policy if policy is not None else make_policy(cfg)
+        self.version = 0
+        self.requested_version: PolicyVersion | None = None
+        self.pending: dict[str, convert.ObservationBatchData] = {}
+        self.decoded_batches = 0
+        self.decode_seconds = 0.0
+        self.action_pub = self.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
+        self.create_subscription(ObservationBatch, topics.OBSERVATIONS, self._on_observations, qos.BATCH)
+        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED)
+        # Decoding runs from a guard condition, after the executor has taken every ready message,
+        # so batches that arrived together are decoded together.
+        self.decode_trigger = self.create_guard_condition(self._decode_pending)
+        self.get_logger().info(f"policy ready (model {cfg.policy.model_path or 'new ' + cfg.policy.size}, "
+                               f"greedy={self.params.extra_values['greedy']})")
+
+    def _on_observations(self, msg: ObservationBatch) -> None:
+        cfg = self.params.config
+        try:
+            batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids))
+        except convert.MessageError as err:
+            self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r} "
+                                      f"step {msg.step_seq}: {err}")
+            return
+        previous = self.pending.get(batch.bridge_id)
+        if previous is None or batch.step_seq >= previous.step_seq:
+            self.pending[batch.bridge_id] = batch
+        self.decode_trigger.trigger()
+
+    def _on_version(self, msg: PolicyVersion) -> None:
+        if msg.version != self.version:
+            self.requested_version = msg
+            self.decode_trigger.trigger()
+
+    def _swap_adapters(self) -> None:
+        msg, self.requested_version = self.requested_version, None
+        path = Path(msg.adapter_path)
+        try:
+            checksum = adapter_checksum(path)
+        except OSError as err:
+            self.get_logger().error(f"cannot load policy version {msg.version}: {err}")
+            return
+        if msg.sha256 and checksum != msg.sha256:
+            self.get_logger().error(f"refusing policy version {msg.version}: checksum of {path} is {checksum}, "
+                                    f"announced {msg.sha256}")
+            return
+        self.policy.load_adapters(str(path))
+        self.version = int(msg.version)
+        self.get_logger().info(f"loaded policy version {self.version} from {path}")
+
+    def _decode_pending(self) -> None:
+        if self.requested_version is not None:
+            self._swap_adapters()
+        if not self.pending:
+            return
+        batches = list(self.pending.values())
+        self.pending.clear()
+        images = np.concatenate([b.images for b in batches])
+        instructions = [text for b in batches for text in b.instructions]
+        greedy = bool(self.params.extra_values["greedy"])
+        started = time.perf_counter()
+        out = self.policy.decode(images, instructions, greedy=greedy)
+        self.decode_seconds += time.perf_counter() - started
+        self.decoded_batches += 1
+        temperature = 0.0 if greedy else float(self.params.config.policy.temperature)
+        start = 0
+        for batch in batches:
+            end = start + len(batch.env_ids)
+            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=batch.bridge_id)
+            self.action_pub.publish(convert.actions_to_msg(
+                batch.bridge_id, batch.step_seq, batch.env_ids, self.version,
+                np.asarray(out.tokens)[start:end], np.asarray(out.actions)[start:end],
+                np.asarray(out.log_probs)[start:end], np.asarray(out.values)[start:end], temperature, header))
+            start = end
+
+
+def main(args=None) -> int:
+    """Console entry point ``vla-rl-policy``."""
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""``sim_bridge``: N simulated environments behind the graph's observation/action interface.
+
+Publishes one ObservationBatch per control step, applies the matching ActionBatch (by
+``bridge_id`` and ``step_seq``; stale, foreign or malformed batches are dropped with a logged
+reason), emits an EpisodeResult when an episode ends and resets that environment to the next
+task: the one the curriculum assigned (TaskAssignment), else a uniformly drawn training task.
+A policy that stays silent for ``graph.action_timeout_s`` is reported and the pending batch is
+re-sent until it answers, so no step is lost when the policy node restarts.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from vla_rl_ros.core.envs.base import ACTION_DIM, VectorEnvLike
+from vla_rl_ros.graph import topics
+from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
+from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.runner import run_node
+
+EXTRA_PARAMETERS = {
+    "bridge_id": ("", "Identity echoed in every batch; '' = the node's fully qualified name."),
+    "min_observation_subscribers": (1, "Start stepping only once this many nodes subscribe to observations "
+                                       "(policy, recorder, prm), so the first steps are not lost."),
+}
+
+
+def make_environments(cfg) -> VectorEnvLike:
+    """The vectorised environment of ``cfg.env`` (LIBERO workers or the toy env)."""
+    from vla_rl_ros.core.envs.vector import make_vector_env
+    return make_vector_env(cfg)
+
+
+class SimBridgeNode(Node):
+    """Steps a VectorEnvLike in lock-step with the policy's ActionBatches."""
+
+    def __init__(self, env: VectorEnvLike | None = None, **kwargs) -> None:
+        super().__init__("sim_bridge", **kwargs)
+        self.params = ExperimentParameters(self, EXTRA_PARAMETERS)
+        cfg = self.params.config
+        extra = self.params.extra_values
+        self.bridge_id = extra["bridge_id"] or self.get_fully_qualified_name()
+        self.min_subscribers = int(extra["min_observation_subscribers"])
+        self.env = env if env is not None else make_environments(cfg.env)
+        self.num_envs = self.env.num_envs
+        self.task_ids = list(cfg.env.task_ids)
+        self.rng = np.random.default_rng(cfg.env.seed)
+        self.assignments: list[deque] = [deque() for _ in range(self.num_envs)]
+        self.next_episode_id = 0
+        self.episode_ids = [0] * self.num_envs
+        self.episode_tasks = [(0, 0)] * self.num_envs
+        self.episode_steps = [0] * self.num_envs
+        self.step_seq = 0
+        self.pending: ObservationBatch | None = None
+        self.published_at = 0.0
+        self.reported_missing = False
+        self.episodes_done = 0
+        self.steps_done = 0
+
+        self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
+        self.result_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
+        self.create_subscription(ActionBatch, topics.ACTIONS, self._on_actions, qos.BATCH)
+        self.create_subscription(TaskAssignment, topics.TASK_ASSIGNMENTS, self._on_assignment, qos.COMMAND)
+        self.create_service(Trigger, topics.RESET_SERVICE, self._on_reset_request)
+        self.viz_images = [self.create_publisher(Image, topics.viz_image(i), qos.SENSOR_VIZ)
+                           for i in range(self.num_envs)]
+        self.viz_joints = [self.create_publisher(JointState, topics.viz_joint_states(i), qos.SENSOR_VIZ)
+                           for i in range(self.num_envs)]
+        self.observations = self._reset_envs(list(range(self.num_envs)))
+        self.create_timer(0.05, self._watchdog)
+        self.viz_timer = self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_viz)
+        self.get_logger().info(f"bridge {self.bridge_id}: {self.num_envs} {cfg.env.backend} envs, "
+                               f"tasks {self.task_ids}")
+
+    # ------------------------------------------------------------------ episodes
+    def _next_assignment(self, env_id: int) -> tuple[int, int]:
+        if self.assignments[env_id]:
+            return self.assignments[env_id].popleft()
+        cfg = self.params.config.env
+        return (int(self.rng.choice(self.task_ids)), int(self.rng.integers(cfg.num_train_init_states)))
+
+    def _reset_envs(self, env_ids: list[int]) -> dict:
+        picks = [self._next_assignment(i) for i in env_ids]
+        fresh = self.env.reset(picks, env_ids)
+        out = {}
+        for env_id, pick, obs in zip(env_ids, picks, fresh):
+            self.episode_ids[env_id] = self.next_episode_id
+            self.next_episode_id += 1
+            self.episode_tasks[env_id] = pick
+            self.episode_steps[env_id] = 0
+            out[env_id] = obs
+        return out
+
+    def _finish(self, env_id: int, success: bool, truncated: bool, aborted: bool, reason: str = "") -> None:
+        task_id, init_id = self.episode_tasks[env_id]
+        self.result_pub.publish(convert.episode_result_to_msg(
+            self.bridge_id, env_id, self.episode_ids[env_id], task_id, init_id, self.episode_steps[env_id],
+            success, truncated, aborted, reason, self._header(), self.observations.get(env_id)))
+        self.episodes_done += 1
+
+    # ------------------------------------------------------------------ stepping
+    def _header(self) -> Header:
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id=self.bridge_id)
+
+    def _publish_observations(self) -> None:
+        self.step_seq += 1
+        env_ids = list(range(self.num_envs))
+        self.pending = convert.observations_to_msg(
+            self.bridge_id, self.step_seq, env_ids, [self.episode_ids[i] for i in env_ids],
+            [self.observations[i] for i in env_ids], self._header())
+        self.obs_pub.publish(self.pending)
+        self.published_at = time.monotonic()
+
+    def _on_actions(self, msg: ActionBatch) -> None:
+        if msg.bridge_id != self.bridge_id:
+            return  # another bridge's reply on the shared topic
+        if self.pending is None or msg.step_seq != self.pending.step_seq:
+            self.get_logger().debug(f"ignoring actions for step {msg.step_seq} (stale or duplicate)")
+            return
+        try:
+            batch = convert.actions_from_msg(msg, list(self.pending.env_ids))
+        except convert.MessageError as err:
+            self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
+            return
+        self.pending = None
+        if self.reported_missing:
+            self.get_logger().info("policy is back: actions received again")
+            self.reported_missing = False
+        self._apply(batch.actions)
+
+    def _apply(self, actions: np.ndarray) -> None:
+        results = self.env.step(np.asarray(actions, np.float32).reshape(self.num_envs, ACTION_DIM))
+        self.steps_done += self.num_envs
+        done_ids = []
+        for env_id, result in enumerate(results):
+            self.episode_steps[env_id] += 1
+            self.observations[env_id] = result.observation
+            if result.done:
+                self._finish(env_id, result.success, result.truncated, result.aborted,
+                             str(result.info.get("reason", "")) if result.aborted else "")
+                done_ids.append(env_id)
+        if done_ids:
+            self.observations.update(self._reset_envs(done_ids))
+        self._publish_observations()
+
+    def _watchdog(self) -> None:
+        if self.pending is None and self.step_seq == 0:
+            if self.obs_pub.get_subscription_count() >= self.min_subscribers:
+                self._publish_observations()
+            return
+        if self.pending is None:
+            return
+        waited = time.monotonic() - self.published_at
+        timeout = self.params.config.graph.action_timeout_s
+        if waited >= timeout:
+            self.get_logger().error(
+                f"no actions for step {self.pending.step_seq} after {waited:.1f} s "
+                f"(graph.action_timeout_s={timeout}): policy missing; re-sending the batch")
+            self.reported_missing = True
+            self.obs_pub.publish(self.pending)
+            self.published_at = time.monotonic()
+
+    # ------------------------------------------------------------------ commands
+    def _on_assignment(self, msg: TaskAssignment) -> None:
+        if msg.bridge_id and msg.bridge_id != self.bridge_id:
+            return
+        try:
+            picks = convert.task_assignments_from_msg(msg, self.num_envs, set(self.task_ids))
+        except convert.MessageError as err:
+            self.get_logger().warning(f"rejected TaskAssignment: {err}")
+            return
+        for env_id, task_id, init_id in picks:
+            self.assignments[env_id].append((task_id, init_id))
+
+    def _on_reset_request(self, request, response):
+        """Abort running episodes of envs with a queued assignment and start the assigned tasks now."""
+        env_ids = [i for i in range(self.num_envs) if self.assignments[i]]
+        for env_id in env_ids:
+            self._finish(env_id, False, False, True, "reset requested")
+        if env_ids:
+            self.observations.update(self._reset_envs(env_ids))
+            if self.pending is not None:
+                self._publish_observations()  # the old step_seq is now stale; its actions are ignored
+        response.success = True
+        response.message = f"reset envs {env_ids}"
+        return response
+
+    def _publish_viz(self) -> None:
+        header = self._header()
+        for env_id, obs in self.observations.items():
+            if self.viz_images[env_id].get_subscription_count():
+                self.viz_images[env_id].publish(convert.image_to_msg(obs.image, header))
+            if self.viz_joints[env_id].get_subscription_count():
+                proprio = np.asarray(obs.proprio, np.float64)
+                self.viz_joints[env_id].publish(JointState(
+                    header=header, name=[f"proprio_{j}" for j in range(proprio.size)], position=proprio.tolist()))
+
+    def destroy_node(self) -> None:
+        """Close the environments (worker processes) with the node."""
+        try:
+            self.env.close()
+        finally:
+            super().destroy_node()
+
+
+def main(args=None) -> int:
+    """Console entry point ``vla-rl-sim-bridge``."""
+    return run_node(SimBridgeNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
