@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 
 from vla_rl_ros.core.config_io import check
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "projector")
+"""Allowed ``lora_target_modules``: the Llama linear layers by name, or the whole projector."""
+
 
 @dataclass
 class PolicyConfig:
@@ -17,7 +20,7 @@ class PolicyConfig:
     model_path: str = ""
     """Local directory of a saved policy (ours) or an openvla-7b style checkpoint; '' = new small model."""
     size: str = "small"
-    """Named architecture preset when no model_path is given: 'tiny' (tests), 'small' (CPU default)."""
+    """Preset for a new model: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (GPU, shape only)."""
     image_size: int = 128
     """Square input resolution of the vision backbones, in pixels."""
     dtype: str = "float32"
@@ -38,15 +41,23 @@ class PolicyConfig:
     """Key into the checkpoint's norm_stats for action un-normalisation; '' = the only key present."""
     seed: int = 0
     """Seed for weight initialisation of a new model and for sampling."""
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS[:7]))
+    """Where LoRA goes: Llama projections by name (all layers) and/or 'projector'; never lm_head."""
+    resize_images: bool = True
+    """Resize camera frames of another size (bicubic, like OpenVLA); false = such frames are an error."""
 
     def __post_init__(self) -> None:
-        check(self.size in ("tiny", "small", "base"), "policy.size", self.size, "one of tiny, small, base")
+        check(self.size in ("tiny", "small", "base", "openvla-7b"), "policy.size", self.size,
+              "one of tiny, small, base, openvla-7b")
         check(16 <= self.image_size <= 1024, "policy.image_size", self.image_size, "between 16 and 1024")
         check(self.dtype in ("float32", "bfloat16"), "policy.dtype", self.dtype, "float32 or bfloat16")
         check(self.temperature > 0, "policy.temperature", self.temperature, "must be > 0")
         check(self.lora_rank > 0, "policy.lora_rank", self.lora_rank, "must be > 0")
         check(self.lora_alpha > 0, "policy.lora_alpha", self.lora_alpha, "must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "policy.lora_dropout", self.lora_dropout, "in [0, 1)")
+        bad = [m for m in self.lora_target_modules if m not in LORA_TARGETS]
+        check(bool(self.lora_target_modules) and not bad, "policy.lora_target_modules",
+              self.lora_target_modules, f"a non-empty list drawn from {', '.join(LORA_TARGETS)}")
 
 
-__all__ = ["PolicyConfig", "field"]
+__all__ = ["PolicyConfig", "LORA_TARGETS"]

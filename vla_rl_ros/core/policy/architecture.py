@@ -1,0 +1,200 @@
+"""Shapes of an OpenVLA-architecture model: the two ViTs, the projector and the Llama LM.
+
+One :class:`VLAArchitecture` describes both the real ``openvla/openvla-7b`` layout (read from its
+``config.json`` and the timm model ids it names) and the small presets that train on a CPU.
+Only shapes live here; weights live in :mod:`.model` and :mod:`.checkpoint`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from vla_rl_ros.core.config_io import ConfigError, check
+
+DINO_MEAN = (0.485, 0.456, 0.406)
+DINO_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class ViTSpec:
+    """A timm-layout ViT as OpenVLA uses it (features of the second-to-last block)."""
+
+    width: int
+    depth: int
+    """Blocks in the checkpoint; the last one is unused (features come from block depth-2)."""
+    heads: int
+    mlp_dim: int
+    patch: int
+    image_size: int
+    class_token: bool
+    registers: int
+    layer_scale: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        check(self.width % self.heads == 0, "vit.width", self.width, f"divisible by heads={self.heads}")
+        check(self.depth >= 2, "vit.depth", self.depth, ">= 2 (the last block is unused)")
+        check(self.image_size % self.patch == 0, "vit.image_size", self.image_size,
+              f"multiple of patch={self.patch}")
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image."""
+        return (self.image_size // self.patch) ** 2
+
+
+@dataclass
+class VLAArchitecture:
+    """Everything needed to build the module tree before any weight is read."""
+
+    featurizer: ViTSpec
+    fused_featurizer: ViTSpec
+    llm: dict[str, Any]
+    """``LlamaConfig`` keyword arguments (hidden_size, num_hidden_layers, vocab_size, ...)."""
+    action_vocab_end: int
+    """One past the last action token id: action ids are [end - 256, end)."""
+    n_action_bins: int = 256
+    prompt_suffix_ids: tuple[int, ...] = ()
+    """Ids appended to the prompt when not already last (OpenVLA: the SentencePiece space 29871)."""
+    pad_token_id: int = 0
+    eos_token_id: int = 2
+    bos_token_id: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.featurizer.image_size == self.fused_featurizer.image_size, "fused_featurizer.image_size",
+              self.fused_featurizer.image_size, f"equal to featurizer.image_size={self.featurizer.image_size}")
+        check(self.featurizer.num_patches == self.fused_featurizer.num_patches, "fused_featurizer.patch",
+              self.fused_featurizer.patch, "must give as many patches as the featurizer")
+        vocab = int(self.llm["vocab_size"])
+        check(self.n_action_bins <= self.action_vocab_end <= vocab, "action_vocab_end", self.action_vocab_end,
+              f"between n_action_bins={self.n_action_bins} and vocab_size={vocab}")
+        self.prompt_suffix_ids = tuple(int(i) for i in self.prompt_suffix_ids)
+
+    @property
+    def image_size(self) -> int:
+        """Input resolution (both backbones share it)."""
+        return self.featurizer.image_size
+
+    @property
+    def vision_dim(self) -> int:
+        """Channels of the fused patch features (DINO width + SigLIP width)."""
+        return self.featurizer.width + self.fused_featurizer.width
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the language model."""
+        return int(self.llm["hidden_size"])
+
+    @property
+    def action_vocab_start(self) -> int:
+        """First action token id."""
+        return self.action_vocab_end - self.n_action_bins
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (stored in our ``config.json`` under ``vla_rl_ros_architecture``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "VLAArchitecture":
+        """Inverse of :meth:`to_dict`, with a clear error for a malformed entry."""
+        try:
+            data = dict(data)
+            data["featurizer"] = ViTSpec(**data["featurizer"])
+            data["fused_featurizer"] = ViTSpec(**data["fused_featurizer"])
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"vla_rl_ros_architecture in config.json is malformed: {err}") from None
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value`` (embedding tables padded like OpenVLA)."""
+    return -(-value // multiple) * multiple
+
+
+def dino_spec(width: int, depth: int, heads: int, mlp_dim: int, patch: int, image_size: int) -> ViTSpec:
+    """DINOv2-style featurizer: class token + 4 registers, LayerScale."""
+    return ViTSpec(width, depth, heads, mlp_dim, patch, image_size, class_token=True, registers=4,
+                   layer_scale=True, mean=DINO_MEAN, std=DINO_STD)
+
+
+def siglip_spec(width: int, depth: int, heads: int, mlp_dim: int, patch: int, image_size: int) -> ViTSpec:
+    """SigLIP-style fused featurizer: no prefix tokens, no LayerScale."""
+    return ViTSpec(width, depth, heads, mlp_dim, patch, image_size, class_token=False, registers=0,
+                   layer_scale=False, mean=SIGLIP_MEAN, std=SIGLIP_STD)
+
+
+# The timm ids named in an openvla checkpoint's config.json, with the shapes they imply at 224 px.
+KNOWN_TIMM_VITS = {
+    "vit_large_patch14_reg4_dinov2.lvd142m": lambda size: dino_spec(1024, 24, 16, 4096, 14, size),
+    "vit_so400m_patch14_siglip_224": lambda size: siglip_spec(1152, 27, 16, 4304, 14, size),
+}
+
+# Llama-2-7B, the base of openvla-7b; ``text_config`` in the checkpoint only stores the diff.
+LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 vocab_size=32000, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                 hidden_act="silu")
+
+
+def small_llm(hidden: int, layers: int, heads: int, vocab_size: int, intermediate: int) -> dict[str, Any]:
+    """LlamaConfig kwargs of a small LM with Llama-2 conventions (no tying, RMSNorm eps 1e-5)."""
+    return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
+                rms_norm_eps=1e-5, rope_theta=10000.0, vocab_size=vocab_size, bos_token_id=1,
+                eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, hidden_act="silu")
+
+
+def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
+    """Named architecture: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (shape only).
+
+    ``vocab_size`` is the tokenizer's size; its last 256 ids are the action tokens. The embedding
+    table is padded to a multiple of 64 as in OpenVLA.
+    """
+    padded = round_up(vocab_size, 64)
+    if size == "openvla-7b":
+        llm = dict(LLAMA2_7B, vocab_size=round_up(max(vocab_size, 32001), 64), pad_token_id=32000)
+        dino = KNOWN_TIMM_VITS["vit_large_patch14_reg4_dinov2.lvd142m"](image_size)
+        sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
+        return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000)
+    # (vit width, vit depth incl. the unused last block, heads, patch, llm hidden, layers, heads)
+    shapes = {"tiny": (32, 3, 2, 16, 64, 2, 2), "small": (160, 4, 4, 16, 256, 4, 4),
+              "base": (256, 5, 4, 16, 512, 4, 8)}
+    check(size in shapes, "policy.size", size, f"one of {', '.join(list(shapes) + ['openvla-7b'])}")
+    width, depth, vit_heads, patch, hidden, layers, heads = shapes[size]
+    check(image_size % patch == 0, "policy.image_size", image_size, f"multiple of the patch size {patch}")
+    return VLAArchitecture(
+        featurizer=dino_spec(width, depth, vit_heads, 4 * width, patch, image_size),
+        fused_featurizer=siglip_spec(width, depth, vit_heads, 4 * width, patch, image_size),
+        llm=small_llm(hidden, layers, heads, padded, intermediate=int(hidden * 8 / 3) // 16 * 16),
+        action_vocab_end=vocab_size, pad_token_id=0)
+
+
+def from_openvla_config(cfg: Mapping[str, Any]) -> VLAArchitecture:
+    """Architecture of an openvla checkpoint from its ``config.json`` (timm ids + Llama-2 diff)."""
+    if "vla_rl_ros_architecture" in cfg:
+        return VLAArchitecture.from_dict(cfg["vla_rl_ros_architecture"])
+    if not cfg.get("use_fused_vision_backbone", False):
+        raise ConfigError("config.json: use_fused_vision_backbone is not true; only the fused "
+                          "DINOv2+SigLIP backbone (dinosiglip) of openvla-7b is supported")
+    ids = list(cfg.get("timm_model_ids") or [])
+    unknown = [i for i in ids if i not in KNOWN_TIMM_VITS]
+    if len(ids) != 2 or unknown:
+        raise ConfigError(f"config.json: timm_model_ids={ids!r}; supported: {sorted(KNOWN_TIMM_VITS)}")
+    image_size = int((cfg.get("image_sizes") or [224])[0])
+    text = {k: v for k, v in dict(cfg.get("text_config") or {}).items()
+            if k in LLAMA2_7B or k == "pad_token_id"}
+    llm = dict(LLAMA2_7B, **text)
+    pad_to = int(cfg.get("pad_to_multiple_of", 0) or 0)
+    action_end = int(llm["vocab_size"]) - pad_to
+    return VLAArchitecture(KNOWN_TIMM_VITS[ids[0]](image_size), KNOWN_TIMM_VITS[ids[1]](image_size), llm,
+                           action_vocab_end=action_end, n_action_bins=int(cfg.get("n_action_bins", 256)),
+                           prompt_suffix_ids=(29871,), pad_token_id=int(cfg.get("pad_token_id", 32000)))
+
+
+__all__ = ["ViTSpec", "VLAArchitecture", "preset", "from_openvla_config", "KNOWN_TIMM_VITS", "field"]

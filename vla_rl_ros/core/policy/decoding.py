@@ -1,0 +1,123 @@
+"""Batched action decoding and teacher-forced action log-probs: the two halves of PPO.
+
+Both paths score tokens with :func:`action_log_softmax` (same temperature, same optional
+restriction to the action-token range), so rollout log-probs and update log-probs agree by
+construction; a test checks they match to float rounding across batch sizes and padding.
+The value estimate is read from the last prompt token's hidden state in both paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_rl_ros.core.policy.model import OpenVLAModel
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """How action tokens are scored: temperature and an optional id range ``[start, end)``."""
+
+    temperature: float
+    start: int
+    end: int
+    restrict: bool
+
+    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probs over the candidates (the action range if restricted, else the whole vocab)."""
+        if self.restrict:
+            logits = logits[..., self.start:self.end]
+        return F.log_softmax(logits.float() / self.temperature, dim=-1)
+
+    def candidate_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids -> column in :meth:`log_softmax`'s output."""
+        if not self.restrict:
+            return tokens
+        if bool(((tokens < self.start) | (tokens >= self.end)).any()):
+            raise ValueError(f"tokens outside the action range [{self.start}, {self.end}): "
+                             f"{tokens[(tokens < self.start) | (tokens >= self.end)][:5].tolist()}")
+        return tokens - self.start
+
+    def token_id(self, index: torch.Tensor) -> torch.Tensor:
+        """Column in the candidates -> token id."""
+        return index + self.start if self.restrict else index
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: positions count real tokens only, so every row starts at 0.
+    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: torch.Tensor,
+                   input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int,
+                   space: ActionSpace, greedy: bool = False, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample (or argmax) ``num_tokens`` tokens for B prompts with one prefill and a KV cache.
+
+    Returns token ids [B, K], their log-probs under ``space`` [B, K] (float32) and values [B].
+    """
+    lm = model.language_model
+    embeds, mask = model.multimodal_embeddings(pixel_values, input_ids, attention_mask)
+    positions = _positions(mask)
+    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    hidden = out.last_hidden_state[:, -1]
+    values = value_head(hidden.float()).squeeze(-1)
+    cache = out.past_key_values
+    tokens, log_probs = [], []
+    for step in range(num_tokens):
+        logp = space.log_softmax(lm.lm_head(hidden))
+        if greedy:
+            choice = logp.argmax(dim=-1)
+        else:
+            choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        tokens.append(space.token_id(choice))
+        log_probs.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
+        if step == num_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = lm.model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+    return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), values
+
+
+def teacher_forced_hidden(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Hidden states [B, K, H] that predict each of the K ``targets`` (one forward, no cache).
+
+    Position k holds the state after the prompt and ``targets[:, :k]``; position 0 is the last
+    prompt token, where the critic reads the value.
+    """
+    lm = model.language_model
+    count = targets.shape[1]
+    ids = torch.cat([input_ids, targets[:, :-1]], dim=1)
+    mask = torch.cat([attention_mask, attention_mask.new_ones(targets.shape[0], count - 1)], dim=1)
+    embeds, full_mask = model.multimodal_embeddings(pixel_values, ids, mask)
+    out = lm.model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=_positions(full_mask))
+    return out.last_hidden_state[:, -count:]
+
+
+def evaluate_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: torch.Tensor,
+                     input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor,
+                     space: ActionSpace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs [B, K] and entropies [B, K] of given ``tokens`` under ``space``, and values [B]."""
+    hidden = teacher_forced_hidden(model, pixel_values, input_ids, attention_mask, tokens)
+    logp_all = space.log_softmax(model.language_model.lm_head(hidden))
+    log_probs = logp_all.gather(-1, space.candidate_index(tokens).unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
+    values = value_head(hidden[:, 0].float()).squeeze(-1)
+    return log_probs, entropy, values
+
+
+def sft_cross_entropy(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """OpenVLA's imitation loss: mean cross-entropy over the K action tokens and the EOS after them."""
+    eos = torch.full_like(tokens[:, :1], eos_token_id)
+    targets = torch.cat([tokens, eos], dim=1)
+    hidden = teacher_forced_hidden(model, pixel_values, input_ids, attention_mask, targets)
+    logits = model.language_model.lm_head(hidden).float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

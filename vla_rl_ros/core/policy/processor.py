@@ -1,0 +1,145 @@
+"""Prompts, text tokenizers and image preprocessing for OpenVLA-architecture policies.
+
+The small models use a word-level ``tokenizers`` tokenizer built in code over the LIBERO
+instruction vocabulary (plus common words); its last 256 ids are the action tokens. A real
+openvla checkpoint brings its own ``tokenizer.json`` (Llama SentencePiece, BOS added).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from vla_rl_ros.core.policy.architecture import VLAArchitecture
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+"""Ids 0..3 of the small tokenizers: pad, BOS, EOS, unknown."""
+
+COMMON_WORDS = """
+in out what action should the robot take to a an and at by for from of on onto off into inside
+under over above below near next between behind front back left right top bottom middle center
+side up down pick place put push pull open close turn lift move stack grab grasp drop set it them
+this that these those its is be with then both all one two three first second other red green
+blue yellow black white brown orange purple pink gray grey wooden metal plastic glass small big
+large tall short cup mug bowl plate pan pot tray basket box drawer cabinet shelf rack table desk
+stove microwave sink door lid handle knob button bottle can jar block cube ball toy book caddy
+""".split()
+
+
+def prompt_for(instruction: str) -> str:
+    """OpenVLA's prompt for one instruction (lower-cased, as the original)."""
+    return f"In: What action should the robot take to {instruction.lower()}?\nOut:"
+
+
+def libero_instructions() -> list[str]:
+    """Every instruction of LIBERO's benchmark suites (empty when LIBERO is not installed)."""
+    try:
+        from libero.libero import benchmark
+    except ImportError:
+        return []
+    instructions: list[str] = []
+    for make_suite in benchmark.get_benchmark_dict().values():
+        try:
+            suite = make_suite()
+        except Exception:  # a broken optional suite must not block building a vocabulary
+            continue
+        instructions.extend(suite.get_task(i).language for i in range(suite.n_tasks))
+    return instructions
+
+
+def _words(text: str) -> list[str]:
+    # The same split as the tokenizer's pre-tokenizer (Whitespace: \w+ or runs of punctuation).
+    return re.findall(r"\w+|[^\w\s]+", text.lower())
+
+
+def build_word_tokenizer(instructions: Iterable[str], n_action_tokens: int = 256) -> Tokenizer:
+    """Word-level tokenizer: specials, prompt + instruction words, then the action ids LAST."""
+    vocab_words = list(SPECIAL_TOKENS)
+    seen = set(vocab_words)
+    for word in _words(prompt_for("")) + COMMON_WORDS + [w for text in instructions for w in _words(text)]:
+        if word not in seen:
+            seen.add(word)
+            vocab_words.append(word)
+    vocab_words += [f"<act_{i}>" for i in range(n_action_tokens)]
+    vocab = {word: index for index, word in enumerate(vocab_words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tokenizer
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """``tokenizer.json`` of a saved policy or openvla checkpoint, with a clear error if absent."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json")
+    return Tokenizer.from_file(str(path))
+
+
+class Processor:
+    """Instructions and camera images -> left-padded ``input_ids``/``attention_mask`` and pixels."""
+
+    def __init__(self, arch: VLAArchitecture, tokenizer: Tokenizer, resize_images: bool = True) -> None:
+        self.arch = arch
+        self.tokenizer = tokenizer
+        self.resize_images = resize_images
+        mean = list(arch.featurizer.mean) + list(arch.fused_featurizer.mean)
+        std = list(arch.featurizer.std) + list(arch.fused_featurizer.std)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """Token ids of one prompt: BOS, prompt words, then the suffix ids if missing."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction {instruction!r} is empty: every observation needs a task instruction")
+        ids = list(self.tokenizer.encode(prompt_for(instruction)).ids)
+        if not ids or ids[0] != self.arch.bos_token_id:
+            ids = [self.arch.bos_token_id] + ids
+        suffix = list(self.arch.prompt_suffix_ids)
+        if suffix and ids[-len(suffix):] != suffix:
+            ids += suffix
+        return ids
+
+    def text(self, instructions: Sequence[str], device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids`` [B, T] and ``attention_mask`` [B, T] for B instructions."""
+        if isinstance(instructions, str) or len(instructions) == 0:
+            raise ValueError("instructions must be a non-empty list of strings (one per observation)")
+        rows = [self.prompt_ids(text) for text in instructions]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.arch.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        return ids.to(device), mask.to(device)
+
+    def pixels(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> normalised float32 [B, 6, S, S] (DINO and SigLIP stacked on channels)."""
+        if not isinstance(images, np.ndarray):
+            raise TypeError(f"images must be a numpy uint8 array [B, H, W, 3], got {type(images).__name__}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (0..255), got dtype {images.dtype}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must have shape [B, H, W, 3], got {images.shape}")
+        size = self.arch.image_size
+        height, width = images.shape[1:3]
+        if (height, width) != (size, size):
+            if not self.resize_images:
+                raise ValueError(f"images are {height}x{width} but the policy expects {size}x{size} "
+                                 "(policy.resize_images is false)")
+            if min(height, width) < 16:
+                raise ValueError(f"images of {height}x{width} pixels are too small (at least 16x16)")
+            # OpenVLA's resize-naive: bicubic to a square, aspect ratio not kept.
+            images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
+                               for im in images])
+        scaled = images.astype(np.float32) / 255.0
+        stacked = np.concatenate([scaled, scaled], axis=-1)
+        normed = (stacked - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(normed.transpose(0, 3, 1, 2))).to(device)
