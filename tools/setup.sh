@@ -44,6 +44,8 @@ stage_ros="ros-kilted-rclpy ros-rclpy[fastrtps] ros-kilted-std-msgs ros-kilted-s
 # Build-time wheels for msg/ (the ROS wheels do not declare their CMake build dependencies).
 stage_rosbuild="catkin-pkg==1.1.1 empy==4.2.1 lark==1.3.1 ros-kilted-ament-package
  ros-python-cmake-module ros-fastrtps-cmake-module ros-kilted-rosidl-default-generators
+ ros-kilted-rosidl-core-generators ros-kilted-rosidl-generator-py ros-kilted-rosidl-typesupport-fastrtps-c
+ ros-kilted-rosidl-typesupport-fastrtps-cpp
  ros-kilted-ament-cmake ros-kilted-ament-cmake-core ros-kilted-ament-cmake-python
  ros-kilted-ament-cmake-export-definitions ros-kilted-ament-cmake-export-dependencies
  ros-kilted-ament-cmake-export-include-directories ros-kilted-ament-cmake-export-interfaces
