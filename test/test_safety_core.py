@@ -171,7 +171,8 @@ def test_rotation_helpers_round_trip():
     double = quat_multiply(quat_from_axis_angle(rotvec), quat_from_axis_angle(rotvec))
     np.testing.assert_allclose(axis_angle_from_quat(double), 2 * rotvec, atol=1e-12)
     np.testing.assert_allclose(axis_angle_from_quat(-quat_from_axis_angle(rotvec)), rotvec, atol=1e-12)
-    proprio = proprio_from_state(EefPose(np.array([1.0, 2.0, 3.0]), quat_from_axis_angle(rotvec)), [0.04, 0.04])
+    pose = EefPose(np.array([1.0, 2.0, 3.0]), quat_from_axis_angle(rotvec))
+    proprio = proprio_from_state(pose, [0.04, 0.04])
     assert proprio.dtype == np.float32 and proprio.shape == (8,)
     np.testing.assert_allclose(proprio[3:6], rotvec, atol=1e-6)
 

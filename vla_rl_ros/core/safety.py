@@ -235,7 +235,8 @@ class SafetyFilter:
         if self._pose is None or now - self._pose_time > self.config.state_timeout_s:
             self.counters["stop_stale_state"] += 1
             age = now - self._pose_time
-            return self._stop_command("stale_state", [f"stop: end-effector pose stale ({age:.3g} s)"], new=True)
+            return self._stop_command("stale_state", [f"stop: end-effector pose stale ({age:.3g} s)"],
+                                      new=True)
         events: list[str] = []
         clipped = np.clip(action, -1.0, 1.0)
         if not np.array_equal(clipped, action):
@@ -254,7 +255,8 @@ class SafetyFilter:
         inside = np.clip(wanted, self._lo, self._hi)
         if not np.array_equal(inside, wanted):
             self.counters["clamp_workspace"] += 1
-            events.append(f"clamp_workspace: {np.round(wanted, 4).tolist()} -> {np.round(inside, 4).tolist()}")
+            events.append(f"clamp_workspace: {np.round(wanted, 4).tolist()} -> "
+                          f"{np.round(inside, 4).tolist()}")
             # From outside the box, clipping can jump: re-apply the step bound (move towards the box).
             delta_pos, _ = _clamp_norm(inside - current.position,
                                        min(cfg.max_translation_step_m, cfg.max_linear_speed_m_s * window))
@@ -266,13 +268,18 @@ class SafetyFilter:
         self.stopped = False
         self.stop_reason = ""
         self._hold = None
-        return SafeCommand(target=target, linear_velocity=delta_pos / period, angular_velocity=delta_rot / period,
+        return SafeCommand(target=target, linear_velocity=delta_pos / period,
+                           angular_velocity=delta_rot / period,
                            gripper_closed=self._gripper_closed, stopped=False, events=events)
 
     def reject_action(self, why: str) -> SafeCommand:
         """Stop because an action was malformed (wrong length, NaN, inf, out of any sane range)."""
         self.counters["stop_invalid_action"] += 1
         return self._stop_command(f"invalid_action: {why}", [f"stop: invalid action ({why})"], new=True)
+
+    def hold(self, reason: str) -> SafeCommand:
+        """Stop on purpose (arming, new limits): hold the pose until the next fresh action; not counted."""
+        return self._stop_command(reason, [], new=True)
 
     def tick(self, now: float) -> SafeCommand | None:
         """Watchdog check, called every control period: a stop command, or None while actions are fresh."""

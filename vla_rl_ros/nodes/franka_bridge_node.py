@@ -49,7 +49,7 @@ EXTRA_PARAMETERS = {
 
 
 def pose_from_msg(msg: PoseStamped) -> EefPose:
-    """EefPose of a PoseStamped (quaternion x, y, z, w)."""
+    """End-effector pose of a PoseStamped (quaternion x, y, z, w)."""
     p, q = msg.pose.position, msg.pose.orientation
     return EefPose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
 
@@ -160,7 +160,8 @@ class FrankaBridgeNode(Node):
             self.safety = SafetyFilter(cfg.safety)  # starts stopped: the next fresh action moves the arm
             self.safety.counters = old.counters
             self.safety.estop_latched, self.safety.estop_reason = old.estop_latched, old.estop_reason
-            self.get_logger().warning(f"safety limits changed ({', '.join(limits)}): stopped until next action")
+            self.get_logger().warning(f"safety limits changed ({', '.join(limits)}): "
+                                      "stopped until the next action")
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image) -> None:
@@ -248,7 +249,8 @@ class FrankaBridgeNode(Node):
             return
         self._record(command.events)
         self.last_command = command
-        pose, twist, gripper = command_messages(command, self._header(), float(self.extra["gripper_open_width_m"]),
+        pose, twist, gripper = command_messages(command, self._header(),
+                                                float(self.extra["gripper_open_width_m"]),
                                                 float(self.extra["gripper_closed_width_m"]))
         pubs = self.driver_pubs if self.driver_pubs is not None else self.dry_run_pubs
         if pose is not None:
@@ -275,7 +277,8 @@ class FrankaBridgeNode(Node):
                                   proprio=proprio_from_state(self.pose, self.fingers),
                                   task_id=int(self.extra["task_id"]), init_state_id=0, step=self.step_index)
         self.obs_pub.publish(convert.observations_to_msg(
-            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation], self._header()))
+            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation],
+            self._header()))
         self.pending_seq, self.pending_since = self.step_seq, now
 
     def _status(self) -> tuple[bytes, str]:
@@ -305,7 +308,8 @@ class FrankaBridgeNode(Node):
             target = self.last_command.target.position
         self.marker_pub.publish(markers.bridge_markers(
             self._header(), [p.tolist() for p in self.path], target, self.safety.stopped, self.instruction,
-            self.progress, self._status()[1], (cfg.workspace_min_m, cfg.workspace_max_m), self.policy_version))
+            self.progress, self._status()[1], (cfg.workspace_min_m, cfg.workspace_max_m),
+            self.policy_version))
 
 
 def main(args: list[str] | None = None) -> None:

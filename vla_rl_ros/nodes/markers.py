@@ -61,7 +61,8 @@ def workspace_marker(header: Header, lower: Sequence[float], upper: Sequence[flo
     """LINE_LIST of the 12 edges of the safety workspace box."""
     marker = _marker(header, "workspace", Marker.LINE_LIST, GREY)
     marker.scale.x = 0.003
-    corners = [(x, y, z) for x in (lower[0], upper[0]) for y in (lower[1], upper[1]) for z in (lower[2], upper[2])]
+    corners = [(x, y, z) for x in (lower[0], upper[0]) for y in (lower[1], upper[1])
+               for z in (lower[2], upper[2])]
     for i, a in enumerate(corners):
         for b in corners[i + 1:]:
             if sum(u != v for u, v in zip(a, b)) == 1:  # differ on exactly one axis: an edge
