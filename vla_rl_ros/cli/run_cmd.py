@@ -1,0 +1,55 @@
+"""``vla-rl run``: the main job on one config, stage after stage, each resumable.
+
+The default pipeline is what a user without any checkpoint or dataset needs: scripted-expert
+demonstrations in LIBERO, imitation of the small VLA, the process reward model, VLA-RL, and a
+held-out evaluation. Every stage is its own subcommand (and skips or resumes work already on
+disk), so ``run`` only chains them with the same ``--config`` and ``--set`` arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from vla_rl_ros.cli.main import add_config_arguments
+
+STAGES = ("demos", "sft", "train-prm", "train", "eval")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` subcommand."""
+    parser = sub.add_parser(
+        "run", help="the main job on the embedded default (demos, SFT, PRM, RL, eval)",
+        description="Run the default pipeline " + " -> ".join(STAGES) + "; finished stages are skipped.")
+    add_config_arguments(parser)
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} to run, in pipeline order")
+    parser.set_defaults(func=run)
+
+
+def parse_stages(text: str) -> list[str]:
+    """Validated stage list in pipeline order."""
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown or not chosen:
+        raise SystemExit(f"vla-rl run: unknown or empty --stages {unknown or text!r}; "
+                         f"choose from {','.join(STAGES)}")
+    return [s for s in STAGES if s in chosen]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run each chosen stage through the ``vla-rl`` entry point; stop at the first failure."""
+    from vla_rl_ros.cli.main import main as vla_rl
+
+    common = (["--config", args.config] if args.config else [])
+    for item in args.overrides:
+        common += ["--set", item]
+    for stage in parse_stages(args.stages):
+        started = time.time()
+        print(f"[vla-rl run] stage {stage}", file=sys.stderr, flush=True)
+        code = vla_rl([stage] + common)
+        print(f"[vla-rl run] stage {stage} finished with code {code} in {time.time() - started:.0f} s",
+              file=sys.stderr, flush=True)
+        if code:
+            return code
+    return 0
