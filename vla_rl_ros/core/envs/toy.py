@@ -161,3 +161,14 @@ def toy_oracle_actions(observations: Sequence[Observation], step_size: float = 0
         reaches = distance - step_size * float(np.linalg.norm(move)) <= tolerance * 0.9
         actions[i, 6] = 1.0 if reaches else -1.0
     return actions
+
+
+DEFAULT_TOY_EPISODE_STEPS = 20
+
+
+def make_toy_vector_env(cfg) -> ToyVectorEnv:
+    """Toy environments from an ``EnvConfig`` (``max_episode_steps`` 0 = 20 steps)."""
+    for task in cfg.task_ids:
+        check_task(task)
+    return ToyVectorEnv(num_envs=cfg.num_envs, image_size=cfg.image_size,
+                        max_episode_steps=cfg.max_episode_steps or DEFAULT_TOY_EPISODE_STEPS)

@@ -1,0 +1,140 @@
+"""Rollout collection: N environments, one batched decode per control step, whole episodes.
+
+Each environment runs episodes back to back from a queue of ``(task_id, init_state_id)``
+assignments (an environment prefers the next assignment of the task it already has loaded,
+because a LIBERO scene rebuild costs seconds). Environments whose queue ran dry while
+others still run a real episode are reset into a *filler* episode whose steps are thrown
+away: a finished environment may not be stepped, and the vector API steps all of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from vla_rl_ros.core.envs.base import Observation, VectorEnvLike
+
+
+class EmptyRolloutError(RuntimeError):
+    """A rollout produced no usable episode (nothing to learn from)."""
+
+
+@dataclass
+class Episode:
+    """One finished trajectory; per-step arrays have T rows, observation arrays T+1."""
+
+    task_id: int
+    init_state_id: int
+    instruction: str
+    images: list[np.ndarray] = field(default_factory=list)
+    """Observations ``o_0..o_T`` (uint8 [H, W, 3]); ``o_T`` is the final one."""
+    proprio: list[np.ndarray] = field(default_factory=list)
+    """Proprio of ``o_0..o_T``."""
+    tokens: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    log_probs: list[np.ndarray] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    env_rewards: list[float] = field(default_factory=list)
+    success: bool = False
+    truncated: bool = False
+    aborted: bool = False
+    final_value: float = 0.0
+    """Critic value of ``o_T``: the bootstrap of a time-limit truncation (0 otherwise)."""
+    progress: np.ndarray | None = None
+    """PRM progress of ``o_0..o_T`` when a PRM scored the episode."""
+
+    @property
+    def length(self) -> int:
+        """Number of actions taken (T)."""
+        return len(self.tokens)
+
+
+DecodeFn = Callable[[np.ndarray, list[str]], Any]
+"""``(images [B,H,W,3], instructions) -> object with .tokens, .actions, .log_probs, .values``."""
+
+
+def _next_assignment(pending: list[tuple[int, int]], current_task: int | None) -> tuple[int, int]:
+    for index, (task, _) in enumerate(pending):
+        if task == current_task:
+            return pending.pop(index)
+    return pending.pop(0)
+
+
+def collect_episodes(env: VectorEnvLike, decode: DecodeFn, assignments: Sequence[tuple[int, int]],
+                     max_steps: int = 10_000) -> list[Episode]:
+    """Run one episode per assignment (in any order) and return them finished.
+
+    ``decode`` is called once per control step on all environments' observations (batched
+    decoding). ``max_steps`` guards against an environment that never ends an episode.
+    """
+    pending = [(int(t), int(i)) for t, i in assignments]
+    if not pending:
+        return []
+    count = env.num_envs
+    slots: list[Episode | None] = [None] * count
+    first = [pending.pop(0) if pending else None for _ in range(count)]
+    fill = next(a for a in first if a is not None)
+    observations = env.reset([a or fill for a in first])
+    for i, assignment in enumerate(first):
+        if assignment is not None:
+            slots[i] = _start(assignment, observations[i])
+    finished: list[Episode] = []
+    for _ in range(max_steps):
+        if all(s is None for s in slots):
+            return finished
+        images = np.stack([o.image for o in observations])
+        out = decode(images, [o.instruction for o in observations])
+        tokens, log_probs = _numpy(out.tokens), _numpy(out.log_probs)
+        values = _numpy(out.values).reshape(-1)
+        results = env.step(np.asarray(out.actions, dtype=np.float32))
+        observations = [r.observation for r in results]
+        resets: list[tuple[int, tuple[int, int], bool]] = []  # (env, assignment, real episode?)
+        for i, result in enumerate(results):
+            episode = slots[i]
+            if episode is not None:
+                _record(episode, result, tokens[i], out.actions[i], log_probs[i], values[i])
+            if not result.done:
+                continue
+            if episode is not None:
+                finished.append(episode)
+                slots[i] = None
+            if pending:
+                resets.append((i, _next_assignment(pending, result.observation.task_id), True))
+            else:
+                resets.append((i, (result.observation.task_id, result.observation.init_state_id), False))
+        if resets:
+            new_obs = env.reset([a for _, a, _ in resets], [i for i, _, _ in resets])
+            for (i, assignment, real), obs in zip(resets, new_obs):
+                observations[i] = obs
+                if real:
+                    slots[i] = _start(assignment, obs)
+    raise RuntimeError(f"rollout: episodes still running after max_steps={max_steps}")
+
+
+def _start(assignment: tuple[int, int], obs: Observation) -> Episode:
+    episode = Episode(task_id=assignment[0], init_state_id=assignment[1], instruction=obs.instruction)
+    episode.images.append(obs.image)
+    episode.proprio.append(np.asarray(obs.proprio, dtype=np.float32))
+    return episode
+
+
+def _record(episode: Episode, result: Any, tokens: np.ndarray, action: Any, log_probs: np.ndarray,
+            value: float) -> None:
+    episode.tokens.append(tokens)
+    episode.actions.append(np.asarray(action, dtype=np.float32))
+    episode.log_probs.append(log_probs)
+    episode.values.append(float(value))
+    episode.env_rewards.append(float(result.reward))
+    episode.images.append(result.observation.image)
+    episode.proprio.append(np.asarray(result.observation.proprio, dtype=np.float32))
+    if result.done:
+        episode.success, episode.truncated = bool(result.success), bool(result.truncated)
+        episode.aborted = bool(result.aborted)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
+    return np.asarray(value)

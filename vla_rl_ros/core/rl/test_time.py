@@ -1,0 +1,56 @@
+"""Test-time scaling: sample N candidate actions per observation, keep the best-scored one.
+
+Candidates come from one batched decode of the N-times repeated observations. A scorer maps
+``(images, instructions, decode output) -> scores [B*N]``. The PRM scores (observation,
+action) pairs, so it can rank candidates. The policy's critic cannot: it reads the prompt
+only (V(s)), so every candidate of an observation gets the same value; use it as a
+tie-break at most. ``likelihood_scorer`` (the policy's own log-prob) needs no extra model.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+Scorer = Callable[[np.ndarray, list, Any], np.ndarray]
+
+
+def prm_scorer(prm: Any) -> Scorer:
+    """Score candidates by PRM progress after the action."""
+    def score(images: np.ndarray, instructions: list, out: Any) -> np.ndarray:
+        return prm.score_batched(images, instructions, out.tokens)
+    return score
+
+
+def likelihood_scorer() -> Scorer:
+    """Score candidates by the summed action-token log-prob under the sampling distribution."""
+    def score(images: np.ndarray, instructions: list, out: Any) -> np.ndarray:
+        return torch.as_tensor(out.log_probs).double().sum(-1).numpy()
+    return score
+
+
+def best_of_n_decode(policy: Any, images: np.ndarray, instructions: Sequence[str], n: int,
+                     scorer: Scorer | None = None, generator: torch.Generator | None = None) -> Any:
+    """The best of ``n`` sampled actions per observation (``n = 1``: a plain sampled decode).
+
+    Returns the policy's decode output type with rows ``[B]`` (tokens, actions, log_probs,
+    values) of the chosen candidates; ``scorer`` defaults to :func:`likelihood_scorer`.
+    """
+    if n < 1:
+        raise ValueError(f"best-of-N needs n >= 1, got {n}")
+    if n == 1:
+        return policy.decode(images, list(instructions), generator=generator)
+    batch = len(images)
+    rep_images = np.concatenate([images] * n)  # candidate j of observation b sits at row j * B + b
+    rep_text = list(instructions) * n
+    out = policy.decode(rep_images, rep_text, generator=generator)
+    scores = np.asarray((scorer or likelihood_scorer())(rep_images, rep_text, out), dtype=np.float64)
+    if scores.shape != (batch * n,):
+        raise ValueError(f"scorer returned shape {scores.shape}, expected ({batch * n},)")
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    best = scores.reshape(n, batch).argmax(0)
+    rows = best * batch + np.arange(batch)
+    index = torch.as_tensor(rows)
+    return type(out)(tokens=out.tokens[index], actions=np.asarray(out.actions)[rows],
+                     log_probs=out.log_probs[index], values=out.values[index])
