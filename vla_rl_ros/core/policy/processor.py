@@ -61,7 +61,7 @@ def build_word_tokenizer(instructions: Iterable[str], n_action_tokens: int = 256
     """Word-level tokenizer: specials, prompt + instruction words, then the action ids LAST."""
     vocab_words = list(SPECIAL_TOKENS)
     seen = set(vocab_words)
-    for word in _words(prompt_for("")) + COMMON_WORDS + [w for text in instructions for w in _words(text)]:
+    for word in _words(prompt_for("x")) + COMMON_WORDS + [w for t in instructions for w in _words(prompt_for(t))]:
         if word not in seen:
             seen.add(word)
             vocab_words.append(word)
