@@ -18,7 +18,7 @@ from std_msgs.msg import Header
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, PolicyVersion
 from vla_rl_ros.nodes import convert, qos
-from vla_rl_ros.nodes.adapters import adapter_checksum
+from vla_rl_ros.nodes.adapters import weights_checksum
 from vla_rl_ros.nodes.params import ExperimentParameters
 from vla_rl_ros.nodes.runner import run_node
 
@@ -28,21 +28,10 @@ EXTRA_PARAMETERS = {
 }
 
 
-def task_instructions(env_cfg) -> list[str]:
-    """Every instruction the environments of ``env_cfg`` can ask for (the small model's vocabulary)."""
-    if env_cfg.backend == "toy":
-        from vla_rl_ros.core.envs import toy
-        return list(toy.instructions())
-    from vla_rl_ros.core.policy.processor import libero_instructions
-    return list(libero_instructions())
-
-
 def make_policy(cfg):
-    """The VLA of ``cfg.policy``: loaded from ``model_path``, or a new small model."""
-    from vla_rl_ros.core.policy import VLAPolicy
-    if cfg.policy.model_path:
-        return VLAPolicy.load(cfg.policy.model_path, cfg.policy)
-    return VLAPolicy.create(cfg.policy, task_instructions(cfg.env))
+    """The VLA of ``cfg``, built exactly as the learner and ``vla-rl train`` build it (same base weights)."""
+    from vla_rl_ros.core.rl.train_loop import build_policy
+    return build_policy(cfg)
 
 
 class PolicyNode(Node):
@@ -89,15 +78,13 @@ class PolicyNode(Node):
         msg, self.requested_version = self.requested_version, None
         path = Path(msg.adapter_path)
         try:
-            checksum = adapter_checksum(path)
-        except OSError as err:
-            self.get_logger().error(f"cannot load policy version {msg.version}: {err}")
+            checksum = weights_checksum(path)
+            if msg.sha256 and checksum != msg.sha256:
+                raise ValueError(f"checksum of {path} is {checksum}, announced {msg.sha256}")
+            self.policy.load_adapters(str(path))
+        except (OSError, ValueError) as err:
+            self.get_logger().error(f"refusing policy version {msg.version} (keeping v{self.version}): {err}")
             return
-        if msg.sha256 and checksum != msg.sha256:
-            self.get_logger().error(f"refusing policy version {msg.version}: checksum of {path} is {checksum}, "
-                                    f"announced {msg.sha256}")
-            return
-        self.policy.load_adapters(str(path))
         self.version = int(msg.version)
         self.get_logger().info(f"loaded policy version {self.version} from {path}")
 

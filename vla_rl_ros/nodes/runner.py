@@ -6,6 +6,7 @@ from typing import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
+from rclpy.signals import SignalHandlerOptions
 from rclpy.node import Node
 
 from vla_rl_ros.core.config_io import ConfigError
@@ -17,7 +18,9 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
     A configuration error (bad parameter, unknown key) ends the process with code 2 and one
     readable line instead of a traceback, so a launcher can report why a required node died.
     """
-    rclpy.init(args=args)
+    # Ctrl-C must reach Python as KeyboardInterrupt while the context is still valid, so that
+    # nodes can publish their last message (e.g. the recorder's partial-bag notice) on the way out.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
     try:

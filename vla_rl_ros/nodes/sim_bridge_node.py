@@ -19,7 +19,9 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.envs.base import ACTION_DIM, VectorEnvLike
+from vla_rl_ros.core.envs.splits import eval_init_states, train_init_states
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
 from vla_rl_ros.nodes import convert, qos
@@ -28,6 +30,8 @@ from vla_rl_ros.nodes.runner import run_node
 
 EXTRA_PARAMETERS = {
     "bridge_id": ("", "Identity echoed in every batch; '' = the node's fully qualified name."),
+    "init_states": ("train", "Which init states episodes start from when no task is assigned: 'train' "
+                             "(ids below env.num_train_init_states) or 'eval' (the held-out rest)."),
     "min_observation_subscribers": (1, "Start stepping only once this many nodes subscribe to observations "
                                        "(policy, recorder, prm), so the first steps are not lost."),
 }
@@ -53,6 +57,11 @@ class SimBridgeNode(Node):
         self.num_envs = self.env.num_envs
         self.task_ids = list(cfg.env.task_ids)
         self.rng = np.random.default_rng(cfg.env.seed)
+        split = extra["init_states"]
+        if split not in ("train", "eval"):
+            raise ConfigError(f"init_states={split!r}: 'train' or 'eval'")
+        self.init_state_pool = (train_init_states if split == "train" else eval_init_states)(
+            cfg.env.num_train_init_states)
         self.assignments: list[deque] = [deque() for _ in range(self.num_envs)]
         self.next_episode_id = 0
         self.episode_ids = [0] * self.num_envs
@@ -76,6 +85,8 @@ class SimBridgeNode(Node):
                            for i in range(self.num_envs)]
         self.observations = self._reset_envs(list(range(self.num_envs)))
         self.create_timer(0.05, self._watchdog)
+        self.started = time.monotonic()
+        self.create_timer(10.0, self._log_rate)
         self.viz_timer = self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_viz)
         self.get_logger().info(f"bridge {self.bridge_id}: {self.num_envs} {cfg.env.backend} envs, "
                                f"tasks {self.task_ids}")
@@ -84,8 +95,7 @@ class SimBridgeNode(Node):
     def _next_assignment(self, env_id: int) -> tuple[int, int]:
         if self.assignments[env_id]:
             return self.assignments[env_id].popleft()
-        cfg = self.params.config.env
-        return (int(self.rng.choice(self.task_ids)), int(self.rng.integers(cfg.num_train_init_states)))
+        return (int(self.rng.choice(self.task_ids)), int(self.rng.choice(self.init_state_pool)))
 
     def _reset_envs(self, env_ids: list[int]) -> dict:
         picks = [self._next_assignment(i) for i in env_ids]
@@ -167,6 +177,11 @@ class SimBridgeNode(Node):
             self.reported_missing = True
             self.obs_pub.publish(self.pending)
             self.published_at = time.monotonic()
+
+    def _log_rate(self) -> None:
+        elapsed = time.monotonic() - self.started
+        self.get_logger().info(f"rollout/env_steps={self.steps_done} rollout/episodes={self.episodes_done} "
+                               f"rollout/env_steps_per_s={self.steps_done / max(elapsed, 1e-9):.1f}")
 
     # ------------------------------------------------------------------ commands
     def _on_assignment(self, msg: TaskAssignment) -> None:

@@ -104,15 +104,17 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
     """Finished episodes of the bags ``paths`` (in order); unfinished ones are returned as ``carry``.
 
     Pass ``carry`` from the previous call so that an episode spanning two iterations' bags is
-    completed instead of lost.
+    completed instead of lost. PRM progress is attached by (bridge, step) wherever it was recorded.
     """
     from rclpy.serialization import deserialize_message
     from rosbags.rosbag2 import Reader
 
     import vla_rl_ros.msg as msgs
     classes = {topic: getattr(msgs, name) for topic, name in RECORDED_TOPICS.items()}
-    episodes: dict = dict(carry or {})
-    pending_obs: dict = {}
+    state = dict(carry or {})
+    episodes: dict = state.setdefault("episodes", {})
+    pending_obs: dict = state.setdefault("observations", {})
+    step_entries: dict = state.setdefault("step_entries", {})
     finished: list[EpisodeSteps] = []
     for path in ([paths] if isinstance(paths, (str, Path)) else paths):
         with Reader(Path(path)) as reader:
@@ -123,19 +125,27 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
                 msg = deserialize_message(bytes(raw), classes[topic])
                 if topic == topics.OBSERVATIONS:
                     pending_obs[(msg.bridge_id, msg.step_seq)] = msg
+                    step_entries[(msg.bridge_id, msg.step_seq)] = [
+                        (msg.bridge_id, int(e), int(ep), int(k))
+                        for e, ep, k in zip(msg.env_ids, msg.episode_ids, msg.step_indices)]
                 elif topic == topics.ACTIONS:
                     _pair(episodes, pending_obs.pop((msg.bridge_id, msg.step_seq), None), msg)
                 elif topic == topics.STEP_REWARDS:
-                    for i, env_id in enumerate(msg.env_ids):
-                        for ep in episodes.values():
-                            if ep.bridge_id == msg.bridge_id and ep.env_id == env_id and ep.result is None:
-                                ep.progress[len(ep.actions)] = float(msg.progress[i])
+                    entries = {e[1]: e for e in step_entries.get((msg.bridge_id, msg.step_seq), [])}
+                    for env_id, progress in zip(msg.env_ids, msg.progress):
+                        if env_id in entries:
+                            bridge, env, episode_id, step = entries[env_id]
+                            key = (bridge, env, episode_id)
+                            episodes.setdefault(key, EpisodeSteps(*key)).progress[step] = float(progress)
                 elif topic == topics.EPISODE_RESULTS:
                     key = (msg.bridge_id, msg.env_id, msg.episode_id)
-                    episode = episodes.pop(key, None) or EpisodeSteps(msg.bridge_id, msg.env_id, msg.episode_id)
+                    episode = episodes.pop(key, None) or EpisodeSteps(*key)
                     episode.result = msg
                     finished.append(episode)
-    return finished, episodes
+    live = {(b, e, ep) for b, e, ep in episodes}
+    for key in [k for k, v in step_entries.items() if not any((b, e, ep) in live for b, e, ep, _ in v)]:
+        del step_entries[key]  # keep the carry small: only steps of unfinished episodes
+    return finished, state
 
 
 def _pair(episodes: dict, obs, actions) -> None:
@@ -159,3 +169,34 @@ def _pair(episodes: dict, obs, actions) -> None:
         episode.log_probs.append(log_probs[i])
         episode.values.append(float(actions.values[i]))
         episode.policy_versions.append(int(actions.policy_version))
+
+
+def to_core_episode(steps: EpisodeSteps):
+    """The core's :class:`~vla_rl_ros.core.rl.rollout.Episode` of a recorded episode (None if unusable).
+
+    Observations are ``o_0..o_T``: the terminal one comes from the EpisodeResult. PRM progress is
+    ``[0, p_0, ..., p_{T-1}]`` when every step was scored, else None (outcome-only reward).
+    """
+    from vla_rl_ros.core.rl.rollout import Episode
+    result = steps.result
+    if result is None or steps.num_steps == 0:
+        return None
+    images = list(steps.images)
+    proprio = list(steps.proprio)
+    final = result.final_image
+    if final.height and len(final.data) == final.height * final.width * 3:
+        images.append(np.frombuffer(final.data, np.uint8).reshape(final.height, final.width, 3))
+        proprio.append(np.asarray(result.final_proprio, np.float32))
+    else:
+        images.append(images[-1])
+        proprio.append(proprio[-1])
+    count = steps.num_steps
+    rewards = [0.0] * count
+    rewards[-1] = float(result.success)
+    scored = [steps.progress.get(t) for t in range(count)]
+    progress = np.array([0.0] + scored, dtype=np.float64) if all(p is not None for p in scored) else None
+    return Episode(task_id=steps.task_id, init_state_id=int(result.init_state_id), instruction=steps.instruction,
+                   images=images, proprio=proprio, tokens=list(steps.tokens), actions=list(steps.actions),
+                   log_probs=list(steps.log_probs), values=list(steps.values), env_rewards=rewards,
+                   success=bool(result.success), truncated=bool(result.truncated), aborted=bool(result.aborted),
+                   progress=progress)
