@@ -1,0 +1,1 @@
+"""Graph descriptions shared by the launch files and ``vla-rl launch`` (ROS-free)."""
