@@ -1,0 +1,125 @@
+"""Conversions between core values and messages: exact round trips and clear rejection of bad data."""
+import numpy as np
+import pytest
+
+from vla_rl_ros.core.envs.base import Observation
+from vla_rl_ros.msg import TaskAssignment
+from vla_rl_ros.nodes import convert
+
+
+def _observations(count=2, size=16):
+    rng = np.random.default_rng(1)
+    return [Observation(image=rng.integers(0, 255, (size, size, 3), dtype=np.uint8), instruction=f"task {i}",
+                        proprio=rng.normal(size=8).astype(np.float32), task_id=i, init_state_id=0, step=i)
+            for i in range(count)]
+
+
+def _batch(count=2, size=16):
+    return convert.observations_to_msg("b0", 3, list(range(count)), [10 + i for i in range(count)],
+                                       _observations(count, size))
+
+
+def _actions(count=2, actions=None):
+    rng = np.random.default_rng(2)
+    actions = rng.uniform(-1, 1, (count, 7)) if actions is None else actions
+    return convert.actions_to_msg("b0", 3, list(range(count)), 4, rng.integers(0, 256, (count, 7)), actions,
+                                  -np.ones((count, 7)), np.zeros(count), 1.5)
+
+
+def test_image_round_trip_is_exact():
+    image = np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3)
+    msg = convert.image_to_msg(image)
+    assert (msg.encoding, msg.height, msg.width, msg.step) == ("rgb8", 12, 10, 30)
+    assert np.array_equal(convert.image_from_msg(msg), image)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda m: setattr(m, "encoding", "bgr8"), "encoding"),
+    (lambda m: setattr(m, "step", 29), "step"),
+    (lambda m: setattr(m, "data", bytes(10)), "data bytes"),
+    (lambda m: setattr(m, "height", 0), "empty"),
+])
+def test_malformed_images_are_rejected_with_reason(mutate, reason):
+    msg = convert.image_to_msg(np.zeros((12, 10, 3), np.uint8))
+    mutate(msg)
+    with pytest.raises(convert.MessageError, match=reason):
+        convert.image_from_msg(msg)
+
+
+def test_wrong_image_size_is_rejected():
+    with pytest.raises(convert.MessageError, match="size 16x16, expected 32x32"):
+        convert.observations_from_msg(_batch(size=16), image_size=32)
+
+
+def test_observation_batch_round_trip():
+    observations = _observations()
+    back = convert.observations_from_msg(_batch(), image_size=16, known_task_ids=[0, 1])
+    assert back.bridge_id == "b0" and back.step_seq == 3 and back.episode_ids == [10, 11]
+    assert back.images.shape == (2, 16, 16, 3) and back.instructions == ["task 0", "task 1"]
+    for original, decoded in zip(observations, back.observations):
+        assert np.array_equal(original.image, decoded.image)
+        assert np.allclose(original.proprio, decoded.proprio)
+        assert (original.task_id, original.step) == (decoded.task_id, decoded.step)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda m: setattr(m, "task_ids", [0, 7]), r"unknown task id\(s\) \[7\]"),
+    (lambda m: setattr(m, "instructions", ["only one"]), "instructions: 1 entries, expected 2"),
+    (lambda m: setattr(m, "proprio", np.full(15, 0.0, np.float32)), "proprio: 15 values"),
+    (lambda m: setattr(m, "proprio", np.full(16, np.nan, np.float32)), "NaN"),
+    (lambda m: setattr(m, "env_ids", [1, 1]), "duplicates"),
+    (lambda m: setattr(m, "env_ids", []), "empty batch"),
+    (lambda m: setattr(m, "instructions", ["", "x"]), "empty instruction"),
+])
+def test_malformed_observation_batches_are_rejected(mutate, reason):
+    msg = _batch()
+    mutate(msg)
+    with pytest.raises(convert.MessageError, match=reason):
+        convert.observations_from_msg(msg, image_size=16, known_task_ids=[0, 1])
+
+
+def test_action_batch_round_trip():
+    msg = _actions()
+    back = convert.actions_from_msg(msg, [0, 1])
+    assert back.actions.shape == (2, 7) and back.tokens.shape == (2, 7) and back.policy_version == 4
+    assert np.allclose(back.actions, np.asarray(msg.actions).reshape(2, 7))
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (np.full((2, 7), np.nan), "NaN"),
+    (np.full((2, 7), 1e6), "magnitude"),
+])
+def test_non_finite_or_huge_actions_are_rejected(bad, reason):
+    with pytest.raises(convert.MessageError, match=reason):
+        convert.actions_from_msg(_actions(actions=bad), [0, 1])
+
+
+def test_misaligned_actions_are_rejected():
+    with pytest.raises(convert.MessageError, match="do not match the pending batch"):
+        convert.actions_from_msg(_actions(), [0, 1, 2])
+    msg = _actions()
+    msg.values = np.zeros(1, np.float32)
+    with pytest.raises(convert.MessageError, match="values: 1 values"):
+        convert.actions_from_msg(msg)
+    msg = _actions()
+    msg.action_dim = 6
+    with pytest.raises(convert.MessageError, match="action_dim=6"):
+        convert.actions_from_msg(msg)
+
+
+def test_task_assignments_are_checked():
+    msg = TaskAssignment(bridge_id="b0", env_ids=[0, 1], task_ids=[2, 9], init_state_ids=[3, 4])
+    with pytest.raises(convert.MessageError, match="unknown task id 9"):
+        convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
+    msg.task_ids = [2, 1]
+    assert convert.task_assignments_from_msg(msg, 2, {0, 1, 2}) == [(0, 2, 3), (1, 1, 4)]
+    msg.env_ids = [0, 5]
+    with pytest.raises(convert.MessageError, match="env_id 5 outside"):
+        convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
+
+
+def test_episode_result_carries_terminal_observation():
+    final = _observations(1)[0]
+    msg = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, final_observation=final)
+    assert np.array_equal(convert.image_from_msg(msg.final_image), final.image)
+    assert np.allclose(msg.final_proprio, final.proprio) and msg.success and msg.num_steps == 12
