@@ -62,6 +62,8 @@ class PolicyHarness(Node):
         self.param_client = self.create_client(SetParameters, "franka_bridge/set_parameters")
 
     def _on_obs(self, msg: ObservationBatch) -> None:
+        if msg.bridge_id != "franka":
+            return
         with self.lock:
             self.observations.append(msg)
         action = self.action_fn(msg.step_seq) if self.action_fn else None
@@ -84,8 +86,10 @@ class PolicyHarness(Node):
 
 
 @pytest.fixture
-def graph():
+def graph(monkeypatch):
     """Fake driver + policy harness spinning here, and a function that starts the bridge process."""
+    # A private DDS domain: other test runs on this machine also publish 'observations' and 'actions'.
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     rclpy.init()
     driver, harness = FakeFrankaDriver(), PolicyHarness()
     executor = SingleThreadedExecutor()

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import rclpy
+from PIL import Image as PILImage
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.executors import ExternalShutdownException
@@ -54,13 +55,26 @@ def pose_from_msg(msg: PoseStamped) -> EefPose:
     return EefPose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
 
 
-def rgb_image(msg: Image) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of an rgb8 or bgr8 image (cameras differ; the policy wants RGB)."""
-    if msg.encoding == "bgr8":
+def camera_frame(msg: Image, size: int) -> np.ndarray:
+    """uint8 [size, size, 3] RGB of an rgb8 or bgr8 camera image: centre square crop, then resize.
+
+    The policy takes square RGB frames of ``env.image_size`` (as LIBERO renders them); real
+    cameras give wider BGR or RGB frames.
+    """
+    bgr = msg.encoding == "bgr8"
+    if bgr:
         msg = Image(header=msg.header, height=msg.height, width=msg.width, encoding="rgb8",
                     is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data)
-        return convert.image_from_msg(msg, what="camera")[:, :, ::-1].copy()
-    return convert.image_from_msg(msg, what="camera")
+    image = convert.image_from_msg(msg, what="camera")
+    if bgr:
+        image = image[:, :, ::-1]
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = np.ascontiguousarray(image[top:top + side, left:left + side])
+    if side == size:
+        return square
+    return np.asarray(PILImage.fromarray(square).resize((size, size), PILImage.BILINEAR))
 
 
 def command_messages(cmd: SafeCommand, header: Header, open_width: float, closed_width: float):
@@ -103,6 +117,7 @@ class FrankaBridgeNode(Node):
         self.step_index = 0
         self.pending_seq: int | None = None
         self.pending_since = 0.0
+        self.pending_stamp = None
         self.events_total = 0
         self.last_events: collections.deque = collections.deque(maxlen=5)
 
@@ -208,9 +223,13 @@ class FrankaBridgeNode(Node):
 
     def _on_end_episode(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         """Operator verdict (data = success): publish the EpisodeResult and start the next episode."""
+        try:
+            final = self._observation()
+        except convert.MessageError:
+            final = None
         self.episode_pub.publish(convert.episode_result_to_msg(
             str(self.extra["bridge_id"]), 0, self.episode_id, int(self.extra["task_id"]), 0,
-            self.step_index, bool(request.data), False, False, "", self._header()))
+            self.step_index, bool(request.data), False, False, "", self._header(), final_observation=final))
         response.success, response.message = True, f"episode {self.episode_id} ended, success={request.data}"
         self.episode_id += 1
         self.step_index = 0
@@ -232,9 +251,19 @@ class FrankaBridgeNode(Node):
             command = self.safety.filter_action(action, now)
         except convert.MessageError as err:
             command = self.safety.reject_action(str(err))
-        self._publish_command(command)
+        # Stamped with the observation it answers, so any listener can measure observation-to-command latency.
+        self._publish_command(command, self.pending_stamp)
 
     # ------------------------------------------------------------------ outputs
+    def _observation(self) -> Observation | None:
+        """The current observation (None until a camera frame and a pose have arrived)."""
+        if self.image is None or self.pose is None:
+            return None
+        return Observation(image=camera_frame(self.image, self.params.config.env.image_size),
+                           instruction=self.instruction or "do the task",
+                           proprio=proprio_from_state(self.pose, self.fingers),
+                           task_id=int(self.extra["task_id"]), init_state_id=0, step=self.step_index)
+
     def _header(self) -> Header:
         return Header(stamp=self.get_clock().now().to_msg(), frame_id=str(self.extra["base_frame"]))
 
@@ -244,12 +273,15 @@ class FrankaBridgeNode(Node):
             self.last_events.append(event)
             self.get_logger().warning(f"safety: {event}")
 
-    def _publish_command(self, command: SafeCommand | None) -> None:
+    def _publish_command(self, command: SafeCommand | None, stamp=None) -> None:
         if command is None:
             return
         self._record(command.events)
         self.last_command = command
-        pose, twist, gripper = command_messages(command, self._header(),
+        header = self._header()
+        if stamp is not None:
+            header.stamp = stamp
+        pose, twist, gripper = command_messages(command, header,
                                                 float(self.extra["gripper_open_width_m"]),
                                                 float(self.extra["gripper_closed_width_m"]))
         pubs = self.driver_pubs if self.driver_pubs is not None else self.dry_run_pubs
@@ -265,21 +297,18 @@ class FrankaBridgeNode(Node):
         timeout = max(self.params.config.safety.watchdog_timeout_s, self.params.config.graph.action_timeout_s)
         if self.pending_seq is not None and now - self.pending_since < timeout:
             return  # lockstep: the next observation waits for the action of this one
-        if self.image is None or self.pose is None:
-            return
         try:
-            image = rgb_image(self.image)
+            observation = self._observation()
         except convert.MessageError as err:
             self._record([f"camera image dropped: {err}"])
             return
+        if observation is None:
+            return
         self.step_seq += 1
-        observation = Observation(image=image, instruction=self.instruction or "do the task",
-                                  proprio=proprio_from_state(self.pose, self.fingers),
-                                  task_id=int(self.extra["task_id"]), init_state_id=0, step=self.step_index)
+        header = self._header()
         self.obs_pub.publish(convert.observations_to_msg(
-            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation],
-            self._header()))
-        self.pending_seq, self.pending_since = self.step_seq, now
+            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation], header))
+        self.pending_seq, self.pending_since, self.pending_stamp = self.step_seq, now, header.stamp
 
     def _status(self) -> tuple[bytes, str]:
         armed = self.driver_pubs is not None
