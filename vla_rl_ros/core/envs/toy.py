@@ -81,7 +81,7 @@ class ToyVectorEnv:
     """``num_envs`` toy environments stepped together (implements ``VectorEnvLike``)."""
 
     def __init__(self, num_envs: int = 2, image_size: int = 32, max_episode_steps: int = 20,
-                 step_size: float = 0.1, tolerance: float = 0.2) -> None:
+                 step_size: float = 0.1, tolerance: float = 0.2, goal_radius: float = 0.6) -> None:
         """Environments start finished; call :meth:`reset` before stepping."""
         if num_envs < 1 or image_size < 8 or max_episode_steps < 1:
             raise ValueError(f"toy env: num_envs={num_envs} >= 1, image_size={image_size} >= 8, "
@@ -91,6 +91,7 @@ class ToyVectorEnv:
         self.max_episode_steps = max_episode_steps
         self.step_size = step_size
         self.tolerance = tolerance
+        self.goal_radius = goal_radius
         self.position = np.zeros((num_envs, 2))
         self.closed = np.zeros(num_envs, dtype=bool)
         self.task_ids = np.zeros(num_envs, dtype=np.int64)
@@ -102,7 +103,7 @@ class ToyVectorEnv:
         task = int(self.task_ids[i])
         finger = 0.0 if self.closed[i] else OPEN_FINGER
         proprio = np.array([*self.position[i], 0.0, 0.0, 0.0, 0.0, finger, -finger], dtype=np.float32)
-        image = render(self.position[i], toy_goal(task), bool(self.closed[i]), list(COLOURS.values())[task],
+        image = render(self.position[i], toy_goal(task, self.goal_radius), bool(self.closed[i]), list(COLOURS.values())[task],
                        self.image_size)
         return Observation(image=image, instruction=toy_instruction(task), proprio=proprio, task_id=task,
                            init_state_id=int(self.init_ids[i]), step=int(self.steps[i]))
@@ -136,7 +137,8 @@ class ToyVectorEnv:
             self.position[i] = np.clip(self.position[i] + self.step_size * action[:2], -1.0, 1.0)
             self.closed[i] = action[6] > 0
             self.steps[i] += 1
-            near = np.linalg.norm(self.position[i] - toy_goal(int(self.task_ids[i]))) <= self.tolerance
+            goal = toy_goal(int(self.task_ids[i]), self.goal_radius)
+            near = np.linalg.norm(self.position[i] - goal) <= self.tolerance
             success = bool(near and self.closed[i])
             truncated = not success and self.steps[i] >= self.max_episode_steps
             self.done[i] = success or truncated
@@ -150,11 +152,11 @@ class ToyVectorEnv:
 
 
 def toy_oracle_actions(observations: Sequence[Observation], step_size: float = 0.1,
-                       tolerance: float = 0.2) -> np.ndarray:
+                       tolerance: float = 0.2, goal_radius: float = 0.6) -> np.ndarray:
     """Expert actions [B, 7]: head straight for the target, close the gripper once there."""
     actions = np.zeros((len(observations), ACTION_DIM), dtype=np.float32)
     for i, obs in enumerate(observations):
-        offset = toy_goal(obs.task_id) - obs.proprio[:2]
+        offset = toy_goal(obs.task_id, goal_radius) - obs.proprio[:2]
         distance = float(np.linalg.norm(offset))
         move = offset / max(distance, 1e-9) * min(distance / step_size, 1.0)
         actions[i, :2] = move

@@ -70,10 +70,26 @@ class RewardConfig:
     """Weight of the PRM's per-step progress reward; 0 disables the PRM (ablation)."""
     prm_path: str = ""
     """Directory of a trained PRM; '' = no PRM (outcome-only reward)."""
+    prm_epochs: int = 5
+    """``vla-rl train-prm``: passes over the labelled steps."""
+    prm_lr: float = 1e-3
+    """``vla-rl train-prm``: learning rate of the PRM's adapters and progress head."""
+    prm_batch_size: int = 32
+    """``vla-rl train-prm``: steps per PRM minibatch."""
+    prm_rollout_episodes: int = 32
+    """``vla-rl train-prm``: policy rollouts collected (on training init states) besides the demos."""
+    prm_heldout_fraction: float = 0.25
+    """``vla-rl train-prm``: share of trajectories held out to measure AUC and rank correlation."""
 
     def __post_init__(self) -> None:
         check(self.success_weight >= 0, "reward.success_weight", self.success_weight, "must be >= 0")
         check(self.prm_weight >= 0, "reward.prm_weight", self.prm_weight, "must be >= 0")
+        check(self.prm_epochs >= 1, "reward.prm_epochs", self.prm_epochs, "must be >= 1")
+        check(self.prm_lr > 0, "reward.prm_lr", self.prm_lr, "must be > 0")
+        check(self.prm_batch_size >= 1, "reward.prm_batch_size", self.prm_batch_size, "must be >= 1")
+        check(self.prm_rollout_episodes >= 0, "reward.prm_rollout_episodes", self.prm_rollout_episodes, ">= 0")
+        check(0.0 <= self.prm_heldout_fraction < 1.0, "reward.prm_heldout_fraction",
+              self.prm_heldout_fraction, "in [0, 1)")
 
 
 @dataclass

@@ -51,8 +51,9 @@ class Episode:
         return len(self.tokens)
 
 
-DecodeFn = Callable[[np.ndarray, list[str]], Any]
-"""``(images [B,H,W,3], instructions) -> object with .tokens, .actions, .log_probs, .values``."""
+DecodeFn = Callable[..., Any]
+"""``(images [B,H,W,3], instructions) -> object with .tokens, .actions, .log_probs, .values``;
+a callable with ``wants_observations = True`` is called with the list of Observations instead."""
 
 
 def _next_assignment(pending: list[tuple[int, int]], current_task: int | None) -> tuple[int, int]:
@@ -84,8 +85,10 @@ def collect_episodes(env: VectorEnvLike, decode: DecodeFn, assignments: Sequence
     for _ in range(max_steps):
         if all(s is None for s in slots):
             return finished
-        images = np.stack([o.image for o in observations])
-        out = decode(images, [o.instruction for o in observations])
+        if getattr(decode, "wants_observations", False):  # scripted experts need proprio, not pixels
+            out = decode(observations)
+        else:
+            out = decode(np.stack([o.image for o in observations]), [o.instruction for o in observations])
         tokens, log_probs = _numpy(out.tokens), _numpy(out.log_probs)
         values = _numpy(out.values).reshape(-1)
         results = env.step(np.asarray(out.actions, dtype=np.float32))

@@ -1,0 +1,89 @@
+"""Trajectories for PRM training: recorded demonstration bags, toy-oracle demos, policy rollouts.
+
+Everything becomes an :class:`Episode` whose ``tokens`` are the policy's own action tokens
+(demonstration actions are tokenised with the policy's action tokenizer), so the PRM learns
+on exactly the token ids it will score during RL.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vla_rl_ros.core.policy.policy import DecodeOutput
+from vla_rl_ros.core.rl.rollout import Episode, collect_episodes
+
+
+def episode_from_record(record: Any, action_tokenizer: Any) -> Episode:
+    """Convert a demonstration ``EpisodeRecord`` (T images, T actions) into an Episode.
+
+    Bags store the observation before each action only; the final observation is taken to
+    be the last one recorded (the PRM never scores the final observation itself).
+    """
+    actions = np.asarray(record.actions, dtype=np.float32)
+    if len(actions) == 0:
+        raise ValueError(f"demonstration task {record.task_id} init {record.init_state_id} has no steps")
+    tokens = np.asarray(action_tokenizer.encode(actions), dtype=np.int64)
+    episode = Episode(task_id=int(record.task_id), init_state_id=int(record.init_state_id),
+                      instruction=record.instruction)
+    episode.images = list(record.images) + [record.images[-1]]
+    episode.proprio = [np.asarray(p, dtype=np.float32) for p in record.proprio] + [record.proprio[-1]]
+    episode.tokens = list(tokens)
+    episode.actions = list(actions)
+    episode.log_probs = [np.zeros(tokens.shape[1], np.float32)] * len(actions)
+    episode.values = [0.0] * len(actions)
+    episode.env_rewards = [0.0] * (len(actions) - 1) + [float(record.success)]
+    episode.success = bool(record.success)
+    return episode
+
+
+def load_demo_episodes(directory: str | Path, action_tokenizer: Any,
+                       task_ids: Sequence[int] | None = None) -> list[Episode]:
+    """Every recorded episode (successful and failed) of a ``vla-rl demos`` directory."""
+    from vla_rl_ros.core.data.episode_bag import read_episode_bag
+    from vla_rl_ros.core.data.recording import load_index
+    directory = Path(directory)
+    entries = [e for e in load_index(directory).get("episodes", []) if e.get("bag")
+               and (task_ids is None or e["task_id"] in task_ids)]
+    if not entries:
+        raise ValueError(f"no recorded episodes in {directory} (looked for bags in {directory / 'index.json'})")
+    return [episode_from_record(read_episode_bag(directory / e["bag"]), action_tokenizer) for e in entries]
+
+
+def toy_oracle_episodes(env: Any, action_tokenizer: Any, assignments: Sequence[tuple[int, int]],
+                        noise: float = 0.0, seed: int = 0) -> list[Episode]:
+    """Toy-env demonstrations: the oracle's actions (optionally noisy), tokenised like the policy's."""
+    from vla_rl_ros.core.envs.toy import toy_oracle_actions
+    rng = np.random.default_rng(seed)
+
+    def oracle(observations: list) -> Any:
+        actions = toy_oracle_actions(observations, env.step_size, env.tolerance, env.goal_radius)
+        actions[:, :2] += noise * rng.standard_normal((len(actions), 2))
+        tokens = torch.as_tensor(action_tokenizer.encode(np.clip(actions, -1.0, 1.0)), dtype=torch.long)
+        return DecodeOutput(tokens=tokens, actions=action_tokenizer.decode(tokens.numpy()),
+                            log_probs=torch.zeros(tokens.shape), values=torch.zeros(len(tokens)))
+
+    oracle.wants_observations = True  # type: ignore[attr-defined]
+    return collect_episodes(env, oracle, assignments)
+
+
+def policy_rollouts(env: Any, policy: Any, assignments: Sequence[tuple[int, int]], seed: int = 0) -> list[Episode]:
+    """Sampled rollouts of ``policy`` (the failures and partial successes the PRM must rank)."""
+    gen = torch.Generator().manual_seed(seed)
+    return collect_episodes(env, lambda images, texts: policy.decode(images, texts, generator=gen), assignments)
+
+
+def split_held_out(episodes: Sequence[Episode], fraction: float, seed: int = 0
+                   ) -> tuple[list[Episode], list[Episode]]:
+    """Random (seeded) split into training and held-out trajectories, stratified by outcome."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for flag in (True, False):
+        group = [e for e in episodes if e.success == flag]
+        order = rng.permutation(len(group))
+        cut = int(round(fraction * len(group)))
+        held += [group[i] for i in order[:cut]]
+        train += [group[i] for i in order[cut:]]
+    return train, held
