@@ -1,0 +1,172 @@
+"""The real-arm graph: description, launch file, config file, markers, camera frames, and the
+whole deploy graph (franka_bridge + a tiny policy, separate processes) against the fake driver."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from vla_rl_ros.core.config import load_config  # noqa: E402
+from vla_rl_ros.core.config_io import ConfigError  # noqa: E402
+from vla_rl_ros.graph.deploy_franka import DEPLOY_ARGUMENTS, build_deploy_graph  # noqa: E402
+from vla_rl_ros.graph.description import node_command  # noqa: E402
+
+
+def roles(graph):
+    return [n.role for n in graph.nodes]
+
+
+def test_deploy_graph_defaults_to_dry_run_evaluation():
+    graph = build_deploy_graph()
+    assert roles(graph) == ["franka_bridge", "policy", "recorder"]
+    assert graph.params_file.endswith("config/franka.yaml")
+    bridge, policy = graph.nodes[0], graph.nodes[1]
+    assert bridge.parameters["safety.armed"] is False and bridge.remappings == []
+    assert policy.parameters["greedy"] is True
+    argv = node_command(bridge, graph, "python")
+    assert argv[:3] == ["python", "-m", "vla_rl_ros.nodes.franka_bridge_node"]
+    assert "safety.armed:=false" in argv
+
+
+def test_deploy_graph_rl_mode_remaps_driver_topics_and_arms_on_request():
+    graph = build_deploy_graph(mode="rl", armed="true", camera_topic="/cam/color/image_raw",
+                               pose_command_topic="/cartesian_pose_controller/target",
+                               instruction="open the drawer")
+    assert roles(graph) == ["franka_bridge", "policy", "recorder", "learner"]
+    bridge = graph.nodes[0]
+    assert ("camera/image_raw", "/cam/color/image_raw") in bridge.remappings
+    assert ("command/pose", "/cartesian_pose_controller/target") in bridge.remappings
+    assert bridge.parameters["safety.armed"] is True and bridge.parameters["instruction"] == "open the drawer"
+    assert graph.nodes[1].parameters["greedy"] is False
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"mode": "train"}, "mode='train'"), ({"armed": "yes"}, "armed='yes'"),
+    ({"speed": "1"}, "unknown launch"),
+    ({"use_prm": "true"}, "reward.prm_path"), ({"log_level": "loud"}, "log_level")])
+def test_deploy_graph_rejects_bad_arguments_by_name(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        build_deploy_graph(**arguments)
+
+
+def test_launch_file_parses_and_every_argument_is_described():
+    path = ROOT / "launch" / "deploy_franka.launch.py"
+    spec = importlib.util.spec_from_file_location("deploy_franka_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # launch_ros is imported only when the description is generated
+    assert callable(module.generate_launch_description)
+    assert all(len(text) > 10 for _, text in DEPLOY_ARGUMENTS.values())
+
+
+def test_franka_config_is_valid_and_bridge_block_matches_node_parameters():
+    from vla_rl_ros.nodes.franka_bridge_node import EXTRA_PARAMETERS
+    cfg = load_config(ROOT / "config" / "franka.yaml")
+    assert cfg.safety.armed is False and cfg.env.num_envs == 1
+    block = yaml.safe_load((ROOT / "config" / "franka.yaml").read_text())["franka_bridge"]["ros__parameters"]
+    assert set(block) <= set(EXTRA_PARAMETERS)
+    with pytest.raises(ConfigError, match="safety.max_linear_speed_m_s"):
+        load_config(ROOT / "config" / "franka.yaml", ["safety.max_linear_speed_m_s=0"])
+
+
+def test_markers_show_path_target_workspace_task_and_progress():
+    from std_msgs.msg import Header
+    from visualization_msgs.msg import Marker
+
+    from vla_rl_ros.nodes import markers
+    array = markers.bridge_markers(Header(frame_id="panda_link0"), [[0.5, 0, 0.3], [0.51, 0, 0.3]],
+                                   [0.52, 0, 0.3], True, "put the bowl on the plate", 0.42, "armed, stopped",
+                                   ([0.25, -0.4, 0.02], [0.75, 0.4, 0.6]), policy_version=3)
+    by_ns = {m.ns: m for m in array.markers}
+    assert by_ns["eef_path"].type == Marker.LINE_STRIP and len(by_ns["eef_path"].points) == 2
+    assert len(by_ns["workspace"].points) == 24  # 12 edges
+    assert by_ns["safe_target"].color.r > by_ns["safe_target"].color.g  # red: stopped
+    assert by_ns["task"].text == "put the bowl on the plate"
+    assert by_ns["prm_progress"].text == "progress 0.42 (policy v3)"
+    assert markers.progress_text(None) == "progress n/a"
+
+
+def test_camera_frames_are_cropped_resized_and_rgb():
+    from sensor_msgs.msg import Image
+
+    from vla_rl_ros.nodes.convert import MessageError
+    from vla_rl_ros.nodes.franka_bridge_node import camera_frame
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:, :, 2] = 255  # channel 2 of a bgr8 frame is red
+    msg = Image(height=48, width=64, encoding="bgr8", step=64 * 3, data=frame.tobytes())
+    out = camera_frame(msg, 32)
+    assert out.shape == (32, 32, 3) and out[..., 0].min() == 255 and out[..., 2].max() == 0
+    with pytest.raises(MessageError, match="encoding"):
+        camera_frame(Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4)), 32)
+
+
+@pytest.fixture
+def fake_driver(monkeypatch):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from fake_franka_driver import FakeFrankaDriver
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() + 37) % 100))  # private: parallel runs
+    rclpy.init()
+    driver = FakeFrankaDriver()
+    executor = SingleThreadedExecutor()
+    executor.add_node(driver)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield driver, executor
+    executor.shutdown()
+    rclpy.shutdown()
+    thread.join(timeout=5)
+
+
+def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
+    """franka_bridge + a tiny policy (real processes, built by the deploy description), armed."""
+    from std_srvs.srv import SetBool
+
+    from vla_rl_ros.msg import EpisodeResult
+    from vla_rl_ros.nodes import qos
+    driver, executor = fake_driver
+    results = []
+    driver.create_subscription(EpisodeResult, "episode_results", results.append, qos.BATCH)
+    end_client = driver.create_client(SetBool, "end_episode")
+    graph = build_deploy_graph(armed="true", output_dir=str(tmp_path), log_level="error")
+    processes = [subprocess.Popen(node_command(spec, graph, sys.executable)
+                                  + ["-p", "policy.size:=tiny", "-p", "safety.watchdog_timeout_s:=5.0"],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for spec in graph.nodes if spec.role in ("franka_bridge", "policy")]
+    try:
+        def moving():
+            return [m for _, m in driver.commands("twist")
+                    if any((m.twist.linear.x, m.twist.linear.y, m.twist.linear.z))]
+
+        deadline = time.monotonic() + 120
+        while len(moving()) < 8 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in processes), [p.stderr.read()[-2000:] for p in processes]
+            time.sleep(0.1)
+        assert len(moving()) >= 8, "the policy's actions never reached the arm"
+        assert driver.commands("gripper")
+        assert end_client.wait_for_service(timeout_sec=10)
+        future = end_client.call_async(SetBool.Request(data=True))
+        while not (future.done() and results) and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        assert future.result().success and results[0].success and results[0].bridge_id == "franka"
+        assert results[0].num_steps >= 8 and len(results[0].final_proprio) == 8
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
