@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "<graph>.launch.py).", epilog="launch arguments:\n" + arguments,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("graph", choices=GRAPHS, help="which graph to start")
-    parser.add_argument("arguments", nargs="*", metavar="NAME:=VALUE", help="launch arguments (see below)")
+    # REMAINDER so that options may follow the launch arguments (argparse cannot interleave them).
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="NAME:=VALUE",
+                        help="launch arguments (see below)")
     parser.add_argument("--dry-run", action="store_true", help="print each node's command line and exit")
     parser.add_argument("--duration", type=float, default=0.0,
                         help="stop the graph after this many seconds (0 = run until Ctrl-C)")
@@ -128,8 +130,14 @@ class Supervisor:
 
 def run(args: argparse.Namespace) -> int:
     """Build the graph, then print it (``--dry-run``) or run it."""
+    late = argparse.ArgumentParser(prog="vla-rl launch", add_help=False)
+    late.add_argument("--dry-run", action="store_true")
+    late.add_argument("--duration", type=float, default=None)
+    options, launch_arguments = late.parse_known_args(args.arguments)
+    args.dry_run = args.dry_run or options.dry_run
+    args.duration = options.duration if options.duration is not None else args.duration
     try:
-        graph = build_graph(args.graph, **parse_launch_arguments(args.arguments))
+        graph = build_graph(args.graph, **parse_launch_arguments(launch_arguments))
     except ValueError as err:  # includes ConfigError from the params file
         print(f"vla-rl launch: {err}", file=sys.stderr)
         return 2
