@@ -98,7 +98,7 @@ def _resolved_config(params_file: str, flat_overrides: dict[str, Any]):
 
 
 def generate_launch():
-    """LaunchDescription (launch_ros) of the real-arm graph, every argument declared and described."""
+    """The launch_ros LaunchDescription of the real-arm graph, every argument declared and described."""
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
 

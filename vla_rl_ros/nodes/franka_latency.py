@@ -98,7 +98,7 @@ def _probe_node(image_size: int):
 
 def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str = "small",
                            image_size: int = 224, timeout_s: float = 600.0, config: str = "",
-                           domain_id: int | None = None) -> dict:
+                           domain_id: int | None = None, overrides: list[str] | None = None) -> dict:
     """p50/p99 latency (ms) of observation -> command through the deploy graph's policy and franka_bridge."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -107,13 +107,16 @@ def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str =
     from vla_rl_ros.graph.description import node_command
 
     graph = build_deploy_graph(mode="eval", armed="false", config=config, log_level="warn")
-    overrides = ["-p", f"policy.size:={policy_size}", "-p", "safety.watchdog_timeout_s:=30.0",
-                 "-p", "graph.action_timeout_s:=60.0"]
+    # The watchdog would stop the arm between slow CPU decodes; here only the command path is timed.
+    ros_overrides = ["-p", f"policy.size:={policy_size}", "-p", "safety.watchdog_timeout_s:=30.0",
+                     "-p", "graph.action_timeout_s:=60.0"]
+    for item in overrides or []:
+        ros_overrides += ["-p", item.replace("=", ":=", 1)]
     # A private DDS domain on loopback: other graphs on this host must not answer or pollute the probe.
     os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else 100 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ)
-    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + overrides, env=env)
+    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + ros_overrides, env=env)
                  for spec in graph.nodes if spec.role in ("franka_bridge", "policy")]
     rclpy.init()
     probe = _probe_node(image_size)
@@ -149,6 +152,13 @@ def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str =
             "action_to_command_bridge": _percentiles([t - p for t, p in samples]),
             "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                      "load_avg_1min": round(os.getloadavg()[0], 2)}}
+
+
+def bench_latency_target(args: argparse.Namespace, cfg) -> dict:
+    """``vla-rl bench latency``: the deploy graph's latency with ``cfg.policy.size`` (``--repeats`` steps)."""
+    return measure_deploy_latency(steps=max(args.repeats, 20), warmup=max(args.warmup, 1),
+                                  policy_size=cfg.policy.size, config=args.config or "",
+                                  overrides=list(args.overrides or []))
 
 
 def main(argv: list[str] | None = None) -> int:
