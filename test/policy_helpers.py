@@ -85,7 +85,8 @@ def write_openvla_checkpoint(policy: VLAPolicy, directory: Path, num_shards: int
     arch = policy.arch
     config = {"architectures": ["OpenVLAForActionPrediction"], "model_type": "openvla",
               "use_fused_vision_backbone": True, "n_action_bins": 256, "image_sizes": [arch.image_size] * 2,
-              "pad_to_multiple_of": 64, "text_config": {"model_type": "llama", "vocab_size": arch.llm["vocab_size"]},
+              "pad_to_multiple_of": 64,
+              "text_config": {"model_type": "llama", "vocab_size": arch.llm["vocab_size"]},
               "timm_model_ids": ["tiny_dinov2_reg4", "tiny_siglip"], ARCH_KEY: arch.to_dict()}
     if norm_stats is not None:
         config["norm_stats"] = norm_stats

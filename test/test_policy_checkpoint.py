@@ -85,7 +85,8 @@ def test_our_saved_directory_round_trip(source, tmp_path):
         "config.json", "model.safetensors", "tokenizer.json", "value_head.safetensors"]
     loaded = VLAPolicy.load(str(tmp_path / "policy"), tiny_cfg())
     frames = images(2, seed=5)
-    assert torch.equal(lm_logits(loaded, frames, INSTRUCTIONS[:2]), lm_logits(source, frames, INSTRUCTIONS[:2]))
+    texts = INSTRUCTIONS[:2]
+    assert torch.equal(lm_logits(loaded, frames, texts), lm_logits(source, frames, texts))
     a = source.decode(frames, INSTRUCTIONS[:2], greedy=True)
     b = loaded.decode(frames, INSTRUCTIONS[:2], greedy=True)
     assert torch.equal(a.tokens, b.tokens) and torch.allclose(a.values, b.values, atol=1e-6)
@@ -120,8 +121,8 @@ def test_missing_shard_is_named(ckpt, tmp_path):
 
 def test_extra_shard_is_named(ckpt, tmp_path):
     broken = copy_ckpt(ckpt, tmp_path)
-    (broken / "model-00004-of-00003.safetensors").write_bytes((ckpt / "model-00001-of-00003.safetensors")
-                                                               .read_bytes())
+    first = (ckpt / "model-00001-of-00003.safetensors").read_bytes()
+    (broken / "model-00004-of-00003.safetensors").write_bytes(first)
     with pytest.raises(CheckpointError, match="extra safetensors.*model-00004"):
         VLAPolicy.load(str(broken), unnorm_cfg())
 
@@ -186,10 +187,12 @@ def test_missing_directory_and_config(tmp_path):
 
 OPENVLA_7B_CONFIG = {
     "arch_specifier": "no-align+fused-gelu-mlp", "architectures": ["OpenVLAForActionPrediction"],
-    "hf_llm_id": "meta-llama/Llama-2-7b-hf", "image_resize_strategy": "resize-naive", "image_sizes": [224, 224],
+    "hf_llm_id": "meta-llama/Llama-2-7b-hf", "image_resize_strategy": "resize-naive",
+    "image_sizes": [224, 224],
     "llm_backbone_id": "llama2-7b-pure", "model_type": "openvla", "n_action_bins": 256,
     "norm_stats": NORM_STATS, "pad_to_multiple_of": 64, "pad_token_id": 32000,
-    "text_config": {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064},
+    "text_config": {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16",
+                    "vocab_size": 32064},
     "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
     "timm_override_act_layers": [None, None], "use_fused_vision_backbone": True,
     "vision_backbone_id": "dinosiglip-vit-so-224px"}

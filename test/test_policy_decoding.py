@@ -95,7 +95,8 @@ def test_temperature_is_applied_at_rollout_and_update():
     frames = images(2, seed=3)
     tokens = hot.decode(frames, TEXTS[:2], greedy=True).tokens
     assert torch.equal(tokens, cold.decode(frames, TEXTS[:2], greedy=True).tokens)
-    assert (hot.evaluate(frames, TEXTS[:2], tokens).entropy > cold.evaluate(frames, TEXTS[:2], tokens).entropy).all()
+    hot_entropy = hot.evaluate(frames, TEXTS[:2], tokens).entropy
+    assert (hot_entropy > cold.evaluate(frames, TEXTS[:2], tokens).entropy).all()
 
 
 def test_evaluate_gives_gradients_to_lora_and_value_head(policy):
@@ -113,7 +114,8 @@ def test_evaluate_gives_gradients_to_lora_and_value_head(policy):
 def test_sft_learns_a_fixed_action_on_cpu():
     student = tiny_policy()
     frames = images(4, seed=1)
-    target = torch.from_numpy(student.action_tokenizer.encode(np.tile([[0.5, -0.5, 0.2, 0, 0, 0.1, 1.0]], (4, 1))))
+    actions = np.tile([[0.5, -0.5, 0.2, 0, 0, 0.1, 1.0]], (4, 1))
+    target = torch.from_numpy(student.action_tokenizer.encode(actions))
     params = student.sft_parameters(full=True)
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     first = None

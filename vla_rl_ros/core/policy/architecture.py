@@ -68,7 +68,8 @@ class VLAArchitecture:
 
     def __post_init__(self) -> None:
         check(self.featurizer.image_size == self.fused_featurizer.image_size, "fused_featurizer.image_size",
-              self.fused_featurizer.image_size, f"equal to featurizer.image_size={self.featurizer.image_size}")
+              self.fused_featurizer.image_size, f"equal to featurizer.image_size "
+              f"{self.featurizer.image_size}")
         check(self.featurizer.num_patches == self.fused_featurizer.num_patches, "fused_featurizer.patch",
               self.fused_featurizer.patch, "must give as many patches as the featurizer")
         vocab = int(self.llm["vocab_size"])
@@ -163,8 +164,10 @@ def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
         sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
         return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000)
     # (vit width, vit depth incl. the unused last block, heads, patch, llm hidden, layers, heads)
-    shapes = {"tiny": (32, 3, 2, 16, 64, 2, 2), "small": (160, 4, 4, 16, 256, 4, 4),
-              "base": (256, 5, 4, 16, 512, 4, 8)}
+    # 'small' sits at the cheap end on purpose: image tokens dominate the cost of every step (decode,
+    # SFT, PPO) on a CPU, and a 2-core laptop must train it by imitation in minutes to hours.
+    shapes = {"tiny": (32, 3, 2, 16, 64, 2, 2), "small": (128, 3, 4, 16, 256, 2, 4),
+              "base": (192, 5, 4, 16, 384, 4, 6)}
     check(size in shapes, "policy.size", size, f"one of {', '.join(list(shapes) + ['openvla-7b'])}")
     width, depth, vit_heads, patch, hidden, layers, heads = shapes[size]
     check(image_size % patch == 0, "policy.image_size", image_size, f"multiple of the patch size {patch}")

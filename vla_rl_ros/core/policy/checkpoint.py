@@ -82,7 +82,8 @@ def weight_files(directory: Path) -> dict[str, list[str] | None]:
     raise CheckpointError(f"{directory}: safetensors files {', '.join(present)} but no {INDEX_FILE}")
 
 
-def _plan(directory: Path, arch: VLAArchitecture, expected: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+def _plan(directory: Path, arch: VLAArchitecture,
+          expected: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     """Shard -> keys to load, after checking every key and shape against the meta model."""
     unused = unused_key_pattern(arch)
     plan: dict[str, list[str]] = {}
@@ -183,7 +184,8 @@ def save_model_dir(directory: str | Path, arch: VLAArchitecture, state_dict: Map
     """
     tmp, target = atomic_directory(directory)
     try:
-        config = {"model_type": "openvla", "use_fused_vision_backbone": True, "n_action_bins": arch.n_action_bins,
+        config = {"model_type": "openvla", "use_fused_vision_backbone": True,
+                  "n_action_bins": arch.n_action_bins,
                   "image_sizes": [arch.image_size] * 2, "norm_stats": dict(norm_stats),
                   ARCH_KEY: arch.to_dict()}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))

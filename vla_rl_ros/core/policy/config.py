@@ -20,7 +20,7 @@ class PolicyConfig:
     model_path: str = ""
     """Local directory of a saved policy (ours) or an openvla-7b style checkpoint; '' = new small model."""
     size: str = "small"
-    """Preset for a new model: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (GPU, shape only)."""
+    """New-model preset: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (GPU, shape only)."""
     image_size: int = 128
     """Square input resolution of the vision backbones, in pixels."""
     dtype: str = "float32"

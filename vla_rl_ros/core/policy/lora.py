@@ -112,7 +112,8 @@ def apply_adapter_tensors(peft_model: PeftModel, value_head: torch.nn.Module,
     value = {k[len("value_head."):]: v for k, v in tensors.items() if k.startswith("value_head.")}
     stray = sorted(k for k in tensors if not k.startswith(("lora.", "value_head.")))
     expected_lora = get_peft_model_state_dict(peft_model)
-    problems = sorted(set(expected_lora) ^ set(lora)) + sorted(set(value_head.state_dict()) ^ set(value)) + stray
+    problems = (sorted(set(expected_lora) ^ set(lora)) + sorted(set(value_head.state_dict()) ^ set(value))
+                + stray)
     if problems:
         raise ValueError(f"{where}: adapter keys do not match this policy, e.g. {', '.join(problems[:5])}")
     for key, tensor in lora.items():

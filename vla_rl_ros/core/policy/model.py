@@ -220,7 +220,8 @@ def init_weights(model: OpenVLAModel, std: float = 0.02) -> None:
             nn.init.ones_(module.weight)
 
 
-def new_model(arch: VLAArchitecture, dtype: torch.dtype, device: str | torch.device, seed: int) -> OpenVLAModel:
+def new_model(arch: VLAArchitecture, dtype: torch.dtype, device: str | torch.device,
+              seed: int) -> OpenVLAModel:
     """A randomly initialised model built directly on ``device`` (a 7B shape never touches the CPU)."""
     with torch.device("meta"):
         model = OpenVLAModel(arch)

@@ -24,7 +24,8 @@ from vla_rl_ros.core.policy.checkpoint import load_model, save_model_dir
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import ActionSpace, decode_actions, evaluate_actions, sft_cross_entropy
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
-from vla_rl_ros.core.policy.processor import Processor, build_word_tokenizer, libero_instructions, load_tokenizer
+from vla_rl_ros.core.policy.processor import (Processor, build_word_tokenizer, libero_instructions,
+                                              load_tokenizer)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -135,7 +136,8 @@ class VLAPolicy:
     def _tokens(self, tokens: torch.Tensor | np.ndarray, batch: int) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         if tuple(tokens.shape) != (batch, self.num_action_tokens):
-            raise ValueError(f"tokens must have shape [{batch}, {self.num_action_tokens}], got {list(tokens.shape)}")
+            raise ValueError(f"tokens must have shape [{batch}, {self.num_action_tokens}], "
+                             f"got {list(tokens.shape)}")
         return tokens
 
     # ------------------------------------------------------------------------------ inference
@@ -149,7 +151,8 @@ class VLAPolicy:
         tokens, log_probs, values = decode_actions(self.model, self.value_head, pixels, input_ids, mask,
                                                    self.num_action_tokens, self.space, greedy, generator)
         tokens = tokens.cpu()
-        return DecodeOutput(tokens, self.action_tokenizer.decode(tokens.numpy()), log_probs.cpu(), values.cpu())
+        actions = self.action_tokenizer.decode(tokens.numpy())
+        return DecodeOutput(tokens, actions, log_probs.cpu(), values.cpu())
 
     def evaluate(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor) -> EvalOutput:
         """Log-probs, entropies and values of ``tokens`` with grad (same distribution as decode)."""
@@ -164,7 +167,9 @@ class VLAPolicy:
         pixels, input_ids, mask = self._inputs(images, instructions)
         tokens = self._tokens(tokens, len(images))
         with torch.no_grad(), self.peft.disable_adapter():
-            return evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens, self.space)[0]
+            log_probs, _, _ = evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens,
+                                               self.space)
+        return log_probs
 
     def sft_loss(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
         """Imitation loss: cross-entropy over the 7 action tokens and EOS (full vocabulary, T = 1)."""

@@ -61,7 +61,9 @@ def build_word_tokenizer(instructions: Iterable[str], n_action_tokens: int = 256
     """Word-level tokenizer: specials, prompt + instruction words, then the action ids LAST."""
     vocab_words = list(SPECIAL_TOKENS)
     seen = set(vocab_words)
-    for word in _words(prompt_for("x")) + COMMON_WORDS + [w for t in instructions for w in _words(prompt_for(t))]:
+    # Words of whole prompts, so punctuation runs such as ")?" are in the vocabulary too.
+    prompt_words = [w for text in instructions for w in _words(prompt_for(text))]
+    for word in _words(prompt_for("x")) + COMMON_WORDS + prompt_words:
         if word not in seen:
             seen.add(word)
             vocab_words.append(word)
@@ -97,7 +99,8 @@ class Processor:
     def prompt_ids(self, instruction: str) -> list[int]:
         """Token ids of one prompt: BOS, prompt words, then the suffix ids if missing."""
         if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError(f"instruction {instruction!r} is empty: every observation needs a task instruction")
+            raise ValueError(f"instruction {instruction!r} is empty: every observation needs a task "
+                             "instruction")
         ids = list(self.tokenizer.encode(prompt_for(instruction)).ids)
         if not ids or ids[0] != self.arch.bos_token_id:
             ids = [self.arch.bos_token_id] + ids
