@@ -79,9 +79,13 @@ def build_word_tokenizer(instructions: Iterable[str], n_action_tokens: int = 256
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """``tokenizer.json`` of a saved policy or openvla checkpoint, with a clear error if absent."""
     path = Path(directory) / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json")
-    return Tokenizer.from_file(str(path))
+    if path.is_file():
+        return Tokenizer.from_file(str(path))
+    if (Path(directory) / "tokenizer.model").is_file():
+        # A SentencePiece-only Llama checkpoint: let transformers convert it (local files only).
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
+    raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json")
 
 
 class Processor:
