@@ -57,20 +57,39 @@ class Supervisor:
 
     graph: GraphSpec
     python: str = sys.executable
+    log_dir: str = ""
+    """When set, each node's output goes to ``<log_dir>/<namespace>_<name>.log`` instead of the terminal."""
     processes: dict = field(default_factory=dict)
     stop_requested: bool = False
     log = staticmethod(lambda text: print(f"[vla-rl launch] {text}", file=sys.stderr, flush=True))
 
     def start(self) -> None:
         """Spawn every node (each in its own session, so only we decide which signal it gets)."""
+        for spec in self.graph.nodes:
+            self._spawn(spec)
+
+    def _spawn(self, spec) -> str:
         env = dict(os.environ)
         env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        for spec in self.graph.nodes:
-            label = f"/{spec.namespace}/{spec.name}" if spec.namespace else f"/{spec.name}"
-            process = subprocess.Popen(node_command(spec, self.graph, self.python), env=env,
-                                       start_new_session=True)
-            self.processes[label] = (spec, process)
-            self.log(f"started {label} (pid {process.pid}{', required' if spec.required else ''})")
+        label = f"/{spec.namespace}/{spec.name}" if spec.namespace else f"/{spec.name}"
+        output = None
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
+            output = open(os.path.join(self.log_dir, label.strip("/").replace("/", "_") + ".log"), "ab")
+        process = subprocess.Popen(node_command(spec, self.graph, self.python), env=env, start_new_session=True,
+                                   stdout=output, stderr=subprocess.STDOUT if output else None)
+        if output:
+            output.close()  # the child holds its own descriptor
+        self.processes[label] = (spec, process)
+        self.log(f"started {label} (pid {process.pid}{', required' if spec.required else ''})")
+        return label
+
+    def restart(self, label: str) -> None:
+        """Start node ``label`` again after it died (what an operator or a respawn policy does)."""
+        spec, process = self.processes[label]
+        if process.poll() is None:
+            raise RuntimeError(f"node {label} is still running (pid {process.pid})")
+        self._spawn(spec)
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True

@@ -132,10 +132,11 @@ class SimBridgeNode(Node):
     def _on_actions(self, msg: ActionBatch) -> None:
         if msg.bridge_id != self.bridge_id:
             return  # another bridge's reply on the shared topic
-        if self.pending is None or msg.step_seq != self.pending.step_seq:
-            self.get_logger().debug(f"ignoring actions for step {msg.step_seq} (stale or duplicate)")
-            return
-        try:
+        try:  # validate first: a malformed batch is reported even when it is also stale
+            batch = convert.actions_from_msg(msg)
+            if self.pending is None or msg.step_seq != self.pending.step_seq:
+                self.get_logger().debug(f"ignoring actions for step {msg.step_seq} (stale or duplicate)")
+                return
             batch = convert.actions_from_msg(msg, list(self.pending.env_ids))
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
