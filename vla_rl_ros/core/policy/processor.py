@@ -6,6 +6,8 @@ openvla checkpoint brings its own ``tokenizer.json`` (Llama SentencePiece, BOS a
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,17 +40,19 @@ def prompt_for(instruction: str) -> str:
 
 def libero_instructions() -> list[str]:
     """Every instruction of LIBERO's benchmark suites (empty when LIBERO is not installed)."""
-    try:
-        from libero.libero import benchmark
-    except ImportError:
-        return []
-    instructions: list[str] = []
-    for make_suite in benchmark.get_benchmark_dict().values():
+    # LIBERO prints "[info] ..." lines on stdout; keep stdout clean for JSON-printing commands.
+    with contextlib.redirect_stdout(io.StringIO()):
         try:
-            suite = make_suite()
-        except Exception:  # a broken optional suite must not block building a vocabulary
-            continue
-        instructions.extend(suite.get_task(i).language for i in range(suite.n_tasks))
+            from libero.libero import benchmark
+        except ImportError:
+            return []
+        instructions: list[str] = []
+        for make_suite in benchmark.get_benchmark_dict().values():
+            try:
+                suite = make_suite()
+            except Exception:  # a broken optional suite must not block building a vocabulary
+                continue
+            instructions.extend(suite.get_task(i).language for i in range(suite.n_tasks))
     return instructions
 
 
