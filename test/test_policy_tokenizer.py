@@ -6,7 +6,7 @@ import pytest
 from policy_helpers import NORM_STATS, tiny_policy
 
 from vla_rl_ros.core.config_io import ConfigError
-from vla_rl_ros.core.policy import ActionTokenizer
+from vla_rl_ros.core.policy import ActionTokenizer, compute_norm_stats
 from vla_rl_ros.core.policy.action_tokenizer import select_norm_stats
 from vla_rl_ros.core.policy.processor import build_word_tokenizer, libero_instructions, prompt_for
 
@@ -98,3 +98,16 @@ def test_pixels_use_dino_and_siglip_normalisation():
     dino = (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     assert np.allclose(pixels[0, :3, 0, 0].numpy(), dino, atol=1e-6)
     assert np.allclose(pixels[0, 3:, 0, 0].numpy(), 1.0)
+
+
+def test_norm_stats_from_demonstrations_feed_the_tokenizer():
+    rng = np.random.default_rng(1)
+    demo = np.concatenate([rng.uniform(-0.5, 0.5, (1000, 6)), rng.choice([-1.0, 1.0], (1000, 1))], axis=1)
+    entry = compute_norm_stats(demo)
+    assert entry["action"]["mask"] == [True] * 6 + [False]
+    tok = ActionTokenizer(437, select_norm_stats({"demo": entry}, ""))
+    assert np.allclose(tok.q01[:6], np.quantile(demo[:, :6], 0.01, axis=0))
+    decoded = tok.decode(tok.encode(demo))
+    assert np.array_equal(np.sign(decoded[:, 6]), demo[:, 6])  # the gripper passes through
+    with pytest.raises(ValueError, match="non-empty"):
+        compute_norm_stats(np.zeros((0, 7)))

@@ -46,6 +46,23 @@ def select_norm_stats(norm_stats: Mapping[str, Any] | None, unnorm_key: str) -> 
     return {"q01": q01, "q99": q99, "mask": mask}
 
 
+def compute_norm_stats(actions: np.ndarray, gripper_dims: tuple[int, ...] = (6,)) -> dict:
+    """OpenVLA-style statistics of demonstration actions [N, D]: 1st/99th percentiles per dimension.
+
+    The result is one ``norm_stats`` entry (``{"action": {...}}``); the gripper dimensions get
+    mask False so they pass through un-normalised, as in OpenVLA.
+    """
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim != 2 or len(actions) == 0:
+        raise ValueError(f"actions must be a non-empty [N, D] array, got shape {actions.shape}")
+    mask = [i not in gripper_dims for i in range(actions.shape[1])]
+    return {"action": {"q01": np.quantile(actions, 0.01, axis=0).tolist(),
+                       "q99": np.quantile(actions, 0.99, axis=0).tolist(),
+                       "mean": actions.mean(axis=0).tolist(), "std": actions.std(axis=0).tolist(),
+                       "min": actions.min(axis=0).tolist(), "max": actions.max(axis=0).tolist(),
+                       "mask": mask}}
+
+
 class ActionTokenizer:
     """Continuous actions <-> token ids ``[vocab_end - n_bins, vocab_end)``, OpenVLA's exact rule."""
 

@@ -72,7 +72,10 @@ def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: tor
         if greedy:
             choice = logp.argmax(dim=-1)
         else:
-            choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            probs = logp.exp()
+            if generator is not None and generator.device != probs.device:
+                probs = probs.to(generator.device)  # e.g. a CPU generator driving a GPU policy
+            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logp.device)
         tokens.append(space.token_id(choice))
         log_probs.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
         if step == num_tokens - 1:

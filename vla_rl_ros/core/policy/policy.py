@@ -114,6 +114,15 @@ class VLAPolicy:
         """``load(cfg.model_path)`` when set, else ``create(cfg)``."""
         return cls.load(cfg.model_path, cfg) if cfg.model_path else cls.create(cfg)
 
+    @classmethod
+    def from_pretrained(cls, path: str, cfg: PolicyConfig | None = None) -> "VLAPolicy":
+        """Alias of :meth:`load` (default config when none is given)."""
+        return cls.load(path, cfg or PolicyConfig())
+
+    def save_pretrained(self, path: str) -> None:
+        """Alias of :meth:`save`."""
+        self.save(path)
+
     def save(self, path: str, num_shards: int = 1) -> None:
         """Full model directory (LoRA folded into the weights, value head beside), written atomically."""
         weights = lora.merged_state_dict(self.peft)
