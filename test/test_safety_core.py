@@ -190,3 +190,21 @@ def test_default_is_dry_run_and_config_errors_name_field_and_value():
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(SafetyConfig, {"armd": True})
     assert from_dict(SafetyConfig, {"armed": "true", "workspace_min_m": [0, 0, 0]}).armed is True
+
+
+def test_absolute_targets_from_other_sources_get_the_same_limits():
+    safety = make_filter()
+    far = EefPose(np.array([2.0, 0.0, 0.3]), quat_from_axis_angle([0.0, 0.0, 1.0]))
+    cmd = safety.filter_target(far, gripper_closed=None, now=0.01)
+    assert not cmd.stopped and cmd.gripper_closed is None
+    assert_within_limits(safety.config, cmd, HOME)
+    assert cmd.target.position[0] > HOME.position[0]  # towards the target, one bounded step
+    near = EefPose(np.array([0.505, 0.0, 0.3]), quat_from_axis_angle([0.0, 0.0, 0.02]))
+    safety.update_state(HOME, now=0.1)
+    cmd = safety.filter_target(near, gripper_closed=True, now=0.11)
+    np.testing.assert_allclose(cmd.target.position, near.position, atol=1e-12)
+    assert rotation_angle_between(cmd.target.quaternion, near.quaternion) < 1e-6 and cmd.gripper_closed
+    bad = safety.filter_target(EefPose(np.array([0.5, 0, math.nan]), IDENTITY), None, now=0.12)
+    assert bad.stopped and safety.counters["stop_invalid_action"] == 1
+    zero_quat = safety.filter_target(EefPose(np.array([0.5, 0, 0.3]), np.zeros(4)), None, now=0.13)
+    assert zero_quat.stopped and safety.counters["stop_invalid_action"] == 2

@@ -224,32 +224,68 @@ class SafetyFilter:
     # ------------------------------------------------------------------ commands
     def filter_action(self, action: np.ndarray, now: float) -> SafeCommand:
         """Safe command for a fresh policy action (LIBERO OSC_POSE delta, 7 values in [-1, 1])."""
-        if self.estop_latched:
-            self.counters["ignored_action_estopped"] += 1
-            return self._stop_command(f"estop: {self.estop_reason}", ["action ignored: e-stop latched"])
+        refused = self._refuse(now)
+        if refused is not None:
+            return refused
         action = np.asarray(action, dtype=np.float64).ravel()
         if action.size != ACTION_DIM or not np.isfinite(action).all():
             why = (f"{action.size} values, expected {ACTION_DIM}" if action.size != ACTION_DIM
                    else f"non-finite values {action.tolist()}")
             return self.reject_action(why)
-        if self._pose is None or now - self._pose_time > self.config.state_timeout_s:
-            self.counters["stop_stale_state"] += 1
-            age = now - self._pose_time
-            return self._stop_command("stale_state", [f"stop: end-effector pose stale ({age:.3g} s)"],
-                                      new=True)
+        stale = self._stale_state(now)
+        if stale is not None:
+            return stale
         events: list[str] = []
         clipped = np.clip(action, -1.0, 1.0)
         if not np.array_equal(clipped, action):
             self.counters["clamp_action_range"] += 1
             events.append(f"clamp_action_range: {np.round(action, 4).tolist()} -> [-1, 1]")
         cfg = self.config
+        return self._step(clipped[:3] * cfg.action_translation_scale_m,
+                          clipped[3:6] * cfg.action_rotation_scale_rad, bool(clipped[6] > 0.0), now, events)
+
+    def filter_target(self, target: EefPose, gripper_closed: bool | None, now: float) -> SafeCommand:
+        """Safe command for an absolute pose target from any other source (teleop, another controller)."""
+        refused = self._refuse(now)
+        if refused is not None:
+            return refused
+        if not target.is_finite() or float(np.linalg.norm(target.quaternion)) < 1e-9:
+            return self.reject_action(f"invalid target {np.asarray(target.position).tolist()} "
+                                      f"{np.asarray(target.quaternion).tolist()}")
+        stale = self._stale_state(now)
+        if stale is not None:
+            return stale
+        current = self._pose
+        relative = quat_multiply(normalize_quat(target.quaternion), current.quaternion * [-1, -1, -1, 1])
+        closed = self._gripper_closed if gripper_closed is None else bool(gripper_closed)
+        return self._step(np.asarray(target.position, np.float64) - current.position,
+                          axis_angle_from_quat(relative), closed, now, [])
+
+    def _refuse(self, now: float) -> SafeCommand | None:
+        if self.estop_latched:
+            self.counters["ignored_action_estopped"] += 1
+            return self._stop_command(f"estop: {self.estop_reason}", ["action ignored: e-stop latched"])
+        return None
+
+    def _stale_state(self, now: float) -> SafeCommand | None:
+        if self._pose is None or now - self._pose_time > self.config.state_timeout_s:
+            self.counters["stop_stale_state"] += 1
+            age = now - self._pose_time
+            return self._stop_command("stale_state", [f"stop: end-effector pose stale ({age:.3g} s)"],
+                                      new=True)
+        return None
+
+    def _step(self, delta_pos: np.ndarray, delta_rot: np.ndarray, gripper_closed: bool | None, now: float,
+              events: list[str]) -> SafeCommand:
+        """Limit a wanted displacement (metres, rotation vector) from the measured pose; the shared core."""
+        cfg = self.config
         period = cfg.control_period_s
         since_last = period if self._last_command_time is None else max(now - self._last_command_time, 1e-3)
         window = min(period, since_last)
-        delta_pos = self._limit("translation", clipped[:3] * cfg.action_translation_scale_m,
-                                cfg.max_translation_step_m, cfg.max_linear_speed_m_s * window, events)
-        delta_rot = self._limit("rotation", clipped[3:6] * cfg.action_rotation_scale_rad,
-                                cfg.max_rotation_step_rad, cfg.max_angular_speed_rad_s * window, events)
+        delta_pos = self._limit("translation", delta_pos, cfg.max_translation_step_m,
+                                cfg.max_linear_speed_m_s * window, events)
+        delta_rot = self._limit("rotation", delta_rot, cfg.max_rotation_step_rad,
+                                cfg.max_angular_speed_rad_s * window, events)
         current = self._pose
         wanted = current.position + delta_pos
         inside = np.clip(wanted, self._lo, self._hi)
@@ -262,7 +298,7 @@ class SafetyFilter:
                                        min(cfg.max_translation_step_m, cfg.max_linear_speed_m_s * window))
         target = EefPose(current.position + delta_pos,
                          normalize_quat(quat_multiply(quat_from_axis_angle(delta_rot), current.quaternion)))
-        self._gripper_closed = bool(clipped[6] > 0.0)
+        self._gripper_closed = gripper_closed
         self._last_action_time = now
         self._last_command_time = now
         self.stopped = False

@@ -116,7 +116,9 @@ def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str =
     os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else 100 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ)
-    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + ros_overrides, env=env)
+    # Node output goes to stderr: stdout carries only the JSON result.
+    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + ros_overrides, env=env,
+                                  stdout=sys.stderr)
                  for spec in graph.nodes if spec.role in ("franka_bridge", "policy")]
     rclpy.init()
     probe = _probe_node(image_size)

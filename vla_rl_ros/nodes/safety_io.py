@@ -1,0 +1,185 @@
+"""The ROS side of the safety layer, shared by ``franka_bridge`` and ``safety_filter``.
+
+:class:`SafetyLayer` owns the ROS-free :class:`~vla_rl_ros.core.safety.SafetyFilter` and wires it
+to a node: the e-stop topic and reset service, the watchdog timer, the command publishers (dry
+run or driver: the driver topics get a publisher only while armed), the measured end-effector
+pose, logging of every clamp and stop, and ``/diagnostics``. docs/franka.md lists the topics.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.node import Node
+from std_msgs.msg import Bool, Float64, Header
+from std_srvs.srv import Trigger
+
+from vla_rl_ros.core.safety import EefPose, SafeCommand, SafetyConfig, SafetyFilter
+from vla_rl_ros.nodes import qos
+
+COMMAND_TOPICS = ("command/pose", "command/twist", "command/gripper")
+DRY_RUN_PREFIX = "dry_run/"
+
+
+def pose_from_msg(msg: PoseStamped) -> EefPose:
+    """End-effector pose of a PoseStamped (quaternion x, y, z, w)."""
+    p, q = msg.pose.position, msg.pose.orientation
+    return EefPose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def command_messages(cmd: SafeCommand, header: Header, open_width: float, closed_width: float):
+    """(PoseStamped | None, TwistStamped, Float64 | None) for one safe command."""
+    pose = None
+    if cmd.target is not None:
+        pose = PoseStamped(header=header)
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, cmd.target.position)
+        q = cmd.target.quaternion
+        pose.pose.orientation.x, pose.pose.orientation.y = float(q[0]), float(q[1])
+        pose.pose.orientation.z, pose.pose.orientation.w = float(q[2]), float(q[3])
+    twist = TwistStamped(header=header)
+    twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z = map(float, cmd.linear_velocity)
+    twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z = map(float, cmd.angular_velocity)
+    gripper = None
+    if cmd.gripper_closed is not None:
+        gripper = Float64(data=float(closed_width if cmd.gripper_closed else open_width))
+    return pose, twist, gripper
+
+
+class SafetyLayer:
+    """Safety filter + its topics on ``node``; call :meth:`publish` with every command to send."""
+
+    def __init__(self, node: Node, config: SafetyConfig, hardware_id: str,
+                 frame_id: str = "panda_link0", gripper_widths_m: tuple[float, float] = (0.08, 0.0)) -> None:
+        self.node = node
+        self.filter = SafetyFilter(config)
+        self.hardware_id = hardware_id
+        self.frame_id = frame_id
+        self.gripper_widths_m = gripper_widths_m
+        """(open, closed) widths published for action[6] <= 0 and > 0."""
+        self.pose: EefPose | None = None
+        self.last_command: SafeCommand | None = None
+        self.events_total = 0
+        self.last_events: collections.deque = collections.deque(maxlen=5)
+        node.create_subscription(PoseStamped, "eef_pose", self._on_pose, qos.SENSOR_VIZ)
+        node.create_subscription(Bool, "estop", self._on_estop, qos.COMMAND)
+        node.create_service(Trigger, "estop_reset", self._on_estop_reset)
+        self.diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", qos.COMMAND)
+        self.dry_run_pubs = self._command_publishers(DRY_RUN_PREFIX)
+        self.driver_pubs: tuple | None = None
+        self.set_armed(config.armed)
+        node.create_timer(config.control_period_s, self._on_watchdog_tick)
+        node.create_timer(1.0, self.publish_diagnostics)
+
+    @property
+    def armed(self) -> bool:
+        """True while commands go to the driver topics."""
+        return self.driver_pubs is not None
+
+    def header(self) -> Header:
+        """Header stamped now in the base frame."""
+        return Header(stamp=self.node.get_clock().now().to_msg(), frame_id=self.frame_id)
+
+    # ------------------------------------------------------------------ configuration
+    def _command_publishers(self, prefix: str) -> tuple:
+        return (self.node.create_publisher(PoseStamped, prefix + COMMAND_TOPICS[0], qos.COMMAND),
+                self.node.create_publisher(TwistStamped, prefix + COMMAND_TOPICS[1], qos.COMMAND),
+                self.node.create_publisher(Float64, prefix + COMMAND_TOPICS[2], qos.COMMAND))
+
+    def set_armed(self, armed: bool) -> None:
+        """Arm (driver publishers created, starting from a hold) or disarm (driver publishers destroyed)."""
+        if armed and self.driver_pubs is None:
+            self.driver_pubs = self._command_publishers("")
+            self.publish(self.filter.hold("armed: holding until the next fresh command"))
+            self.node.get_logger().warning("ARMED: safe commands now go to the driver topics")
+        elif not armed and self.driver_pubs is not None:
+            for pub in self.driver_pubs:
+                self.node.destroy_publisher(pub)
+            self.driver_pubs = None
+            self.node.get_logger().warning("disarmed: commands go to dry_run/ topics only")
+
+    def set_limits(self, config: SafetyConfig) -> None:
+        """New limits: a fresh filter (stopped until the next command); counters and e-stop latch kept."""
+        old = self.filter
+        self.filter = SafetyFilter(config)
+        self.filter.counters = old.counters
+        self.filter.estop_latched, self.filter.estop_reason = old.estop_latched, old.estop_reason
+        if self.pose is not None:
+            self.filter.update_state(self.pose, time.monotonic())
+        self.node.get_logger().warning("safety limits changed: stopped until the next command")
+
+    # ------------------------------------------------------------------ inputs
+    def _on_pose(self, msg: PoseStamped) -> None:
+        pose = pose_from_msg(msg)
+        if not pose.is_finite():
+            self.record(["ignored non-finite end-effector pose"])
+            return
+        self.pose = pose
+        self.filter.update_state(pose, time.monotonic())
+
+    def _on_estop(self, msg: Bool) -> None:
+        if not msg.data:
+            return  # releasing the button never clears the latch: only estop_reset does
+        if not self.filter.estop_latched:
+            self.node.get_logger().error("E-STOP latched: holding pose until 'estop_reset' is called")
+        self.filter.latch_estop("estop topic")
+        self.publish(self.filter.tick(time.monotonic()))
+        self.publish_diagnostics()
+
+    def _on_estop_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success = self.filter.reset_estop()
+        response.message = ("e-stop cleared; the arm moves again on the next fresh command"
+                            if response.success else "e-stop was not latched")
+        self.node.get_logger().warning(response.message)
+        return response
+
+    def _on_watchdog_tick(self) -> None:
+        self.publish(self.filter.tick(time.monotonic()))
+
+    # ------------------------------------------------------------------ outputs
+    def record(self, events: list[str]) -> None:
+        """Log and keep every clamp or stop event (the counters live in the filter)."""
+        for event in events:
+            self.events_total += 1
+            self.last_events.append(event)
+            self.node.get_logger().warning(f"safety: {event}")
+
+    def publish(self, command: SafeCommand | None, stamp=None) -> None:
+        """Send ``command`` to the driver (armed) or the dry-run topics; ``stamp`` overrides the header's."""
+        if command is None:
+            return
+        self.record(command.events)
+        self.last_command = command
+        header = self.header()
+        if stamp is not None:
+            header.stamp = stamp
+        pose, twist, gripper = command_messages(command, header, *self.gripper_widths_m)
+        pubs = self.driver_pubs if self.driver_pubs is not None else self.dry_run_pubs
+        if pose is not None:
+            pubs[0].publish(pose)
+        pubs[1].publish(twist)
+        if gripper is not None:
+            pubs[2].publish(gripper)
+
+    def status(self) -> tuple[bytes, str]:
+        """Diagnostic level and message: ERROR e-stop latched, WARN dry run or stopped, OK armed, moving."""
+        if self.filter.estop_latched:
+            return DiagnosticStatus.ERROR, f"E-STOP latched ({self.filter.estop_reason})"
+        mode = "armed" if self.armed else "dry run"
+        if self.filter.stopped:
+            return DiagnosticStatus.WARN, f"{mode}, stopped: {self.filter.stop_reason}"
+        return (DiagnosticStatus.OK if self.armed else DiagnosticStatus.WARN), f"{mode}, moving"
+
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticStatus with every counter, the mode and the last events on /diagnostics."""
+        level, message = self.status()
+        values = [KeyValue(key=k, value=str(v)) for k, v in self.filter.counters.items()]
+        values += [KeyValue(key="armed", value=str(self.armed).lower()),
+                   KeyValue(key="estop_latched", value=str(self.filter.estop_latched).lower()),
+                   KeyValue(key="events_total", value=str(self.events_total)),
+                   KeyValue(key="last_events", value=" | ".join(self.last_events))]
+        status = DiagnosticStatus(level=level, name=f"{self.node.get_name()}: safety", message=message,
+                                  hardware_id=self.hardware_id, values=values)
+        self.diag_pub.publish(DiagnosticArray(header=self.header(), status=[status]))
