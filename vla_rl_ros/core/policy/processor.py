@@ -150,7 +150,10 @@ class Processor:
             # OpenVLA's resize-naive: bicubic to a square, aspect ratio not kept.
             images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
                                for im in images])
-        scaled = images.astype(np.float32) / 255.0
-        stacked = np.concatenate([scaled, scaled], axis=-1)
-        normed = (stacked - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(normed.transpose(0, 3, 1, 2))).to(device)
+        # uint8 crosses to the device (4x less traffic than float); same op order as OpenVLA's
+        # ToTensor + Normalize, so values are bit-identical to a numpy/torchvision pipeline.
+        frames = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        scaled = frames.permute(0, 3, 1, 2).float().div(255.0)
+        mean = torch.from_numpy(self.mean).to(scaled.device).view(1, 6, 1, 1)
+        std = torch.from_numpy(self.std).to(scaled.device).view(1, 6, 1, 1)
+        return torch.cat([scaled, scaled], dim=1).sub(mean).div(std).contiguous()
