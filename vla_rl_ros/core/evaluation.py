@@ -1,0 +1,190 @@
+"""Honest evaluation: held-out init states, several seeds, Wilson intervals, throughput, hardware.
+
+Every result records the renderer and the hardware it was measured on, because LIBERO success
+rates shift with both (EGL vs OSMesa, GPU model).
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from vla_rl_ros.core.envs.base import ACTION_DIM, Observation
+from vla_rl_ros.core.envs.config import EnvConfig
+from vla_rl_ros.core.envs.splits import eval_init_states
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate (95 % for z=1.96); (0, 1) when there are no trials."""
+    if trials < 0 or not 0 <= successes <= max(trials, 0):
+        raise ValueError(f"wilson_interval: need 0 <= successes ({successes}) <= trials ({trials})")
+    if trials == 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (rate + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def hardware_description() -> dict:
+    """CPU, core count, torch version and GPU (if any) of this machine."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    description = {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                   "python": platform.python_version()}
+    try:
+        import torch
+        description["torch"] = torch.__version__
+        description["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return description
+
+
+def policy_actor(policy, greedy: bool = True) -> Callable[[list[Observation], int], np.ndarray]:
+    """Wrap a :class:`VLAPolicy` (batched ``decode``) or a plain callable as ``act(observations, seed)``."""
+    if not hasattr(policy, "decode"):
+        return lambda observations, seed: np.asarray(policy(observations), dtype=np.float32)
+    import torch
+    generators: dict[int, torch.Generator] = {}
+
+    def act(observations: list[Observation], seed: int) -> np.ndarray:
+        generator = None
+        if not greedy:
+            if seed not in generators:
+                generators[seed] = torch.Generator(device=policy.device).manual_seed(seed)
+            generator = generators[seed]
+        images = np.stack([o.image for o in observations])
+        output = policy.decode(images, [o.instruction for o in observations], greedy=greedy, generator=generator)
+        return np.asarray(output.actions, dtype=np.float32)
+    return act
+
+
+def plan_evaluation(task_ids: Sequence[int], init_state_ids: Sequence[int], seeds: Sequence[int],
+                    episodes_per_task: int = 0) -> list[tuple[int, int, int]]:
+    """(task, init state, seed) episodes: each seed draws its own subset of init states when
+    ``episodes_per_task`` is smaller than the number of held-out states (0 = all of them)."""
+    plan = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for task in task_ids:
+            states = list(init_state_ids)
+            if 0 < episodes_per_task < len(states):
+                states = sorted(rng.choice(states, size=episodes_per_task, replace=False).tolist())
+            plan.extend((task, int(state), seed) for state in states)
+    return sorted(plan)  # grouped by task: a task switch rebuilds the scene
+
+
+def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), episodes_per_task: int = 0,
+                    init_state_ids: Sequence[int] | None = None, greedy: bool = True, vector_env=None,
+                    video_dir: str | Path | None = None, num_videos: int = 0, progress: bool = True) -> dict:
+    """Success per task and overall on held-out init states, with 95 % Wilson intervals.
+
+    ``policy`` is a VLAPolicy or a callable ``observations -> actions [B, 7]``. Init states default
+    to the held-out ids (``>= env.num_train_init_states``); training ids are never used unless
+    passed explicitly. Aborted episodes (crashed workers) are counted apart, not as failures.
+    """
+    from tqdm import tqdm
+
+    from vla_rl_ros.core.envs.vector import VectorEnv
+    held_out = eval_init_states(env_cfg.num_train_init_states)
+    init_state_ids = held_out if init_state_ids is None else list(init_state_ids)
+    queue = plan_evaluation(env_cfg.task_ids, init_state_ids, seeds, episodes_per_task)
+    act = policy_actor(policy, greedy)
+    envs = vector_env or VectorEnv(env_cfg)
+    episodes, videos, frames = [], [], {}
+    bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
+    start, steps = time.time(), 0
+    videos_started = [0]
+    try:
+        slots: list[dict | None] = [None] * envs.num_envs
+
+        def begin(slot: int) -> None:
+            slots[slot] = None
+            if queue:
+                task, state, seed = queue.pop(0)
+                obs = envs.reset([(task, state)], env_ids=[slot])[0]
+                record = video_dir is not None and videos_started[0] < num_videos
+                videos_started[0] += record
+                slots[slot] = dict(task_id=task, init_state_id=state, seed=seed, observation=obs, video=record)
+                if record:
+                    frames[slot] = [obs.image]
+        for slot in range(envs.num_envs):
+            begin(slot)
+        while any(slots):
+            active = [i for i, s in enumerate(slots) if s]
+            actions = np.zeros((envs.num_envs, ACTION_DIM), dtype=np.float32)
+            by_seed: dict[int, list[int]] = {}
+            for i in active:
+                by_seed.setdefault(slots[i]["seed"], []).append(i)
+            for seed, members in by_seed.items():
+                actions[members] = act([slots[i]["observation"] for i in members], seed)
+            results = envs.step(actions)
+            steps += len(active)
+            for i in active:
+                result, episode = results[i], slots[i]
+                episode["observation"] = result.observation
+                if episode["video"]:
+                    frames[i].append(result.observation.image)
+                if not result.done:
+                    continue
+                episodes.append(dict(task_id=episode["task_id"], init_state_id=episode["init_state_id"],
+                                     seed=episode["seed"], success=bool(result.success),
+                                     aborted=bool(result.aborted), steps=result.observation.step))
+                if episode["video"]:
+                    videos.append(_write_video(video_dir, episodes[-1], frames.pop(i)))
+                bar.update(1)
+                begin(i)
+    finally:
+        bar.close()
+        if vector_env is None:
+            envs.close()
+    wall = time.time() - start
+    return summarize(episodes, env_cfg, seeds, wall, steps, greedy, init_state_ids, videos)
+
+
+def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wall_s: float, steps: int,
+              greedy: bool, init_state_ids: Sequence[int], videos: list[str]) -> dict:
+    """Per-task, per-seed and overall success with Wilson intervals, plus throughput and hardware."""
+    from vla_rl_ros.core.envs.rendering import describe_renderer
+
+    def rate(subset: list[dict]) -> dict:
+        counted = [e for e in subset if not e["aborted"]]
+        wins = sum(e["success"] for e in counted)
+        low, high = wilson_interval(wins, len(counted))
+        return dict(successes=wins, episodes=len(counted), aborted=len(subset) - len(counted),
+                    success_rate=wins / len(counted) if counted else 0.0, ci95=[round(low, 4), round(high, 4)])
+    per_task = {str(t): rate([e for e in episodes if e["task_id"] == t]) for t in env_cfg.task_ids}
+    per_seed = {str(s): rate([e for e in episodes if e["seed"] == s]) for s in seeds}
+    seed_rates = [v["success_rate"] for v in per_seed.values() if v["episodes"]]
+    held_out = set(eval_init_states(env_cfg.num_train_init_states))
+    return dict(suite=env_cfg.suite, task_ids=list(env_cfg.task_ids), seeds=list(seeds), greedy=greedy,
+                init_state_ids=list(init_state_ids),
+                uses_training_init_states=any(i not in held_out for i in init_state_ids),
+                overall=rate(episodes), per_task=per_task, per_seed=per_seed,
+                seed_std=float(np.std(seed_rates)) if seed_rates else 0.0,
+                wall_s=round(wall_s, 1), episodes_per_hour=round(3600 * len(episodes) / max(wall_s, 1e-9), 1),
+                env_steps_per_s=round(steps / max(wall_s, 1e-9), 2), num_envs=env_cfg.num_envs,
+                renderer=dict(describe_renderer(), configured=env_cfg.renderer, image_size=env_cfg.image_size),
+                hardware=hardware_description(), videos=videos, episodes=episodes)
+
+
+def _write_video(video_dir: str | Path, episode: dict, frames: list[np.ndarray]) -> str:
+    import imageio.v2 as imageio
+    directory = Path(video_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    outcome = "success" if episode["success"] else "failure"
+    path = directory / (f"task{episode['task_id']:02d}_init{episode['init_state_id']:02d}"
+                        f"_seed{episode['seed']}_{outcome}.gif")
+    imageio.mimsave(path, frames[::2], duration=0.1, loop=0)  # every other frame at 10 fps = real time
+    return str(path)
