@@ -26,8 +26,15 @@ def bench_policy_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict
                         with_update=not args.no_update)
 
 
+def bench_graph_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
+    """Env steps/s of the ROS graph vs the in-process loop; ``--repeats`` control steps each, ``--warmup`` first."""
+    from vla_rl_ros.nodes.graph_bench import bench_graph
+    return bench_graph(cfg, steps=args.repeats, warmup=args.warmup)
+
+
 TARGETS: dict[str, Callable[[argparse.Namespace, ExperimentConfig], dict]] = {
     "policy": bench_policy_target,
+    "graph": bench_graph_target,
 }
 
 

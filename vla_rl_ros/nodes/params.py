@@ -81,6 +81,7 @@ class ExperimentParameters:
         for name, (value, description) in self._extra.items():
             node.declare_parameter(name, value, ParameterDescriptor(description=description,
                                                                     dynamic_typing=True))
+        self._defaults = defaults
         self._known = set(defaults) | set(self._extra)
         unknown = sorted(set(node._parameter_overrides) - self._known - BUILTIN_PARAMETERS)
         if unknown:
@@ -99,6 +100,9 @@ class ExperimentParameters:
         names = [n for n in self._known if n not in self._extra]
         flat = {n: _plain(self._node.get_parameter(n).value) for n in names}
         flat.update({k: _plain(v) for k, v in changed.items() if k in flat})
+        # rcl reads an empty YAML list ("render_gpus: []") as "not set": it means an empty list.
+        flat = {k: ([] if isinstance(self._defaults[k], list) else self._defaults[k]) if v is None else v
+                for k, v in flat.items()}
         return from_dict(ExperimentConfig, unflatten(flat))
 
     def _validate(self, parameters: list[Parameter]) -> SetParametersResult:

@@ -41,6 +41,9 @@ class PolicyNode(Node):
         super().__init__("policy", **kwargs)
         self.params = ExperimentParameters(self, EXTRA_PARAMETERS)
         cfg = self.params.config
+        if cfg.train.torch_threads:
+            import torch
+            torch.set_num_threads(cfg.train.torch_threads)
         self.policy = policy if policy is not None else make_policy(cfg)
         self.version = 0
         self.requested_version: PolicyVersion | None = None

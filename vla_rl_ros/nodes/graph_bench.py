@@ -1,0 +1,124 @@
+"""``vla-rl bench graph``: env steps/s of the ROS graph against the in-process rollout loop.
+
+Both measurements run in one invocation with the same environments, model and decoding
+(greedy, so both do the same work per step): first the in-process loop (decode, step, reset
+finished envs), then the eval graph (sim_bridge + policy + recorder as processes over
+loopback DDS), timed from outside by counting ObservationBatches after a warm-up.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from vla_rl_ros.core.config_io import from_dict, merge, to_dict
+
+
+def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
+    """Env steps/s of decode -> step -> reset-finished in one process."""
+    import torch
+
+    from vla_rl_ros.core.rl.train_loop import build_policy, make_env
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)  # what the policy node does with the same config
+    policy, env = build_policy(cfg), make_env(cfg.env)
+    rng = np.random.default_rng(cfg.env.seed)
+    tasks = list(cfg.env.task_ids)
+
+    def pick():
+        return (int(rng.choice(tasks)), int(rng.integers(cfg.env.num_train_init_states)))
+    try:
+        observations = env.reset([pick() for _ in range(env.num_envs)])
+        started, done_steps = None, 0
+        for index in range(warmup + steps):
+            if index == warmup:
+                started = time.perf_counter()
+            out = policy.decode(np.stack([o.image for o in observations]), [o.instruction for o in observations],
+                                greedy=True)
+            results = env.step(np.asarray(out.actions, np.float32))
+            observations = [r.observation for r in results]
+            finished = [i for i, r in enumerate(results) if r.done]
+            if finished:
+                for i, obs in zip(finished, env.reset([pick() for _ in finished], finished)):
+                    observations[i] = obs
+            done_steps += env.num_envs if index >= warmup else 0
+        elapsed = time.perf_counter() - started
+    finally:
+        env.close()
+    return {"env_steps": done_steps, "seconds": elapsed, "env_steps_per_s": done_steps / elapsed}
+
+
+def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) -> dict:
+    """Env steps/s of the eval graph's processes, counted on the observations topic."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from vla_rl_ros.cli.launch_cmd import Supervisor
+    from vla_rl_ros.graph import topics
+    from vla_rl_ros.graph.description import build_graph
+    from vla_rl_ros.msg import ObservationBatch
+    from vla_rl_ros.nodes import qos
+
+    with tempfile.TemporaryDirectory(prefix="vla_rl_bench_graph_") as tmp:
+        data = merge(to_dict(cfg), {"graph": {"bag_dir": str(Path(tmp) / "bags")},
+                                    "train": {"output_dir": str(Path(tmp) / "run")}})
+        params = Path(tmp) / "params.yaml"
+        params.write_text(yaml.safe_dump({"/**": {"ros__parameters": data}}))
+        graph = build_graph("eval_sim", config=str(params))
+        for spec in graph.nodes:
+            if spec.role == "sim_bridge":
+                spec.parameters["init_states"] = "train"  # the in-process loop uses training init states
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        node = Node("graph_bench", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        stamps: list[float] = []
+        node.create_subscription(ObservationBatch, topics.OBSERVATIONS,
+                                 lambda msg: stamps.append(time.perf_counter()), qos.BATCH)
+        supervisor = Supervisor(graph, log_dir=str(Path(tmp) / "logs"))
+        supervisor.start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            while len(stamps) < warmup + steps + 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"graph produced {len(stamps)} batches in {timeout_s} s")
+                dead = [label for label, (_, p) in supervisor.processes.items() if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"graph node(s) {dead} died; logs in {tmp}/logs")
+                executor.spin_once(timeout_sec=0.1)
+        finally:
+            supervisor.stop()
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.shutdown(context=context)
+    batches = len(stamps) - 1 - warmup
+    elapsed = stamps[-1] - stamps[warmup]
+    env_steps = batches * cfg.env.num_envs
+    return {"env_steps": env_steps, "seconds": elapsed, "env_steps_per_s": env_steps / elapsed}
+
+
+def bench_graph(cfg, steps: int = 50, warmup: int = 5) -> dict:
+    """Both throughputs and their ratio (graph / in-process), with the set-up that produced them."""
+    from vla_rl_ros.core.config import ExperimentConfig
+    cfg = from_dict(ExperimentConfig, to_dict(cfg))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # Alternate the two (in-process, graph, in-process, graph) so a change in machine load
+    # during the run biases neither; each figure is the mean of its two runs.
+    runs = {"in_process": [], "graph": []}
+    for _ in range(2):
+        runs["in_process"].append(in_process_steps_per_s(cfg, steps, warmup))
+        runs["graph"].append(graph_steps_per_s(cfg, steps, warmup))
+    inproc, graph = ({"env_steps_per_s": float(np.mean([r["env_steps_per_s"] for r in runs[k]])),
+                      "runs": runs[k]} for k in ("in_process", "graph"))
+    return {"target": "graph", "env_backend": cfg.env.backend, "num_envs": cfg.env.num_envs,
+            "policy_size": cfg.policy.size if not cfg.policy.model_path else cfg.policy.model_path,
+            "image_size": cfg.env.image_size, "steps_per_measurement": steps, "in_process": inproc, "graph": graph,
+            "ratio_graph_over_in_process": graph["env_steps_per_s"] / inproc["env_steps_per_s"],
+            "torch_threads": cfg.train.torch_threads, "cpu_count": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0]}
