@@ -70,3 +70,14 @@ def test_set_is_validated_and_applied(context, tmp_path):
     result = node.set_parameters([Parameter("env.backend", value="gazebo")])[0]
     assert not result.successful and "env.backend" in result.reason
     node.destroy_node()
+
+
+def test_empty_yaml_list_means_an_empty_list(context, tmp_path):
+    # rcl reads "[]" as "not set"; it must still mean [] (and fail validation where [] is invalid).
+    node = _node(context, tmp_path, {"/**": {"ros__parameters": {"env": {"render_gpus": []}}}})
+    assert ExperimentParameters(node).config.env.render_gpus == []
+    node.destroy_node()
+    node = _node(context, tmp_path, {"/**": {"ros__parameters": {"env": {"task_ids": []}}}}, "empty_tasks")
+    with pytest.raises(ConfigError, match="env.task_ids"):
+        ExperimentParameters(node)
+    node.destroy_node()

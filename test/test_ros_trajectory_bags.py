@@ -1,0 +1,82 @@
+"""Trajectory bags: what the recorder writes is what the learner rebuilds, across bag boundaries."""
+import numpy as np
+import pytest
+from rclpy.serialization import serialize_message
+from rosbags.rosbag2 import Reader
+from rosbags.typesys import Stores, get_typestore
+
+from vla_rl_ros.core.envs.base import Observation
+from vla_rl_ros.graph import topics
+from vla_rl_ros.msg import StepRewardBatch
+from vla_rl_ros.nodes import convert
+from vla_rl_ros.nodes.trajectory_bags import TrajectoryBagWriter, read_episodes, to_core_episode, typestore
+
+
+def _step(writer, seq, episode_ids, steps, rng, stamp):
+    observations = [Observation(image=np.full((8, 8, 3), seq, np.uint8), instruction="reach red",
+                                proprio=np.full(8, seq, np.float32), task_id=1, init_state_id=0, step=s)
+                    for s in steps]
+    writer.write(topics.OBSERVATIONS, serialize_message(
+        convert.observations_to_msg("b", seq, [0, 1], episode_ids, observations)), stamp)
+    writer.write(topics.ACTIONS, serialize_message(convert.actions_to_msg(
+        "b", seq, [0, 1], 3, rng.integers(0, 256, (2, 7)), rng.uniform(-1, 1, (2, 7)), -np.ones((2, 7)),
+        np.array([0.5, 0.25]), 1.5)), stamp + 1)
+    writer.write(topics.STEP_REWARDS, serialize_message(StepRewardBatch(
+        bridge_id="b", step_seq=seq, env_ids=[0, 1], progress=[0.1 * seq, 0.2], rewards=[0.0, 0.0])), stamp + 2)
+
+
+def test_episodes_are_rebuilt_across_bags_with_progress_and_terminal_observation(tmp_path):
+    rng = np.random.default_rng(0)
+    store = typestore()
+    first = TrajectoryBagWriter(tmp_path / "iter_000000", store)
+    _step(first, 1, [10, 11], [0, 0], rng, 100)
+    _step(first, 2, [10, 11], [1, 1], rng, 200)
+    final = Observation(image=np.full((8, 8, 3), 99, np.uint8), instruction="reach red",
+                        proprio=np.full(8, 99, np.float32), task_id=1, init_state_id=4)
+    first.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+        "b", 0, 10, 1, 4, 2, True, False, False, final_observation=final)), 300)
+    first.close()
+    second = TrajectoryBagWriter(tmp_path / "iter_000001", store)
+    _step(second, 3, [12, 11], [0, 2], rng, 400)  # env 0 started episode 12; env 1 goes on
+    second.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+        "b", 1, 11, 1, 5, 3, False, True, False, final_observation=final)), 500)
+    second.close()
+
+    finished, carry = read_episodes([tmp_path / "iter_000000"])
+    assert [(e.env_id, e.episode_id, e.num_steps) for e in finished] == [(0, 10, 2)]
+    episode = to_core_episode(finished[0])
+    assert episode.success and episode.length == 2 and len(episode.images) == 3
+    assert np.all(episode.images[-1] == 99) and episode.env_rewards == [0.0, 1.0]
+    assert episode.progress == pytest.approx([0.0, 0.1, 0.2])
+    assert episode.values == [0.5, 0.5] and episode.log_probs[0].shape == (7,)
+
+    finished, carry = read_episodes([tmp_path / "iter_000001"], carry)
+    assert [(e.env_id, e.episode_id, e.num_steps) for e in finished] == [(1, 11, 3)]
+    spanning = to_core_episode(finished[0])
+    assert spanning.truncated and not spanning.success and spanning.length == 3
+    assert [int(img[0, 0, 0]) for img in spanning.images] == [1, 2, 3, 99]
+    assert list(carry["episodes"]) == [("b", 0, 12)]  # still running: kept for the next bag
+
+
+def test_bags_open_with_a_plain_rosbags_reader(tmp_path):
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    _step(writer, 1, [0, 1], [0, 0], np.random.default_rng(1), 10)
+    writer.close()
+    store = typestore()
+    with Reader(tmp_path / "bag") as reader:
+        seen = {c.topic: c.msgtype for c in reader.connections}
+        assert seen["/observations"] == "vla_rl_ros/msg/ObservationBatch"
+        for connection, _, raw in reader.messages():
+            if connection.topic == "/observations":
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                assert msg.bridge_id == "b" and msg.images[0].encoding == "rgb8"
+    assert get_typestore(Stores.ROS2_KILTED) is not None
+
+
+def test_episode_without_steps_is_not_usable(tmp_path):
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    writer.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+        "b", 0, 1, 0, 0, 0, False, False, True, "worker crashed")), 1)
+    writer.close()
+    finished, _ = read_episodes([tmp_path / "bag"])
+    assert len(finished) == 1 and to_core_episode(finished[0]) is None
