@@ -81,8 +81,13 @@ class ToyVectorEnv:
     """``num_envs`` toy environments stepped together (implements ``VectorEnvLike``)."""
 
     def __init__(self, num_envs: int = 2, image_size: int = 32, max_episode_steps: int = 20,
-                 step_size: float = 0.1, tolerance: float = 0.2, goal_radius: float = 0.6) -> None:
-        """Environments start finished; call :meth:`reset` before stepping."""
+                 step_size: float = 0.1, tolerance: float = 0.2, goal_radius: float = 0.6,
+                 require_close: bool = True) -> None:
+        """Environments start finished; call :meth:`reset` before stepping.
+
+        ``require_close=False`` makes reaching the target enough (an easier variant for
+        learning tests); the gripper still moves and shows in images and proprio.
+        """
         if num_envs < 1 or image_size < 8 or max_episode_steps < 1:
             raise ValueError(f"toy env: num_envs={num_envs} >= 1, image_size={image_size} >= 8, "
                              f"max_episode_steps={max_episode_steps} >= 1 required")
@@ -92,6 +97,7 @@ class ToyVectorEnv:
         self.step_size = step_size
         self.tolerance = tolerance
         self.goal_radius = goal_radius
+        self.require_close = require_close
         self.position = np.zeros((num_envs, 2))
         self.closed = np.zeros(num_envs, dtype=bool)
         self.task_ids = np.zeros(num_envs, dtype=np.int64)
@@ -139,7 +145,7 @@ class ToyVectorEnv:
             self.steps[i] += 1
             goal = toy_goal(int(self.task_ids[i]), self.goal_radius)
             near = np.linalg.norm(self.position[i] - goal) <= self.tolerance
-            success = bool(near and self.closed[i])
+            success = bool(near and (self.closed[i] or not self.require_close))
             truncated = not success and self.steps[i] >= self.max_episode_steps
             self.done[i] = success or truncated
             results.append(StepResult(observation=self._observation(i), reward=float(success),

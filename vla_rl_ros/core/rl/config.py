@@ -42,6 +42,8 @@ class PPOConfig:
     """First iterations update only the value head (VLA-RL: 5)."""
     per_token_ratio: bool = False
     """Clip the ratio per action token instead of on the summed log-prob of the 7 tokens."""
+    value_trunk_grad: bool = False
+    """Let the value loss also train the shared trunk's LoRA adapters (default: the value head only)."""
 
     def __post_init__(self) -> None:
         check(0.0 < self.gamma <= 1.0, "ppo.gamma", self.gamma, "in (0, 1]")

@@ -101,7 +101,7 @@ class PPOTrainer:
                 if not torch.isfinite(terms.total):
                     self._restore(snapshot)
                     return self._skip(metrics, "non-finite loss")
-                (terms.total / cfg.grad_accum_steps).backward()
+                self._backward(terms, warmup)
                 pending += 1
                 for key, value in (("policy_loss", terms.policy), ("value_loss", terms.value),
                                    ("kl_ref", terms.kl_ref), ("entropy", terms.entropy),
@@ -129,6 +129,21 @@ class PPOTrainer:
         metrics["ppo/advantage_mean"] = float(batch.advantages.mean())
         metrics["ppo/return_mean"] = float(batch.returns.mean())
         return metrics
+
+    def _backward(self, terms: Any, warmup: bool) -> None:
+        scale = 1.0 / self.cfg.grad_accum_steps
+        if self.cfg.value_trunk_grad:
+            (terms.total * scale).backward()
+            return
+        # The value loss trains the head only: its gradient through the shared trunk would move
+        # the adapters in directions unrelated to the policy objective.
+        value_part = self.cfg.value_coef * terms.value * scale
+        policy_part = (terms.total - self.cfg.value_coef * terms.value) * scale
+        grads = torch.autograd.grad(value_part, self.value_params, retain_graph=not warmup)
+        for param, grad in zip(self.value_params, grads):
+            param.grad = grad if param.grad is None else param.grad + grad
+        if not warmup:
+            policy_part.backward()
 
     def _step(self, warmup: bool, sums: dict[str, list[float]]) -> bool:
         if warmup:  # critic warm-up: the adapters must not move, whatever reached their grads
