@@ -36,7 +36,8 @@ class PolicyConfig:
     lora_alpha: int = 32
     """LoRA scaling numerator."""
     lora_dropout: float = 0.0
-    """Dropout inside LoRA adapters."""
+    """Dropout inside LoRA adapters (inactive: the policy always runs in eval mode so that rollout and
+    update log-probs agree exactly)."""
     unnorm_key: str = ""
     """Key into the checkpoint's norm_stats for action un-normalisation; '' = the only key present."""
     seed: int = 0

@@ -73,8 +73,6 @@ class VLAPolicy:
             raise ValueError(f"norm_stats describe {self.action_tokenizer.action_dim}-D actions, "
                              f"the policy emits {self.num_action_tokens}")
         self.processor = Processor(self.arch, tokenizer, cfg.resize_images)
-        self.space = ActionSpace(cfg.temperature, self.arch.action_vocab_start, self.arch.action_vocab_end,
-                                 cfg.restrict_to_action_tokens)
         self.value_head = nn.Linear(self.arch.hidden_size, 1).to(self.device)  # float32 whatever the LM dtype
         with torch.no_grad():
             self.value_head.weight.zero_()
@@ -85,6 +83,12 @@ class VLAPolicy:
                                      cfg.lora_alpha, cfg.lora_dropout, cfg.seed)
         self.model = model  # the same object, adapters injected in place
         self.model.eval()
+
+    @property
+    def space(self) -> ActionSpace:
+        """How tokens are scored now (read from ``cfg`` on every call, so a changed temperature applies)."""
+        return ActionSpace(self.cfg.temperature, self.arch.action_vocab_start, self.arch.action_vocab_end,
+                           self.cfg.restrict_to_action_tokens)
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
