@@ -1,6 +1,6 @@
 """Batched action decoding and teacher-forced action log-probs: the two halves of PPO.
 
-Both paths score tokens with :func:`action_log_softmax` (same temperature, same optional
+Both paths score tokens with :meth:`ActionSpace.log_probs` (same temperature, same optional
 restriction to the action-token range), so rollout log-probs and update log-probs agree by
 construction; a test checks they match to float rounding across batch sizes and padding.
 The value estimate is read from the last prompt token's hidden state in both paths.
@@ -25,14 +25,20 @@ class ActionSpace:
     end: int
     restrict: bool
 
-    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probs over the candidates (the action range if restricted, else the whole vocab)."""
+    def log_probs(self, hidden: torch.Tensor, lm_head: nn.Linear) -> torch.Tensor:
+        """Log-probs over the candidates (the action range if restricted, else the whole vocab).
+
+        When restricted, only the 256 action rows of ``lm_head`` are multiplied (the 7B head has
+        32064 rows); ``lm_head`` never carries LoRA, so its weight is the whole story.
+        """
         if self.restrict:
-            logits = logits[..., self.start:self.end]
+            logits = F.linear(hidden, lm_head.weight[self.start:self.end])
+        else:
+            logits = lm_head(hidden)
         return F.log_softmax(logits.float() / self.temperature, dim=-1)
 
     def candidate_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids -> column in :meth:`log_softmax`'s output."""
+        """Token ids -> column in :meth:`log_probs`'s output."""
         if not self.restrict:
             return tokens
         if bool(((tokens < self.start) | (tokens >= self.end)).any()):
@@ -68,7 +74,7 @@ def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: tor
     cache = out.past_key_values
     tokens, log_probs = [], []
     for step in range(num_tokens):
-        logp = space.log_softmax(lm.lm_head(hidden))
+        logp = space.log_probs(hidden, lm.lm_head)
         if greedy:
             choice = logp.argmax(dim=-1)
         else:
@@ -109,7 +115,7 @@ def evaluate_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: t
                      space: ActionSpace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs [B, K] and entropies [B, K] of given ``tokens`` under ``space``, and values [B]."""
     hidden = teacher_forced_hidden(model, pixel_values, input_ids, attention_mask, tokens)
-    logp_all = space.log_softmax(model.language_model.lm_head(hidden))
+    logp_all = space.log_probs(hidden, model.language_model.lm_head)
     log_probs = logp_all.gather(-1, space.candidate_index(tokens).unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
     values = value_head(hidden[:, 0].float()).squeeze(-1)
