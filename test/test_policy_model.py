@@ -7,10 +7,12 @@ rebuilt row by row as ``[pads, BOS, patches, text]``.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from policy_helpers import INSTRUCTIONS, images, randomize_base, tiny_policy
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy.architecture import preset
 from vla_rl_ros.core.policy.model import OpenVLAModel
 
@@ -101,3 +103,5 @@ def test_7b_preset_shape_builds_on_meta_only():
     total = sum(p.numel() for p in model.parameters())
     assert 7.45e9 < total < 7.55e9 and model.num_patches == 256
     assert arch.action_vocab_start == 31744 and arch.llm["vocab_size"] == 32064
+    with pytest.raises(ConfigError, match="policy.image_size=128"):
+        preset("openvla-7b", 128, 32000)

@@ -159,6 +159,7 @@ def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
     """
     padded = round_up(vocab_size, 64)
     if size == "openvla-7b":
+        check(image_size == 224, "policy.image_size", image_size, "must be 224 for the openvla-7b shape")
         llm = dict(LLAMA2_7B, vocab_size=round_up(max(vocab_size, 32001), 64), pad_token_id=32000)
         dino = KNOWN_TIMM_VITS["vit_large_patch14_reg4_dinov2.lvd142m"](image_size)
         sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
