@@ -145,3 +145,29 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
     watcher.wait_for(lambda: max(v.version for v in watcher.versions) > resumed, 240, "a version after resume")
     bags = sorted((tmp_path / "run" / "bags").glob("iter_*"))
     assert len(bags) >= 3 and len({b.name for b in bags}) == len(bags)
+
+
+def test_two_namespaced_bridges_share_one_policy(tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 1, "image_size": 32, "max_episode_steps": 3},
+        "policy": {"size": "tiny", "image_size": 32},
+        "train": {"episodes_per_iter": 4, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
+        "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    graph = build_graph("eval_sim", config=str(config), num_bridges="2")
+    supervisor = Supervisor(graph, log_dir=str(tmp_path / "logs"))
+    watcher = Watcher()
+    supervisor.start()
+    try:
+        def both_bridges_finished_two():
+            ids = [r.bridge_id for r in watcher.results]
+            return ids.count("bridge_0") >= 2 and ids.count("bridge_1") >= 2
+        watcher.wait_for(both_bridges_finished_two, 180, "two episodes from each bridge")
+        inits = [r.init_state_id for r in watcher.results]
+        assert all(i >= 40 for i in inits), f"eval graph must use held-out init states, got {inits}"
+        assert {o.bridge_id for o in watcher.observations} == {"bridge_0", "bridge_1"}
+        watcher.wait_for(lambda: watcher.bags, 60, "the recorder's bag of both bridges' episodes")
+        assert watcher.bags[0].num_episodes == 4, watcher.bags[0]
+    finally:
+        supervisor.stop(grace_s=10.0)
+        watcher.close()
