@@ -62,6 +62,12 @@ def test_bf16_load_matches_bf16_source(source, ckpt):
     loaded = VLAPolicy.load(str(ckpt), unnorm_cfg(dtype="bfloat16"))
     assert loaded.model.language_model.lm_head.weight.dtype == torch.bfloat16
     assert loaded.model.vision_backbone.featurizer.pos_embed.dtype == torch.bfloat16
+    reference = tiny_policy(dtype="bfloat16")  # same architecture in bf16, then the source's weights
+    with torch.no_grad():
+        for param, value in zip(reference.peft.parameters(), source.peft.parameters()):
+            param.copy_(value.to(param.dtype))
+    frames, texts = images(2, seed=4), INSTRUCTIONS[:2]
+    assert torch.equal(lm_logits(loaded, frames, texts), lm_logits(reference, frames, texts))
     out = loaded.decode(images(2), INSTRUCTIONS[:2], greedy=True)
     assert out.tokens.shape == (2, 7) and torch.isfinite(out.log_probs).all()
     ev = loaded.evaluate(images(2), INSTRUCTIONS[:2], out.tokens)
