@@ -8,7 +8,8 @@ from policy_helpers import NORM_STATS, tiny_policy
 from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import ActionTokenizer, compute_norm_stats
 from vla_rl_ros.core.policy.action_tokenizer import select_norm_stats
-from vla_rl_ros.core.policy.processor import build_word_tokenizer, libero_instructions, prompt_for
+from vla_rl_ros.core.policy.processor import (build_word_tokenizer, center_crop, libero_instructions,
+                                              prompt_for)
 
 STATS = select_norm_stats(NORM_STATS, "libero_spatial_no_noops")
 
@@ -111,3 +112,17 @@ def test_norm_stats_from_demonstrations_feed_the_tokenizer():
     assert np.array_equal(np.sign(decoded[:, 6]), demo[:, 6])  # the gripper passes through
     with pytest.raises(ValueError, match="non-empty"):
         compute_norm_stats(np.zeros((0, 7)))
+
+
+def test_center_crop_follows_tf_crop_and_resize_by_hand():
+    ramp = np.tile(np.arange(0, 250, 25, dtype=np.uint8)[None, :, None], (10, 1, 3))[None]  # [1, 10, 10, 3]
+    out = center_crop(ramp, 0.81)  # side 0.9: samples x = 0.45 + j * 0.9 over 10 output columns
+    points = 0.05 * 9 + np.arange(10) * 0.9
+    expected = (np.clip(points * 25 / 255.0, 0, 1) * 255.5).astype(np.uint8)
+    assert np.array_equal(out[0, 0, :, 0], expected)
+    assert np.array_equal(out[0, :, 3, 1], np.full(10, expected[3]))  # rows are constant
+    assert center_crop(ramp, 1.0) is ramp
+    policy = tiny_policy(center_crop_area=0.9)
+    frame = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    plain = tiny_policy().processor.pixels(frame).numpy()
+    assert not np.array_equal(policy.processor.pixels(frame).numpy(), plain)

@@ -46,6 +46,9 @@ class PolicyConfig:
     """Where LoRA goes: Llama projections by name (all layers) and/or 'projector'; never lm_head."""
     resize_images: bool = True
     """Resize camera frames of another size (bicubic, like OpenVLA); false = such frames are an error."""
+    center_crop_area: float = 1.0
+    """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop
+    augmentation are evaluated with 0.9); 1.0 = no crop."""
 
     def __post_init__(self) -> None:
         check(self.size in ("tiny", "small", "base", "openvla-7b"), "policy.size", self.size,
@@ -56,6 +59,8 @@ class PolicyConfig:
         check(self.lora_rank > 0, "policy.lora_rank", self.lora_rank, "must be > 0")
         check(self.lora_alpha > 0, "policy.lora_alpha", self.lora_alpha, "must be > 0")
         check(0.0 <= self.lora_dropout < 1.0, "policy.lora_dropout", self.lora_dropout, "in [0, 1)")
+        check(0.1 <= self.center_crop_area <= 1.0, "policy.center_crop_area", self.center_crop_area,
+              "in [0.1, 1]")
         bad = [m for m in self.lora_target_modules if m not in LORA_TARGETS]
         check(bool(self.lora_target_modules) and not bad, "policy.lora_target_modules",
               self.lora_target_modules, f"a non-empty list drawn from {', '.join(LORA_TARGETS)}")

@@ -72,7 +72,7 @@ class VLAPolicy:
         if self.action_tokenizer.action_dim != self.num_action_tokens:
             raise ValueError(f"norm_stats describe {self.action_tokenizer.action_dim}-D actions, "
                              f"the policy emits {self.num_action_tokens}")
-        self.processor = Processor(self.arch, tokenizer, cfg.resize_images)
+        self.processor = Processor(self.arch, tokenizer, cfg.resize_images, cfg.center_crop_area)
         self.value_head = nn.Linear(self.arch.hidden_size, 1).to(self.device)  # float32 whatever the LM dtype
         with torch.no_grad():
             self.value_head.weight.zero_()

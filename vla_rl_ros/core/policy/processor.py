@@ -92,13 +92,45 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json")
 
 
+def center_crop(images: np.ndarray, area: float) -> np.ndarray:
+    """OpenVLA's LIBERO test-time crop: keep the central ``area`` fraction, resize back (uint8 in and out).
+
+    Follows ``tf.image.crop_and_resize`` (bilinear, corner-aligned sampling) on a box of side
+    ``sqrt(area)`` and TF's float->uint8 conversion (x * 255.5, truncated), as OpenVLA's
+    ``run_libero_eval`` does for checkpoints trained with random-crop augmentation.
+    """
+    if area >= 1.0:
+        return images
+    batch, height, width, _ = images.shape
+    side = float(np.sqrt(area))
+    offset = (1.0 - side) / 2.0
+
+    def sample_points(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        points = offset * (size - 1) + np.arange(size) * side * (size - 1) / max(size - 1, 1)
+        low = np.floor(points).astype(np.int64)
+        high = np.minimum(np.ceil(points).astype(np.int64), size - 1)
+        return low, high, (points - low).astype(np.float32)
+
+    top, bottom, y_lerp = sample_points(height)
+    left, right, x_lerp = sample_points(width)
+    frames = images.astype(np.float32) / 255.0
+    x_lerp = x_lerp[None, None, :, None]
+    rows_top, rows_bottom = frames[:, top], frames[:, bottom]
+    upper = rows_top[:, :, left] + (rows_top[:, :, right] - rows_top[:, :, left]) * x_lerp
+    lower = rows_bottom[:, :, left] + (rows_bottom[:, :, right] - rows_bottom[:, :, left]) * x_lerp
+    cropped = np.clip(upper + (lower - upper) * y_lerp[None, :, None, None], 0.0, 1.0)
+    return (cropped * 255.5).astype(np.uint8)
+
+
 class Processor:
     """Instructions and camera images -> left-padded ``input_ids``/``attention_mask`` and pixels."""
 
-    def __init__(self, arch: VLAArchitecture, tokenizer: Tokenizer, resize_images: bool = True) -> None:
+    def __init__(self, arch: VLAArchitecture, tokenizer: Tokenizer, resize_images: bool = True,
+                 center_crop_area: float = 1.0) -> None:
         self.arch = arch
         self.tokenizer = tokenizer
         self.resize_images = resize_images
+        self.center_crop_area = center_crop_area
         mean = list(arch.featurizer.mean) + list(arch.fused_featurizer.mean)
         std = list(arch.featurizer.std) + list(arch.fused_featurizer.std)
         self.mean = np.asarray(mean, dtype=np.float32)
@@ -139,6 +171,7 @@ class Processor:
             raise ValueError(f"images must be uint8 (0..255), got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must have shape [B, H, W, 3], got {images.shape}")
+        images = center_crop(images, self.center_crop_area)
         size = self.arch.image_size
         height, width = images.shape[1:3]
         if (height, width) != (size, size):
