@@ -92,7 +92,8 @@ def rollout_batch(policy, seed=0):
 
 
 def params(trainer):
-    return [p.detach().clone() for p in trainer.policy_params], [p.detach().clone() for p in trainer.value_params]
+    return ([p.detach().clone() for p in trainer.policy_params],
+            [p.detach().clone() for p in trainer.value_params])
 
 
 def changed(before, after):
@@ -100,7 +101,8 @@ def changed(before, after):
 
 
 def test_warmup_updates_only_the_value_head_then_both(policy):
-    trainer = PPOTrainer(policy, PPOConfig(critic_warmup_iters=1, minibatch_size=8, policy_lr=1e-3, value_lr=1e-2))
+    cfg = PPOConfig(critic_warmup_iters=1, minibatch_size=8, policy_lr=1e-3, value_lr=1e-2)
+    trainer = PPOTrainer(policy, cfg)
     batch = rollout_batch(policy)
     lora0, value0 = params(trainer)
     metrics = trainer.update(batch, torch.Generator().manual_seed(0))

@@ -54,7 +54,8 @@ def test_prm_learns_to_separate_success_from_failure(trajectories, tmp_path):
     policy, wins, fails = trajectories
     prm = ProcessRewardModel(tiny(seed=1))
     train_set = wins[:4] + fails[:4]
-    losses = train_prm(prm, train_set, epochs=6, lr=3e-3, batch_size=16, generator=torch.Generator().manual_seed(0))
+    losses = train_prm(prm, train_set, epochs=6, lr=3e-3, batch_size=16,
+                       generator=torch.Generator().manual_seed(0))
     assert losses[-1] < losses[0]
     metrics = evaluate_prm(prm, train_set)
     assert metrics["prm/auc"] >= 0.75
@@ -75,7 +76,8 @@ def test_prm_learns_to_separate_success_from_failure(trajectories, tmp_path):
 def test_prm_mismatch_and_missing_dirs_are_clear(tmp_path):
     prm = ProcessRewardModel(tiny())
     other = VLAPolicy.create(PolicyConfig(size="tiny", image_size=32), instructions=INSTRUCTIONS,
-                             norm_stats={"x": {"action": {"q01": [-2.0] * 7, "q99": [2.0] * 7, "mask": [True] * 7}}})
+                             norm_stats={"x": {"action": {"q01": [-2.0] * 7, "q99": [2.0] * 7,
+                                                          "mask": [True] * 7}}})
     with pytest.raises(PRMError, match="does not match the policy"):
         prm.check_compatible(other)
     with pytest.raises(PRMError, match="train-prm"):
@@ -104,7 +106,8 @@ def test_cli_train_prm_on_toy(tmp_path, capsys):
     out = tmp_path / "prm"
     code = main(["train-prm", "--no-progress", "--out", str(out),
                  "--set", "env.backend=toy", "--set", "env.task_ids=[0]", "--set", "env.num_envs=2",
-                 "--set", "env.image_size=32", "--set", "env.max_episode_steps=10", "--set", "policy.size=tiny",
+                 "--set", "env.image_size=32", "--set", "env.max_episode_steps=10",
+                 "--set", "policy.size=tiny",
                  "--set", "policy.image_size=32", "--set", "reward.prm_rollout_episodes=4",
                  "--set", "reward.prm_epochs=1", "--set", "train.torch_threads=1"])
     assert code == 0

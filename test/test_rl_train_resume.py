@@ -12,7 +12,8 @@ from vla_rl_ros.core.rl.train_loop import TrainingRun
 
 torch.set_num_threads(1)
 
-BASE = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_size=32", "env.max_episode_steps=4",
+BASE = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_size=32",
+        "env.max_episode_steps=4",
         "policy.size=tiny", "policy.image_size=32", "train.episodes_per_iter=2", "train.eval_every=2",
         "train.eval_episodes=2", "train.torch_threads=1", "ppo.minibatch_size=4", "ppo.critic_warmup_iters=1",
         "ppo.policy_lr=1e-2", "ppo.epochs=2"]
@@ -75,7 +76,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_cli_train_with_ablation_switches(tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["train", "--no-progress", *sum([["--set", s] for s in BASE], []),
-                 "--set", f"train.output_dir={out}", "--set", "train.iterations=1", "--set", "train.eval_every=0",
+                 "--set", f"train.output_dir={out}", "--set", "train.iterations=1",
+                 "--set", "train.eval_every=0",
                  "--set", "curriculum.enabled=false", "--set", "reward.prm_weight=0",
                  "--set", "ppo.critic_warmup_iters=0"])
     assert code == 0

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             count = max(cfg.reward.prm_rollout_episodes, len(cfg.env.task_ids))
             assignments = [(cfg.env.task_ids[k % len(cfg.env.task_ids)],
                             int(rng.integers(0, cfg.env.num_train_init_states))) for k in range(count)]
-            episodes += prm_data.toy_oracle_episodes(env, tokenizer, assignments, noise=0.3, seed=cfg.train.seed)
+            episodes += prm_data.toy_oracle_episodes(env, tokenizer, assignments, noise=0.3,
+                                                     seed=cfg.train.seed)
         if cfg.reward.prm_rollout_episodes:
             assignments = [(cfg.env.task_ids[k % len(cfg.env.task_ids)],
                             int(rng.integers(0, cfg.env.num_train_init_states)))

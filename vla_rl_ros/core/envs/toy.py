@@ -19,7 +19,8 @@ import numpy as np
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40),
-           "magenta": (210, 50, 200), "cyan": (40, 210, 210), "orange": (240, 140, 30), "purple": (130, 60, 200)}
+           "magenta": (210, 50, 200), "cyan": (40, 210, 210), "orange": (240, 140, 30),
+           "purple": (130, 60, 200)}
 NUM_INIT_STATES = 50
 """Like LIBERO: init states 0..49 per task (the first ones train, the rest are held out)."""
 OPEN_FINGER = 0.04
@@ -53,7 +54,8 @@ def toy_start(task_id: int, init_state_id: int, spread: float = 0.15) -> np.ndar
     """Deterministic start position of an init state (a small offset around the centre)."""
     check_task(task_id)
     if not 0 <= init_state_id < NUM_INIT_STATES:
-        raise ValueError(f"toy init state {init_state_id} out of range: valid ids are 0..{NUM_INIT_STATES - 1}")
+        raise ValueError(f"toy init state {init_state_id} out of range: "
+                         f"valid ids are 0..{NUM_INIT_STATES - 1}")
     rng = np.random.default_rng([task_id, init_state_id, 7])
     return rng.uniform(-spread, spread, size=2)
 
@@ -109,7 +111,8 @@ class ToyVectorEnv:
         task = int(self.task_ids[i])
         finger = 0.0 if self.closed[i] else OPEN_FINGER
         proprio = np.array([*self.position[i], 0.0, 0.0, 0.0, 0.0, finger, -finger], dtype=np.float32)
-        image = render(self.position[i], toy_goal(task, self.goal_radius), bool(self.closed[i]), list(COLOURS.values())[task],
+        image = render(self.position[i], toy_goal(task, self.goal_radius), bool(self.closed[i]),
+                       list(COLOURS.values())[task],
                        self.image_size)
         return Observation(image=image, instruction=toy_instruction(task), proprio=proprio, task_id=task,
                            init_state_id=int(self.init_ids[i]), step=int(self.steps[i]))
@@ -132,9 +135,11 @@ class ToyVectorEnv:
         """Apply ``actions`` float32 [num_envs, 7]; non-finite actions act as no-ops."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, ACTION_DIM):
-            raise ValueError(f"toy env step: actions must be [{self.num_envs}, {ACTION_DIM}], got {actions.shape}")
+            raise ValueError(f"toy env step: actions must be [{self.num_envs}, {ACTION_DIM}], "
+                             f"got {actions.shape}")
         if self.done.any():
-            raise RuntimeError(f"toy env step: envs {np.flatnonzero(self.done).tolist()} are finished; reset first")
+            raise RuntimeError(f"toy env step: envs {np.flatnonzero(self.done).tolist()} are finished; "
+                               "reset first")
         results = []
         for i in range(self.num_envs):
             action = actions[i]

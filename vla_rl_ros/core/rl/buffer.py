@@ -84,7 +84,8 @@ def build_batch(episodes: Sequence[Episode], rewards: Sequence[np.ndarray], gamm
     images = np.stack([img for e in episodes for img in e.images[:e.length]])
     instructions = [e.instruction for e in episodes for _ in range(e.length)]
     tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
-    log_probs = torch.as_tensor(np.concatenate([np.stack(e.log_probs) for e in episodes]), dtype=torch.float32)
+    log_probs = torch.as_tensor(np.concatenate([np.stack(e.log_probs) for e in episodes]),
+                                dtype=torch.float32)
     return RolloutBatch(rewards=reward_tm, values=values_tm, next_values=next_tm, done=done_tm,
                         terminated=term_tm, mask=mask, advantages_tm=advantages_tm, images=images,
                         instructions=instructions, tokens=tokens, log_probs=log_probs,

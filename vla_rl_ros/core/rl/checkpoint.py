@@ -33,7 +33,8 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 def rng_state(generators: dict[str, torch.Generator], numpy_rng: np.random.Generator) -> dict[str, Any]:
     """Global torch/numpy/python RNG states plus the run's own generators."""
-    return {"torch": torch.get_rng_state(), "numpy_global": np.random.get_state(), "python": random.getstate(),
+    return {"torch": torch.get_rng_state(), "numpy_global": np.random.get_state(),
+            "python": random.getstate(),
             "numpy_rng": numpy_rng.bit_generator.state,
             "generators": {name: g.get_state() for name, g in generators.items()}}
 
@@ -89,7 +90,8 @@ def load_checkpoint(output_dir: str | Path) -> dict[str, Any] | None:
     try:
         return torch.load(target / STATE_FILE, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise ConfigError(f"checkpoint {target / STATE_FILE} cannot be read ({err}); move it away to start over")
+        raise ConfigError(f"checkpoint {target / STATE_FILE} cannot be read ({err}); "
+                          "move it away to start over")
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -107,7 +109,8 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
 
 def trainable_tensors(policy: Any) -> list[torch.Tensor]:
     """Copies of the policy's LoRA and value-head tensors, in a fixed order."""
-    return [p.detach().cpu().clone() for p in list(policy.policy_parameters()) + list(policy.value_parameters())]
+    params = list(policy.policy_parameters()) + list(policy.value_parameters())
+    return [p.detach().cpu().clone() for p in params]
 
 
 def load_trainable_tensors(policy: Any, tensors: list[torch.Tensor]) -> None:

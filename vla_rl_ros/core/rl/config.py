@@ -89,7 +89,8 @@ class RewardConfig:
         check(self.prm_epochs >= 1, "reward.prm_epochs", self.prm_epochs, "must be >= 1")
         check(self.prm_lr > 0, "reward.prm_lr", self.prm_lr, "must be > 0")
         check(self.prm_batch_size >= 1, "reward.prm_batch_size", self.prm_batch_size, "must be >= 1")
-        check(self.prm_rollout_episodes >= 0, "reward.prm_rollout_episodes", self.prm_rollout_episodes, ">= 0")
+        check(self.prm_rollout_episodes >= 0, "reward.prm_rollout_episodes", self.prm_rollout_episodes,
+              ">= 0")
         check(0.0 <= self.prm_heldout_fraction < 1.0, "reward.prm_heldout_fraction",
               self.prm_heldout_fraction, "in [0, 1)")
 
@@ -110,7 +111,8 @@ class CurriculumConfig:
     """Weight of the newest episode in the running success estimate."""
 
     def __post_init__(self) -> None:
-        check(0.0 <= self.target_success <= 1.0, "curriculum.target_success", self.target_success, "in [0, 1]")
+        check(0.0 <= self.target_success <= 1.0, "curriculum.target_success", self.target_success,
+              "in [0, 1]")
         check(self.temperature > 0, "curriculum.temperature", self.temperature, "must be > 0")
         check(0.0 <= self.floor < 1.0, "curriculum.floor", self.floor, "in [0, 1)")
         check(0.0 < self.ema <= 1.0, "curriculum.ema", self.ema, "in (0, 1]")

@@ -73,7 +73,8 @@ class TaskCurriculum:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the task list must be the same."""
         if list(state["task_ids"]) != self.task_ids:
-            raise ValueError(f"curriculum state is for tasks {state['task_ids']}, this run has {self.task_ids}")
+            raise ValueError(f"curriculum state is for tasks {state['task_ids']}, "
+                             f"this run has {self.task_ids}")
         self.success = np.asarray(state["success"], dtype=np.float64)
         self.episodes = np.asarray(state["episodes"], dtype=np.int64)
         self.rng.bit_generator.state = state["rng"]

@@ -95,7 +95,8 @@ class PPOTrainer:
                 terms = ppo_loss(ev.log_probs.float(), batch.log_probs[index], ref_all[index],
                                  ev.entropy.float(), ev.values.float().reshape(-1), batch.old_values[index],
                                  batch.advantages[index], batch.returns[index], clip_range=cfg.clip_range,
-                                 value_clip_range=cfg.value_clip_range, kl_coef=cfg.kl_coef if use_ref else 0.0,
+                                 value_clip_range=cfg.value_clip_range,
+                                 kl_coef=cfg.kl_coef if use_ref else 0.0,
                                  entropy_coef=cfg.entropy_coef, value_coef=cfg.value_coef,
                                  per_token=cfg.per_token_ratio, policy_enabled=not warmup)
                 if not torch.isfinite(terms.total):

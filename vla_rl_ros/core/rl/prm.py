@@ -64,7 +64,8 @@ class ProcessRewardModel:
         hidden = teacher_forced_hidden(policy.model, pixels, input_ids, mask, torch.cat([tokens, eos], 1))
         return torch.sigmoid(self.head(hidden[:, -1].float()).squeeze(-1))
 
-    def score_batched(self, images: np.ndarray, instructions: Sequence[str], tokens: torch.Tensor) -> np.ndarray:
+    def score_batched(self, images: np.ndarray, instructions: Sequence[str],
+                      tokens: torch.Tensor) -> np.ndarray:
         """:meth:`score` without grad in chunks, as float64 numpy ``[B]``."""
         out = []
         with torch.no_grad():
@@ -91,7 +92,8 @@ class ProcessRewardModel:
     def signature(self) -> dict[str, Any]:
         """What must agree with a policy whose actions this PRM scores."""
         arch, tok = self.backbone.arch, self.backbone.action_tokenizer
-        return {"action_vocab_start": int(arch.action_vocab_start), "action_vocab_end": int(arch.action_vocab_end),
+        return {"action_vocab_start": int(arch.action_vocab_start),
+                "action_vocab_end": int(arch.action_vocab_end),
                 "n_action_bins": int(arch.n_action_bins),
                 "action_q01": _plain(tok.q01), "action_q99": _plain(tok.q99), "action_mask": _plain(tok.mask)}
 
@@ -136,7 +138,8 @@ class ProcessRewardModel:
         directory = Path(directory)
         for name in (META_FILE, HEAD_FILE, "backbone"):
             if not (directory / name).exists():
-                raise PRMError(f"PRM directory {directory} has no {name} (expected a `vla-rl train-prm` output)")
+                raise PRMError(f"PRM directory {directory} has no {name} "
+                               "(expected a `vla-rl train-prm` output)")
         try:
             json.loads((directory / META_FILE).read_text())
         except json.JSONDecodeError as err:
@@ -181,5 +184,6 @@ def label_episodes(episodes: Sequence[Episode]) -> list[np.ndarray]:
     typical: dict[int, int] = {}
     for task in {e.task_id for e in episodes}:
         wins = [(c, e) for c, e in wins_all if e.task_id == task]
-        typical[task] = typical_segment_count([c for c, _ in wins], [e.length + 1 for _, e in wins]) or overall
+        count = typical_segment_count([c for c, _ in wins], [e.length + 1 for _, e in wins])
+        typical[task] = count or overall
     return [progress_labels(e.length + 1, c, e.success, typical[e.task_id]) for c, e in zip(cuts, episodes)]

@@ -48,7 +48,8 @@ def load_demo_episodes(directory: str | Path, action_tokenizer: Any,
     entries = [e for e in load_index(directory).get("episodes", []) if e.get("bag")
                and (task_ids is None or e["task_id"] in task_ids)]
     if not entries:
-        raise ValueError(f"no recorded episodes in {directory} (looked for bags in {directory / 'index.json'})")
+        raise ValueError(f"no recorded episodes in {directory} "
+                         f"(looked for bags in {directory / 'index.json'})")
     return [episode_from_record(read_episode_bag(directory / e["bag"]), action_tokenizer) for e in entries]
 
 
@@ -69,10 +70,12 @@ def toy_oracle_episodes(env: Any, action_tokenizer: Any, assignments: Sequence[t
     return collect_episodes(env, oracle, assignments)
 
 
-def policy_rollouts(env: Any, policy: Any, assignments: Sequence[tuple[int, int]], seed: int = 0) -> list[Episode]:
+def policy_rollouts(env: Any, policy: Any, assignments: Sequence[tuple[int, int]],
+                    seed: int = 0) -> list[Episode]:
     """Sampled rollouts of ``policy`` (the failures and partial successes the PRM must rank)."""
     gen = torch.Generator().manual_seed(seed)
-    return collect_episodes(env, lambda images, texts: policy.decode(images, texts, generator=gen), assignments)
+    return collect_episodes(env, lambda images, texts: policy.decode(images, texts, generator=gen),
+                            assignments)
 
 
 def split_held_out(episodes: Sequence[Episode], fraction: float, seed: int = 0

@@ -70,7 +70,7 @@ def train_prm(prm: ProcessRewardModel, episodes: Sequence[Episode], epochs: int 
 
 
 def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
-    """Probability that a random positive outscores a random negative (ties count half); NaN if a side is empty."""
+    """P(random positive outscores random negative), ties count half; NaN if a side is empty."""
     pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
@@ -105,7 +105,8 @@ def evaluate_prm(prm: ProcessRewardModel, episodes: Sequence[Episode]) -> dict[s
                   [f for f, e in zip(final, episodes) if not e.success])
     corrs = [spearman(e.progress[1:], lab[1:]) for e, lab in zip(episodes, labels)]
     corrs = [c for c in corrs if np.isfinite(c)]
-    mse = float(np.mean(np.concatenate([(e.progress[1:] - lab[1:]) ** 2 for e, lab in zip(episodes, labels)])))
+    errors = [(e.progress[1:] - lab[1:]) ** 2 for e, lab in zip(episodes, labels)]
+    mse = float(np.mean(np.concatenate(errors)))
     return {"prm/auc": auc, "prm/rank_corr": float(np.mean(corrs)) if corrs else float("nan"),
             "prm/label_mse": mse, "prm/episodes": float(len(episodes)),
             "prm/successes": float(sum(e.success for e in episodes))}

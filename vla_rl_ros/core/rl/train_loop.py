@@ -22,7 +22,7 @@ from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
 from vla_rl_ros.core.rl.curriculum import TaskCurriculum
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
-from vla_rl_ros.core.rl.results import wilson_interval, write_json_atomic, write_results
+from vla_rl_ros.core.rl.results import wilson_interval, write_results
 from vla_rl_ros.core.rl.rollout import Episode, collect_episodes
 
 NUM_INIT_STATES = 50
@@ -42,7 +42,8 @@ def build_policy(cfg: Any) -> Any:
     from vla_rl_ros.core.policy import VLAPolicy
     if cfg.env.backend == "toy" and not cfg.policy.model_path:
         from vla_rl_ros.core.envs.toy import toy_instruction, toy_task_count
-        return VLAPolicy.create(cfg.policy, instructions=[toy_instruction(i) for i in range(toy_task_count())])
+        instructions = [toy_instruction(i) for i in range(toy_task_count())]
+        return VLAPolicy.create(cfg.policy, instructions=instructions)
     return VLAPolicy.from_config(cfg.policy)
 
 
@@ -59,7 +60,8 @@ def load_prm(cfg: Any, policy: Any) -> Any | None:
 def eval_assignments(task_ids: list[int], count: int, num_train_init_states: int) -> list[tuple[int, int]]:
     """``count`` held-out (task, init state) pairs, tasks round-robin, init states in order."""
     held_out = list(range(num_train_init_states, NUM_INIT_STATES))
-    return [(task_ids[k % len(task_ids)], held_out[(k // len(task_ids)) % len(held_out)]) for k in range(count)]
+    return [(task_ids[k % len(task_ids)], held_out[(k // len(task_ids)) % len(held_out)])
+            for k in range(count)]
 
 
 class TrainingRun:
@@ -85,7 +87,8 @@ class TrainingRun:
         self.generators = {"decode": torch.Generator().manual_seed(seed + 1),
                            "update": torch.Generator().manual_seed(seed + 2)}
         cur = cfg.curriculum
-        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled, target_success=cur.target_success,
+        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
+                                         target_success=cur.target_success,
                                          temperature=cur.temperature, floor=cur.floor, ema=cur.ema, seed=seed)
         self.trainer = PPOTrainer(self.policy, cfg.ppo)
         self.iteration = 0
@@ -124,7 +127,8 @@ class TrainingRun:
         truncated = [e for e in episodes if e.truncated]
         if not truncated:
             return
-        out = self.policy.decode(np.stack([e.images[-1] for e in truncated]), [e.instruction for e in truncated],
+        out = self.policy.decode(np.stack([e.images[-1] for e in truncated]),
+                                 [e.instruction for e in truncated],
                                  greedy=True)
         for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
             episode.final_value = float(value)
@@ -141,7 +145,8 @@ class TrainingRun:
         usable = [e for e in episodes if not e.aborted and e.length > 0]
         steps = sum(e.length for e in episodes)
         self.env_steps += steps
-        metrics: dict[str, Any] = {"rollout/episodes": len(usable), "rollout/aborted": len(episodes) - len(usable),
+        metrics: dict[str, Any] = {"rollout/episodes": len(usable),
+                                   "rollout/aborted": len(episodes) - len(usable),
                                    "rollout/env_steps": self.env_steps, "time/rollout_s": rollout_s,
                                    "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9)}
         if not usable:
@@ -169,8 +174,10 @@ class TrainingRun:
     def evaluate(self) -> dict[str, Any]:
         """Greedy held-out evaluation: overall and per-task success with a 95 % interval."""
         cfg = self.cfg
-        assignments = eval_assignments(cfg.env.task_ids, cfg.train.eval_episodes, cfg.env.num_train_init_states)
-        episodes = [e for e in collect_episodes(self.env, self._decode(greedy=True), assignments) if not e.aborted]
+        assignments = eval_assignments(cfg.env.task_ids, cfg.train.eval_episodes,
+                                       cfg.env.num_train_init_states)
+        episodes = collect_episodes(self.env, self._decode(greedy=True), assignments)
+        episodes = [e for e in episodes if not e.aborted]
         wins = sum(e.success for e in episodes)
         low, high = wilson_interval(wins, len(episodes))
         result: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.env_steps,
