@@ -72,7 +72,8 @@ def _log(log_dir: Path, name: str) -> str:
 def toy_graph(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32, "max_episode_steps": 4},
+        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
+                "max_episode_steps": 4},
         "policy": {"size": "tiny", "image_size": 32},
         "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
         "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
@@ -145,7 +146,8 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
     watcher.wait_for(lambda: "resumed from policy version" in _log(logs, "learner"), 120, "learner resume")
     resumed = int(_log(logs, "learner").split("resumed from policy version ")[-1].split()[0])
     assert resumed >= version_before
-    watcher.wait_for(lambda: max(v.version for v in watcher.versions) > resumed, 240, "a version after resume")
+    watcher.wait_for(lambda: max(v.version for v in watcher.versions) > resumed, 240,
+                     "a version after resume")
     bags = sorted((tmp_path / "run" / "bags").glob("iter_*"))
     assert len(bags) >= 3 and len({b.name for b in bags}) == len(bags)
 
@@ -153,7 +155,8 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
 def test_two_namespaced_bridges_share_one_policy(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 1, "image_size": 32, "max_episode_steps": 3},
+        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 1, "image_size": 32,
+                "max_episode_steps": 3},
         "policy": {"size": "tiny", "image_size": 32},
         "train": {"episodes_per_iter": 4, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
         "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))

@@ -65,7 +65,8 @@ def _launch_route(graph: str, arguments: dict) -> set:
     assert set(declared) == set(LAUNCH_ARGUMENTS)
     assert all(kw["description"] and "default_value" in kw for kw in declared.values())
     opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"][0]
-    context = types.SimpleNamespace(launch_configurations={k: v["default_value"] for k, v in declared.items()})
+    defaults = {k: v["default_value"] for k, v in declared.items()}
+    context = types.SimpleNamespace(launch_configurations=defaults)
     context.launch_configurations.update(arguments)
     nodes = opaque.kwargs["function"](context)
     out = set()
@@ -108,7 +109,8 @@ def _process_route(graph: str, arguments: dict, capsys) -> set:
                 params_file = value
             elif flag == "--log-level":
                 level = value
-        required = next(s.required for s in spec_by_role[module] if s.name == name and s.namespace == namespace)
+        required = next(s.required for s in spec_by_role[module]
+                        if s.name == name and s.namespace == namespace)
         executable = module.rsplit(".", 1)[1].removesuffix("_node")
         out.add((namespace, name, executable, params_file, yaml.safe_dump(overrides, sort_keys=True),
                  tuple(remaps), level, required))
@@ -146,8 +148,9 @@ def test_every_node_of_the_graph_has_both_executables():
 
 
 def test_bad_launch_arguments_are_refused_clearly(capsys):
-    for argv, reason in ((["num_envs:=zero"], "num_envs='zero'"), (["colour:=red"], "unknown launch argument"),
-                         (["suite"], "NAME:=VALUE"), (["env_typo:=1", "--dry-run"], "unknown launch argument")):
+    cases = ((["num_envs:=zero"], "num_envs='zero'"), (["colour:=red"], "unknown launch argument"),
+             (["suite"], "NAME:=VALUE"), (["env_typo:=1", "--dry-run"], "unknown launch argument"))
+    for argv, reason in cases:
         assert cli_main(["launch", "train_sim", *argv, "--dry-run"]) == 2
         assert reason in capsys.readouterr().err
 

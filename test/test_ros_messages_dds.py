@@ -28,9 +28,11 @@ def sample_messages() -> dict:
     header.stamp.sec, header.stamp.nanosec = 1234, 5678
     rng = np.random.default_rng(0)
     observations = [Observation(image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
-                                instruction=f"pick up the thing {i}", proprio=rng.normal(size=9).astype(np.float32),
+                                instruction=f"pick up the thing {i}",
+                                proprio=rng.normal(size=9).astype(np.float32),
                                 task_id=3 + i, init_state_id=i, step=7 + i,
-                                wrist_image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(2)]
+                                wrist_image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+                    for i in range(2)]
     obs = convert.observations_to_msg("bridge_a", 42, [0, 1], [10, 11], observations, header)
     actions = convert.actions_to_msg("bridge_a", 42, [0, 1], 5, rng.integers(31744, 32000, (2, 7)),
                                      rng.uniform(-1, 1, (2, 7)), -rng.uniform(0, 5, (2, 7)),
@@ -112,7 +114,8 @@ def test_every_message_round_trips_between_processes(ros_node):
         for name in samples:
             msg_type = getattr(msgs, name)
             pubs[name] = ros_node.create_publisher(msg_type, f"in/{name}", qos.BATCH)
-            subs.append(ros_node.create_subscription(msg_type, f"out/{name}", received[name].append, qos.BATCH))
+            subs.append(ros_node.create_subscription(msg_type, f"out/{name}", received[name].append,
+                                                     qos.BATCH))
 
         def matched() -> bool:
             return (all(p.get_subscription_count() > 0 for p in pubs.values())

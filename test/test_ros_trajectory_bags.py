@@ -22,7 +22,8 @@ def _step(writer, seq, episode_ids, steps, rng, stamp):
         "b", seq, [0, 1], 3, rng.integers(0, 256, (2, 7)), rng.uniform(-1, 1, (2, 7)), -np.ones((2, 7)),
         np.array([0.5, 0.25]), 1.5)), stamp + 1)
     writer.write(topics.STEP_REWARDS, serialize_message(StepRewardBatch(
-        bridge_id="b", step_seq=seq, env_ids=[0, 1], progress=[0.1 * seq, 0.2], rewards=[0.0, 0.0])), stamp + 2)
+        bridge_id="b", step_seq=seq, env_ids=[0, 1], progress=[0.1 * seq, 0.2], rewards=[0.0, 0.0])),
+        stamp + 2)
 
 
 def test_episodes_are_rebuilt_across_bags_with_progress_and_terminal_observation(tmp_path):

@@ -27,7 +27,7 @@ def bench_policy_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict
 
 
 def bench_graph_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
-    """Env steps/s of the ROS graph vs the in-process loop; ``--repeats`` control steps each, ``--warmup`` first."""
+    """Env steps/s of the ROS graph vs the in-process loop (``--repeats`` steps after ``--warmup``)."""
     from vla_rl_ros.nodes.graph_bench import bench_graph
     return bench_graph(cfg, steps=args.repeats, warmup=args.warmup)
 

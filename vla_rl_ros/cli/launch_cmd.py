@@ -76,8 +76,9 @@ class Supervisor:
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
             output = open(os.path.join(self.log_dir, label.strip("/").replace("/", "_") + ".log"), "ab")
-        process = subprocess.Popen(node_command(spec, self.graph, self.python), env=env, start_new_session=True,
-                                   stdout=output, stderr=subprocess.STDOUT if output else None)
+        process = subprocess.Popen(node_command(spec, self.graph, self.python), env=env,
+                                   start_new_session=True, stdout=output,
+                                   stderr=subprocess.STDOUT if output else None)
         if output:
             output.close()  # the child holds its own descriptor
         self.processes[label] = (spec, process)

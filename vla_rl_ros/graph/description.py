@@ -157,7 +157,7 @@ def _resolved_config(params_file: str, flat_overrides: dict[str, Any]):
 
 
 def node_command(spec: NodeSpec, graph: GraphSpec, python: str) -> list[str]:
-    """argv that runs ``spec`` as a plain process with the same ROS arguments launch_ros would pass."""
+    """Command line that runs ``spec`` as a process with the ROS arguments launch_ros would pass."""
     argv = [python, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
     if spec.namespace:
         argv += ["-r", f"__ns:=/{spec.namespace}"]

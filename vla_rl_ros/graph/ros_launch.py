@@ -23,7 +23,7 @@ def node_action(spec: NodeSpec, graph: GraphSpec):
 
 
 def generate(graph_name: str):
-    """LaunchDescription of ``graph_name`` with every argument of LAUNCH_ARGUMENTS declared and described."""
+    """Launch description of ``graph_name``: every argument of LAUNCH_ARGUMENTS declared and described."""
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
 

@@ -89,7 +89,7 @@ class ObservationBatchData:
 def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
                         episode_ids: Sequence[int], observations: Sequence[Observation],
                         header: Header | None = None) -> ObservationBatch:
-    """ObservationBatch of one step of ``observations`` (entry i belongs to ``env_ids[i]``)."""
+    """Build the ObservationBatch of one step of ``observations`` (entry i belongs to ``env_ids[i]``)."""
     count = len(observations)
     _require(len(env_ids) == count and len(episode_ids) == count,
              f"observations: {count} entries but {len(env_ids)} env_ids, {len(episode_ids)} episode_ids")
@@ -170,7 +170,7 @@ class ActionBatchData:
 def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy_version: int,
                    tokens: np.ndarray, actions: np.ndarray, log_probs: np.ndarray, values: np.ndarray,
                    temperature: float, header: Header | None = None) -> ActionBatch:
-    """ActionBatch replying to one ObservationBatch with the policy's decode outputs."""
+    """Build the ActionBatch replying to one ObservationBatch with the policy's decode outputs."""
     count = len(env_ids)
     tokens = np.asarray(tokens).reshape(count, -1)
     actions = np.asarray(actions, np.float32).reshape(count, -1)
@@ -200,10 +200,12 @@ def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = 
     _require(msg.action_dim == ACTION_DIM, f"actions.action_dim={msg.action_dim}, expected {ACTION_DIM}")
     if expected_env_ids is not None:
         _require(list(msg.env_ids) == list(expected_env_ids),
-                 f"actions.env_ids {list(msg.env_ids)} do not match the pending batch {list(expected_env_ids)}")
+                 f"actions.env_ids {list(msg.env_ids)} do not match the pending batch "
+                 f"{list(expected_env_ids)}")
     for name in ("actions", "action_tokens", "token_log_probs"):
         size = len(getattr(msg, name))
-        _require(size == count * ACTION_DIM, f"actions.{name}: {size} values, expected {count} x {ACTION_DIM}")
+        _require(size == count * ACTION_DIM,
+                 f"actions.{name}: {size} values, expected {count} x {ACTION_DIM}")
     _require(len(msg.values) == count, f"actions.values: {len(msg.values)} values, expected {count}")
     actions = np.asarray(msg.actions, np.float32).reshape(count, ACTION_DIM)
     _require(bool(np.isfinite(actions).all()), "actions.actions: contains NaN or inf")
@@ -222,7 +224,7 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
                           num_steps: int, success: bool, truncated: bool, aborted: bool,
                           reason: str = "", header: Header | None = None,
                           final_observation: Observation | None = None) -> EpisodeResult:
-    """EpisodeResult for one finished episode, with its terminal observation when given."""
+    """Build the EpisodeResult of one finished episode, with its terminal observation when given."""
     msg = EpisodeResult()
     if header is not None:
         msg.header = header
@@ -237,7 +239,8 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     return msg
 
 
-def task_assignments_from_msg(msg, num_envs: int, known_task_ids: Collection[int]) -> list[tuple[int, int, int]]:
+def task_assignments_from_msg(msg, num_envs: int,
+                              known_task_ids: Collection[int]) -> list[tuple[int, int, int]]:
     """``[(env_id, task_id, init_state_id)]`` of a TaskAssignment, checked against the bridge's envs."""
     count = len(msg.env_ids)
     _require(len(msg.task_ids) == count and len(msg.init_state_ids) == count,

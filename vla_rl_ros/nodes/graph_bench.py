@@ -37,8 +37,8 @@ def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
         for index in range(warmup + steps):
             if index == warmup:
                 started = time.perf_counter()
-            out = policy.decode(np.stack([o.image for o in observations]), [o.instruction for o in observations],
-                                greedy=True)
+            out = policy.decode(np.stack([o.image for o in observations]),
+                                [o.instruction for o in observations], greedy=True)
             results = env.step(np.asarray(out.actions, np.float32))
             observations = [r.observation for r in results]
             finished = [i for i, r in enumerate(results) if r.done]
@@ -118,7 +118,8 @@ def bench_graph(cfg, steps: int = 50, warmup: int = 5) -> dict:
                       "runs": runs[k]} for k in ("in_process", "graph"))
     return {"target": "graph", "env_backend": cfg.env.backend, "num_envs": cfg.env.num_envs,
             "policy_size": cfg.policy.size if not cfg.policy.model_path else cfg.policy.model_path,
-            "image_size": cfg.env.image_size, "steps_per_measurement": steps, "in_process": inproc, "graph": graph,
+            "image_size": cfg.env.image_size, "steps_per_measurement": steps, "in_process": inproc,
+            "graph": graph,
             "ratio_graph_over_in_process": graph["env_steps_per_s"] / inproc["env_steps_per_s"],
             "torch_threads": cfg.train.torch_threads, "cpu_count": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0]}

@@ -50,9 +50,9 @@ class LearnerNode(Node):
         self.policy = policy if policy is not None else build_policy(cfg)
         self.trainer = PPOTrainer(self.policy, cfg.ppo)
         cur = cfg.curriculum
-        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled, target_success=cur.target_success,
-                                         temperature=cur.temperature, floor=cur.floor, ema=cur.ema,
-                                         seed=cfg.train.seed)
+        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
+                                         target_success=cur.target_success, temperature=cur.temperature,
+                                         floor=cur.floor, ema=cur.ema, seed=cfg.train.seed)
         self.rng = np.random.default_rng(cfg.train.seed + 3)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 2)
         self.version, self.version_path, self.version_sha = 0, "", ""
@@ -92,7 +92,8 @@ class LearnerNode(Node):
 
     def _save_state(self) -> None:
         state = {"version": self.version, "trainer": self.trainer.state_dict(),
-                 "curriculum": self.curriculum.state_dict(), "processed": self.processed, "history": self.history}
+                 "curriculum": self.curriculum.state_dict(), "processed": self.processed,
+                 "history": self.history}
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)  # atomic: a crash leaves the previous state intact
@@ -109,16 +110,17 @@ class LearnerNode(Node):
         self.curriculum.update(msg.task_id, msg.success)
         cfg = self.params.config.env
         task = self.curriculum.sample(1)[0]
+        init_state = int(self.rng.integers(cfg.num_train_init_states))
         self.assign_pub.publish(TaskAssignment(
-            header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=msg.bridge_id, env_ids=[msg.env_id],
-            task_ids=[task], init_state_ids=[int(self.rng.integers(cfg.num_train_init_states))]))
+            header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=msg.bridge_id,
+            env_ids=[msg.env_id], task_ids=[task], init_state_ids=[init_state]))
 
     # ------------------------------------------------------------------ learning
     def _on_bag(self, info: TrajectoryBagInfo) -> None:
         self.train_on_bag(info.bag_path, partial=info.partial)
 
     def train_on_bag(self, bag_path: str, partial: bool = False) -> dict | None:
-        """One PPO iteration on the finished episodes of ``bag_path``; returns its metrics (None if skipped)."""
+        """One PPO iteration on the finished episodes of ``bag_path``; its metrics, None if skipped."""
         from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
         from vla_rl_ros.core.rl.rollout import EmptyRolloutError
         if bag_path in self.processed:
@@ -141,8 +143,9 @@ class LearnerNode(Node):
             return metrics
         self._bootstrap(episodes)
         scored = [e.progress is not None for e in episodes]
-        rewards = [episode_rewards(e, cfg.reward.success_weight, cfg.reward.prm_weight if e.progress is not None
-                                   else 0.0) for e in episodes]
+        rewards = [episode_rewards(e, cfg.reward.success_weight,
+                                   cfg.reward.prm_weight if e.progress is not None else 0.0)
+                   for e in episodes]
         try:
             batch = build_batch(episodes, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
         except EmptyRolloutError as err:

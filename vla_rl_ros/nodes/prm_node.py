@@ -69,7 +69,8 @@ class PrmNode(Node):
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
             return
-        progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens), np.float64)
+        progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens),
+                              np.float64)
         weight = self.params.config.reward.prm_weight
         rewards = []
         for env_id, episode_id, value in zip(batch.env_ids, batch.episode_ids, progress):

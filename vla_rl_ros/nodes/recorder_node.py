@@ -50,10 +50,12 @@ class RecorderNode(Node):
         self.versions: set[int] = set()
         self._reset_counts()
         self.info_pub = self.create_publisher(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, qos.COMMAND)
-        for topic, msg_type in ((topics.OBSERVATIONS, ObservationBatch), (topics.ACTIONS, ActionBatch),
-                                (topics.STEP_REWARDS, StepRewardBatch), (topics.EPISODE_RESULTS, EpisodeResult)):
+        recorded = ((topics.OBSERVATIONS, ObservationBatch), (topics.ACTIONS, ActionBatch),
+                    (topics.STEP_REWARDS, StepRewardBatch), (topics.EPISODE_RESULTS, EpisodeResult))
+        for topic, msg_type in recorded:
             self.create_subscription(msg_type, topic, self._recorder_for(topic), qos.BATCH, raw=True)
-        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED, raw=True)
+        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED,
+                                 raw=True)
         self.get_logger().info(f"recording to {self.bag_dir} from iteration {self.iteration}")
 
     def _reset_counts(self) -> None:
@@ -101,8 +103,9 @@ class RecorderNode(Node):
             num_episodes=self.episodes, num_steps=self.steps, num_successes=self.successes,
             partial=bool(partial or self.aborted))
         self.info_pub.publish(info)
+        marker = " (partial)" if info.partial else ""
         self.get_logger().info(f"bag {info.bag_path}: {info.num_episodes} episodes, {info.num_successes} "
-                               f"successes, policy v{info.policy_version}{' (partial)' if info.partial else ''}")
+                               f"successes, policy v{info.policy_version}{marker}")
         self.writer = None
         self.iteration += 1
         self._reset_counts()

@@ -217,7 +217,8 @@ class SimBridgeNode(Node):
             if self.viz_joints[env_id].get_subscription_count():
                 proprio = np.asarray(obs.proprio, np.float64)
                 self.viz_joints[env_id].publish(JointState(
-                    header=header, name=[f"proprio_{j}" for j in range(proprio.size)], position=proprio.tolist()))
+                    header=header, name=[f"proprio_{j}" for j in range(proprio.size)],
+                    position=proprio.tolist()))
 
     def destroy_node(self) -> None:
         """Close the environments (worker processes) with the node."""

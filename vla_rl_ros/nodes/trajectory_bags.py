@@ -38,7 +38,7 @@ def msg_directory() -> Path:
 
 
 def typestore():
-    """A rosbags typestore (ROS 2 Kilted) with this package's messages registered from ``msg/``."""
+    """Rosbags typestore (ROS 2 Kilted) with this package's messages registered from ``msg/``."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
     store = get_typestore(Stores.ROS2_KILTED)
     directory = msg_directory()
@@ -195,8 +195,10 @@ def to_core_episode(steps: EpisodeSteps):
     rewards[-1] = float(result.success)
     scored = [steps.progress.get(t) for t in range(count)]
     progress = np.array([0.0] + scored, dtype=np.float64) if all(p is not None for p in scored) else None
-    return Episode(task_id=steps.task_id, init_state_id=int(result.init_state_id), instruction=steps.instruction,
+    return Episode(task_id=steps.task_id, init_state_id=int(result.init_state_id),
+                   instruction=steps.instruction,
                    images=images, proprio=proprio, tokens=list(steps.tokens), actions=list(steps.actions),
                    log_probs=list(steps.log_probs), values=list(steps.values), env_rewards=rewards,
-                   success=bool(result.success), truncated=bool(result.truncated), aborted=bool(result.aborted),
+                   success=bool(result.success), truncated=bool(result.truncated),
+                   aborted=bool(result.aborted),
                    progress=progress)
