@@ -38,7 +38,7 @@ def msg_directory() -> Path:
 
 
 def typestore():
-    """Rosbags typestore (ROS 2 Kilted) with this package's messages registered from ``msg/``."""
+    """Return a rosbags type store for ROS 2 Kilted that also knows the messages of ``msg/``."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
     store = get_typestore(Stores.ROS2_KILTED)
     directory = msg_directory()
