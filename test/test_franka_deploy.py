@@ -34,6 +34,7 @@ def test_deploy_graph_defaults_to_dry_run_evaluation():
     assert graph.params_file.endswith("config/franka.yaml")
     bridge, policy = graph.nodes[0], graph.nodes[1]
     assert bridge.parameters["safety.armed"] is False and bridge.remappings == []
+    assert bridge.parameters["min_observation_subscribers"] == 2  # policy + recorder
     assert policy.parameters["greedy"] is True
     argv = node_command(bridge, graph, "python")
     assert argv[:3] == ["python", "-m", "vla_rl_ros.nodes.franka_bridge_node"]
@@ -141,10 +142,22 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
     driver.create_subscription(EpisodeResult, "episode_results", results.append, qos.BATCH)
     end_client = driver.create_client(SetBool, "end_episode")
     graph = build_deploy_graph(armed="true", output_dir=str(tmp_path), log_level="error")
-    processes = [subprocess.Popen(node_command(spec, graph, sys.executable)
-                                  + ["-p", "policy.size:=tiny", "-p", "safety.watchdog_timeout_s:=5.0"],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for spec in graph.nodes if spec.role in ("franka_bridge", "policy")]
+    logs = {}
+    processes = []
+    for spec in graph.nodes:
+        if spec.role not in ("franka_bridge", "policy"):
+            continue
+        extra = ["-p", "policy.size:=tiny", "-p", "safety.watchdog_timeout_s:=5.0"]
+        if spec.role == "franka_bridge":
+            extra += ["-p", "min_observation_subscribers:=1"]  # no recorder in this test
+        logs[spec.role] = tmp_path / f"{spec.role}.log"
+        processes.append(subprocess.Popen(node_command(spec, graph, sys.executable) + extra, cwd=ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=logs[spec.role].open("w")))
+
+    def died():
+        return [f"{role} exited: {log.read_text()[-3000:]}" for (role, log), p in zip(logs.items(), processes)
+                if p.poll() is not None]
+
     try:
         def moving():
             return [m for _, m in driver.commands("twist")
@@ -152,9 +165,9 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
 
         deadline = time.monotonic() + 120
         while len(moving()) < 8 and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in processes), [p.stderr.read()[-2000:] for p in processes]
+            assert not died(), died()
             time.sleep(0.1)
-        assert len(moving()) >= 8, "the policy's actions never reached the arm"
+        assert len(moving()) >= 8, f"the policy's actions never reached the arm {died()}"
         assert driver.commands("gripper")
         assert end_client.wait_for_service(timeout_sec=10)
         future = end_client.call_async(SetBool.Request(data=True))

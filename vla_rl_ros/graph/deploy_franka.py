@@ -77,7 +77,8 @@ def build_deploy_graph(**arguments: str) -> GraphSpec:
     cfg = _resolved_config(params_file, shared)
     if use_prm and not cfg.reward.prm_path:
         raise ValueError("use_prm=true needs reward.prm_path in the config file")
-    bridge_params = dict(shared)
+    # policy + recorder (+ prm) must hear the first observation
+    bridge_params = dict(shared, min_observation_subscribers=2 + int(use_prm))
     if args["instruction"]:
         bridge_params["instruction"] = args["instruction"]
     remappings = [(topic, args[arg]) for topic, arg in DRIVER_TOPICS.items() if args[arg] != topic]

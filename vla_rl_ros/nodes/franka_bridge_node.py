@@ -43,6 +43,8 @@ EXTRA_PARAMETERS = {
     "gripper_open_width_m": (0.08, "Gripper width commanded for action[6] <= 0 (open)."),
     "gripper_closed_width_m": (0.0, "Gripper width commanded for action[6] > 0 (close, grasp)."),
     "path_length": (300, "End-effector positions kept for the path marker."),
+    "min_observation_subscribers": (1, "Publish observations only once this many nodes subscribe "
+                                       "(policy, recorder, prm), so the first steps are not lost."),
 }
 
 
@@ -194,7 +196,8 @@ class FrankaBridgeNode(Node):
         except convert.MessageError as err:
             self.safety.record([f"camera image dropped: {err}"])
             return
-        if observation is None:
+        if observation is None or self.obs_pub.get_subscription_count() < int(
+                self.extra["min_observation_subscribers"]):
             return
         self.step_seq += 1
         header = self.safety.header()

@@ -117,7 +117,9 @@ def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str =
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = dict(os.environ)
     # Node output goes to stderr: stdout carries only the JSON result.
-    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + ros_overrides, env=env,
+    bridge_only = ["-p", "min_observation_subscribers:=1"]  # no recorder here
+    processes = [subprocess.Popen(node_command(spec, graph, sys.executable) + ros_overrides
+                                  + (bridge_only if spec.role == "franka_bridge" else []), env=env,
                                   stdout=sys.stderr)
                  for spec in graph.nodes if spec.role in ("franka_bridge", "policy")]
     rclpy.init()
