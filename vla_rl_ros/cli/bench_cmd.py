@@ -32,9 +32,16 @@ def bench_graph_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
     return bench_graph(cfg, steps=args.repeats, warmup=args.warmup)
 
 
+def bench_latency_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
+    """Observation -> safe command latency (p50/p99) through policy + franka_bridge (``--repeats`` steps)."""
+    from vla_rl_ros.nodes.franka_latency import bench_latency_target as measure
+    return measure(args, cfg)
+
+
 TARGETS: dict[str, Callable[[argparse.Namespace, ExperimentConfig], dict]] = {
     "policy": bench_policy_target,
     "graph": bench_graph_target,
+    "latency": bench_latency_target,
 }
 
 
