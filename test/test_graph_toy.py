@@ -63,13 +63,22 @@ class Watcher:
         rclpy.shutdown(context=self.context)
 
 
+def isolate_dds(monkeypatch) -> None:
+    """A DDS domain of this test's own: other suites on the machine use the same topic names."""
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE",
+                       os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml")))
+
+
 def _log(log_dir: Path, name: str) -> str:
     path = log_dir / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture()
-def toy_graph(tmp_path):
+def toy_graph(tmp_path, monkeypatch):
+    isolate_dds(monkeypatch)
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
@@ -80,7 +89,6 @@ def toy_graph(tmp_path):
         "graph": {"action_timeout_s": 3.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
     graph = build_graph("train_sim", config=str(config))
     supervisor = Supervisor(graph, log_dir=str(tmp_path / "logs"))
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
     watcher = Watcher()
     supervisor.start()
     try:
@@ -152,7 +160,8 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
     assert len(bags) >= 3 and len({b.name for b in bags}) == len(bags)
 
 
-def test_two_namespaced_bridges_share_one_policy(tmp_path):
+def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):
+    isolate_dds(monkeypatch)
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 1, "image_size": 32,

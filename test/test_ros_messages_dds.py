@@ -85,7 +85,9 @@ def _wait(predicate, node, timeout: float) -> bool:
 
 
 @pytest.fixture()
-def ros_node():
+def ros_node(monkeypatch):
+    # A domain of our own: other suites on this machine publish on the same topic names.
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
