@@ -15,7 +15,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
+from vla_rl_ros.graph.deploy_franka import GRAPH as DEPLOY_GRAPH
+from vla_rl_ros.graph.deploy_franka import build_deploy_graph
 from vla_rl_ros.graph.description import GRAPHS, LAUNCH_ARGUMENTS, GraphSpec, build_graph, node_command
 
 STOP_GRACE_S = 10.0
@@ -30,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start a node graph as processes (the same graph as ros2 launch vla_rl_ros "
                     "<graph>.launch.py).", epilog="launch arguments:\n" + arguments,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("graph", choices=GRAPHS, help="which graph to start")
+    parser.add_argument("graph", choices=GRAPHS + (DEPLOY_GRAPH,),
+                        help=f"which graph to start ({DEPLOY_GRAPH}: real arm, arguments in docs/franka.md)")
     # REMAINDER so that options may follow the launch arguments (argparse cannot interleave them).
     parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="NAME:=VALUE",
                         help="launch arguments (see below)")
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     args.dry_run = args.dry_run or options.dry_run
     args.duration = options.duration if options.duration is not None else args.duration
     try:
-        graph = build_graph(args.graph, **parse_launch_arguments(launch_arguments))
+        build = build_deploy_graph if args.graph == DEPLOY_GRAPH else partial(build_graph, args.graph)
+        graph = build(**parse_launch_arguments(launch_arguments))
     except ValueError as err:  # includes ConfigError from the params file
         print(f"vla-rl launch: {err}", file=sys.stderr)
         return 2
