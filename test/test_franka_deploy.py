@@ -62,13 +62,52 @@ def test_deploy_graph_rejects_bad_arguments_by_name(arguments, message):
         build_deploy_graph(**arguments)
 
 
-def test_launch_file_parses_and_every_argument_is_described():
+class _Recorded:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+@pytest.fixture
+def launch_stand_in(monkeypatch):
+    """launch / launch_ros stand-ins recording what the launch file asks for (they are not on PyPI)."""
+    if importlib.util.find_spec("launch_ros") is not None:
+        pytest.skip("real launch_ros installed: use ros2 launch")
+    import types
+    modules = {name: types.ModuleType(name) for name in ("launch", "launch.actions", "launch_ros",
+                                                         "launch_ros.actions")}
+    modules["launch"].LaunchDescription = type("LaunchDescription", (_Recorded,), {})
+    for name in ("DeclareLaunchArgument", "OpaqueFunction", "Shutdown"):
+        setattr(modules["launch.actions"], name, type(name, (_Recorded,), {}))
+    modules["launch_ros.actions"].Node = type("Node", (_Recorded,), {})
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_launch_file_and_vla_rl_launch_start_the_same_deploy_graph(launch_stand_in, capsys):
+    import types
+
+    from vla_rl_ros.cli.main import main as cli_main
     path = ROOT / "launch" / "deploy_franka.launch.py"
     spec = importlib.util.spec_from_file_location("deploy_franka_launch", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # launch_ros is imported only when the description is generated
-    assert callable(module.generate_launch_description)
-    assert all(len(text) > 10 for _, text in DEPLOY_ARGUMENTS.values())
+    spec.loader.exec_module(module)
+    entities = module.generate_launch_description().args[0]
+    declared = {e.args[0]: e.kwargs for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    assert set(declared) == set(DEPLOY_ARGUMENTS)
+    assert all(len(kw["description"]) > 10 for kw in declared.values())
+    arguments = {"mode": "rl", "camera_topic": "/cam/color/image_raw"}
+    configurations = {k: v["default_value"] for k, v in declared.items()} | arguments
+    opaque = next(e for e in entities if type(e).__name__ == "OpaqueFunction")
+    nodes = opaque.kwargs["function"](types.SimpleNamespace(launch_configurations=configurations))
+    via_launch = [(n.kwargs["executable"], n.kwargs["name"], n.kwargs["parameters"][1],
+                   list(n.kwargs["remappings"])) for n in nodes]
+    graph = build_deploy_graph(**arguments)
+    assert via_launch == [(s.executable, s.name, s.parameters, s.remappings) for s in graph.nodes]
+    capsys.readouterr()
+    argv = ["launch", "deploy_franka", "--dry-run"] + [f"{k}:={v}" for k, v in arguments.items()]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [" ".join(node_command(s, graph, sys.executable)) for s in graph.nodes]
 
 
 def test_franka_config_is_valid_and_bridge_block_matches_node_parameters():
