@@ -185,3 +185,27 @@ def make_toy_vector_env(cfg) -> ToyVectorEnv:
         check_task(task)
     return ToyVectorEnv(num_envs=cfg.num_envs, image_size=cfg.image_size,
                         max_episode_steps=cfg.max_episode_steps or DEFAULT_TOY_EPISODE_STEPS)
+
+
+class ToyProgressOracle:
+    """Ground-truth progress of toy episodes (distance to the target), with the PRM's scoring API.
+
+    ``progress = 1 - distance / start_distance`` (clipped to [0, 1]; 1 on success). It stands
+    in for a learned PRM where a test must isolate PPO from PRM quality.
+    """
+
+    def __init__(self, goal_radius: float = 0.6) -> None:
+        """Targets are placed as in :class:`ToyVectorEnv` with the same ``goal_radius``."""
+        self.goal_radius = goal_radius
+
+    def score_episodes(self, episodes: Sequence) -> None:
+        """Set ``episode.progress`` ``[T+1]`` from the proprio positions of ``o_0..o_T``."""
+        for episode in episodes:
+            goal = toy_goal(episode.task_id, self.goal_radius)
+            positions = np.stack(episode.proprio)[:, :2].astype(np.float64)
+            distance = np.linalg.norm(positions - goal, axis=-1)
+            progress = np.clip(1.0 - distance / max(distance[0], 1e-9), 0.0, 1.0)
+            progress[0] = 0.0
+            if episode.success:
+                progress[-1] = 1.0
+            episode.progress = progress
