@@ -18,8 +18,6 @@ def run_episodes(env, policy, tasks, seed=0):
         for i, r in enumerate(results):
             if r.done and not finished[i]:
                 finished[i], success[i] = True, r.success
-            if r.done:  # filler episode so every env can keep stepping
-                obs[i] = env.reset([(tasks[i], 0)], [i])[0]
     return success
 
 
@@ -49,8 +47,9 @@ def test_episode_ends_and_reports_truncation_and_success():
     results = [env.step(np.zeros((1, 7), dtype=np.float32))[0] for _ in range(3)]
     assert [r.done for r in results] == [False, False, True]
     assert results[-1].truncated and not results[-1].success and results[-1].reward == 0.0
-    with pytest.raises(RuntimeError, match="reset first"):
-        env.step(np.zeros((1, 7), dtype=np.float32))
+    idle = env.step(np.ones((1, 7), dtype=np.float32))[0]
+    assert idle.done and idle.info["inactive"] and idle.reward == 0.0
+    assert np.array_equal(idle.observation.proprio, results[-1].observation.proprio)
     env2 = ToyVectorEnv(num_envs=1, max_episode_steps=20)
     obs = env2.reset([(0, 1)])
     while True:

@@ -132,16 +132,20 @@ class ToyVectorEnv:
         return [self._observation(i) for i in env_ids]
 
     def step(self, actions: np.ndarray) -> list[StepResult]:
-        """Apply ``actions`` float32 [num_envs, 7]; non-finite actions act as no-ops."""
+        """Apply ``actions`` float32 [num_envs, 7]; non-finite actions act as no-ops.
+
+        Finished (or never reset) envs do not move and answer ``done=True, info['inactive']``.
+        """
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, ACTION_DIM):
             raise ValueError(f"toy env step: actions must be [{self.num_envs}, {ACTION_DIM}], "
                              f"got {actions.shape}")
-        if self.done.any():
-            raise RuntimeError(f"toy env step: envs {np.flatnonzero(self.done).tolist()} are finished; "
-                               "reset first")
         results = []
         for i in range(self.num_envs):
+            if self.done[i]:  # like VectorEnv: a finished env idles until it is reset
+                results.append(StepResult(observation=self._observation(i), reward=0.0, done=True,
+                                          info={"inactive": True}))
+                continue
             action = actions[i]
             nonfinite = not np.all(np.isfinite(action))
             action = np.zeros(ACTION_DIM) if nonfinite else np.clip(action, -1.0, 1.0)

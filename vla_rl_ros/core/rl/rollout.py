@@ -2,9 +2,9 @@
 
 Each environment runs episodes back to back from a queue of ``(task_id, init_state_id)``
 assignments (an environment prefers the next assignment of the task it already has loaded,
-because a LIBERO scene rebuild costs seconds). Environments whose queue ran dry while
-others still run a real episode are reset into a *filler* episode whose steps are thrown
-away: a finished environment may not be stepped, and the vector API steps all of them.
+because a LIBERO scene rebuild costs seconds). Only running environments are decoded; once
+the queue is empty, finished environments idle (they get a zero action, and the vector API
+answers ``done=True, info['inactive']`` without touching the simulator).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from vla_rl_ros.core.envs.base import Observation, VectorEnvLike
+from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, VectorEnvLike
 
 
 class EmptyRolloutError(RuntimeError):
@@ -67,52 +67,51 @@ def collect_episodes(env: VectorEnvLike, decode: DecodeFn, assignments: Sequence
                      max_steps: int = 10_000) -> list[Episode]:
     """Run one episode per assignment (in any order) and return them finished.
 
-    ``decode`` is called once per control step on all environments' observations (batched
-    decoding). ``max_steps`` guards against an environment that never ends an episode.
+    ``decode`` is called once per control step on the observations of the environments that
+    run an episode (batched decoding); idle environments get a zero action, which the
+    vector API answers with ``done=True, info['inactive']``. ``max_steps`` guards against
+    an environment that never ends an episode.
     """
     pending = [(int(t), int(i)) for t, i in assignments]
     if not pending:
         return []
     count = env.num_envs
     slots: list[Episode | None] = [None] * count
-    first = [pending.pop(0) if pending else None for _ in range(count)]
-    fill = next(a for a in first if a is not None)
-    observations = env.reset([a or fill for a in first])
-    for i, assignment in enumerate(first):
-        if assignment is not None:
-            slots[i] = _start(assignment, observations[i])
+    first = [pending.pop(0) for _ in range(min(count, len(pending)))]
+    observations: list[Observation | None] = [None] * count
+    for i, (assignment, obs) in enumerate(zip(first, env.reset(first, list(range(len(first)))))):
+        observations[i] = obs
+        slots[i] = _start(assignment, obs)
     finished: list[Episode] = []
     for _ in range(max_steps):
-        if all(s is None for s in slots):
+        active = [i for i in range(count) if slots[i] is not None]
+        if not active:
             return finished
+        batch = [observations[i] for i in active]
         if getattr(decode, "wants_observations", False):  # scripted experts need proprio, not pixels
-            out = decode(observations)
+            out = decode(batch)
         else:
-            out = decode(np.stack([o.image for o in observations]), [o.instruction for o in observations])
+            out = decode(np.stack([o.image for o in batch]), [o.instruction for o in batch])
         tokens, log_probs = _numpy(out.tokens), _numpy(out.log_probs)
         values = _numpy(out.values).reshape(-1)
-        results = env.step(np.asarray(out.actions, dtype=np.float32))
-        observations = [r.observation for r in results]
-        resets: list[tuple[int, tuple[int, int], bool]] = []  # (env, assignment, real episode?)
-        for i, result in enumerate(results):
-            episode = slots[i]
-            if episode is not None:
-                _record(episode, result, tokens[i], out.actions[i], log_probs[i], values[i])
-            if not result.done:
-                continue
-            if episode is not None:
+        actions = np.zeros((count, ACTION_DIM), dtype=np.float32)
+        actions[active] = np.asarray(out.actions, dtype=np.float32)
+        results = env.step(actions)
+        resets: list[tuple[int, tuple[int, int]]] = []
+        for row, i in enumerate(active):
+            result, episode = results[i], slots[i]
+            observations[i] = result.observation
+            _record(episode, result, tokens[row], actions[i], log_probs[row], values[row])
+            if result.done:
                 finished.append(episode)
                 slots[i] = None
-            if pending:
-                resets.append((i, _next_assignment(pending, result.observation.task_id), True))
-            else:
-                resets.append((i, (result.observation.task_id, result.observation.init_state_id), False))
+                if pending:
+                    resets.append((i, _next_assignment(pending, result.observation.task_id)))
         if resets:
-            new_obs = env.reset([a for _, a, _ in resets], [i for i, _, _ in resets])
-            for (i, assignment, real), obs in zip(resets, new_obs):
+            new_obs = env.reset([a for _, a in resets], [i for i, _ in resets])
+            for (i, assignment), obs in zip(resets, new_obs):
                 observations[i] = obs
-                if real:
-                    slots[i] = _start(assignment, obs)
+                slots[i] = _start(assignment, obs)
     raise RuntimeError(f"rollout: episodes still running after max_steps={max_steps}")
 
 
