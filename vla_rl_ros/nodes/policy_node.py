@@ -53,9 +53,11 @@ class PolicyNode(Node):
         self.action_pub = self.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
         self.create_subscription(ObservationBatch, topics.OBSERVATIONS, self._on_observations, qos.BATCH)
         self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED)
-        # Decoding runs from a guard condition, after the executor has taken every ready message,
-        # so batches that arrived together are decoded together.
-        self.decode_trigger = self.create_guard_condition(self._decode_pending)
+        # Decoding runs from a one-shot timer armed by arriving batches, after the executor has
+        # handed over every message that was already waiting, so batches that arrived together
+        # (several bridges) are decoded together.
+        self.decode_timer = self.create_timer(0.001, self._decode_pending)
+        self.decode_timer.cancel()
         self.get_logger().info(f"policy ready (model {cfg.policy.model_path or 'new ' + cfg.policy.size}, "
                                f"greedy={self.params.extra_values['greedy']})")
 
@@ -70,12 +72,12 @@ class PolicyNode(Node):
         previous = self.pending.get(batch.bridge_id)
         if previous is None or batch.step_seq >= previous.step_seq:
             self.pending[batch.bridge_id] = batch
-        self.decode_trigger.trigger()
+        self.decode_timer.reset()
 
     def _on_version(self, msg: PolicyVersion) -> None:
         if msg.version != self.version:
             self.requested_version = msg
-            self.decode_trigger.trigger()
+            self.decode_timer.reset()
 
     def _swap_adapters(self) -> None:
         msg, self.requested_version = self.requested_version, None
@@ -92,6 +94,7 @@ class PolicyNode(Node):
         self.get_logger().info(f"loaded policy version {self.version} from {path}")
 
     def _decode_pending(self) -> None:
+        self.decode_timer.cancel()
         if self.requested_version is not None:
             self._swap_adapters()
         if not self.pending:
