@@ -8,6 +8,7 @@ from vla_rl_ros.cli.main import main
 from vla_rl_ros.core.config import load_config
 from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.rl.checkpoint import checkpoint_dir, load_checkpoint
+from vla_rl_ros.core.envs.toy import ToyProgressOracle, ToyVectorEnv
 from vla_rl_ros.core.rl.train_loop import TrainingRun
 
 torch.set_num_threads(1)
@@ -86,3 +87,29 @@ def test_cli_train_with_ablation_switches(tmp_path, capsys):
     summary = json.loads((out / "results" / "summary.json").read_text())
     assert summary["ablations"] == {"prm": False, "curriculum": False, "critic_warmup_iters": 0}
     assert list((out / "tensorboard").iterdir())
+
+
+class AbortingToyEnv(ToyVectorEnv):
+    """The toy env whose every episode ends as a worker fault would (aborted)."""
+
+    def step(self, actions):
+        results = super().step(actions)
+        for r in results:
+            if not r.info.get("inactive"):
+                r.done, r.aborted, r.success = True, True, False
+                self.done[:] = True
+        return results
+
+
+def test_prm_rewards_flow_and_all_aborted_rollouts_skip_the_update(tmp_path):
+    cfg = config(tmp_path, "e", "train.iterations=1", "train.eval_every=0", "reward.prm_weight=1.0")
+    run = TrainingRun(cfg, env=ToyVectorEnv(2, 32, 4), prm=ToyProgressOracle(), progress_bar=False,
+                      tensorboard=False)
+    run.run()
+    assert "rollout/prm_final_progress" in run.history[-1]
+    cfg = config(tmp_path, "f", "train.iterations=1", "train.eval_every=0")
+    run = TrainingRun(cfg, env=AbortingToyEnv(2, 32, 4), progress_bar=False, tensorboard=False)
+    before = weights(run)
+    run.run()
+    assert run.history[-1]["rollout/empty"] == 1.0 and run.history[-1]["rollout/aborted"] == 2
+    assert all(torch.equal(x, y) for x, y in zip(before, weights(run)))
