@@ -113,6 +113,9 @@ def test_task_assignments_are_checked():
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
     msg.task_ids = [2, 1]
     assert convert.task_assignments_from_msg(msg, 2, {0, 1, 2}) == [(0, 2, 3), (1, 1, 4)]
+    msg.init_state_ids = [3, 50]
+    with pytest.raises(convert.MessageError, match="init_state_id 50 outside"):
+        convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
     msg.env_ids = [0, 5]
     with pytest.raises(convert.MessageError, match="env_id 5 outside"):
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})

@@ -239,8 +239,8 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     return msg
 
 
-def task_assignments_from_msg(msg, num_envs: int,
-                              known_task_ids: Collection[int]) -> list[tuple[int, int, int]]:
+def task_assignments_from_msg(msg, num_envs: int, known_task_ids: Collection[int],
+                              num_init_states: int = 50) -> list[tuple[int, int, int]]:
     """``[(env_id, task_id, init_state_id)]`` of a TaskAssignment, checked against the bridge's envs."""
     count = len(msg.env_ids)
     _require(len(msg.task_ids) == count and len(msg.init_state_ids) == count,
@@ -251,5 +251,7 @@ def task_assignments_from_msg(msg, num_envs: int,
         _require(0 <= env_id < num_envs, f"task assignment: env_id {env_id} outside [0, {num_envs})")
         _require(task_id in known_task_ids,
                  f"task assignment: unknown task id {task_id}, known {sorted(known_task_ids)}")
+        _require(0 <= init_id < num_init_states,
+                 f"task assignment: init_state_id {init_id} outside [0, {num_init_states})")
         out.append((int(env_id), int(task_id), int(init_id)))
     return out
