@@ -5,7 +5,6 @@ DDS, with the tiny policy and 4-step episodes so that an iteration fits in a tes
 """
 import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -47,8 +46,9 @@ def test_libero_training_iteration_advances_the_policy_version(tmp_path, monkeyp
         assert (bag / "iter_000000.mcap").is_file()
         adapters = tmp_path / "run" / "adapters" / "v000001"
         assert adapters.is_dir()
-        watcher.wait_for(lambda: "loaded policy version 1" in Path(tmp_path / "logs" / "policy.log").read_text(),
-                         60, "the policy node loading version 1")
+        policy_log = tmp_path / "logs" / "policy.log"
+        watcher.wait_for(lambda: "loaded policy version 1" in policy_log.read_text(), 60,
+                         "the policy node loading version 1")
         print(f"LIBERO graph: first policy version after {time.monotonic() - started:.1f} s")
     finally:
         supervisor.stop(grace_s=10.0)
