@@ -29,6 +29,8 @@ class ExpertConfig:
 
     max_gripper_opening: float = 0.075
     """Objects narrower than this (m) are pinched across their short axis; wider ones by the rim."""
+    min_grasp_height: float = 0.012
+    """Lowest grip point above the object's bottom (m): fingertips extend below it."""
     max_retries: int = 2
     """Replans after a drop before giving up."""
     position_gain: float = 0.05
@@ -94,15 +96,19 @@ def mesh_top_near(sim, body_prefix: str, xy: np.ndarray, radius: float = 0.02) -
 
 def footprint_clearance(centre: np.ndarray, axis: np.ndarray, half_length: float, half_width: float,
                         box_low: np.ndarray, box_high: np.ndarray) -> float:
-    """Approximate distance between the gripper's oriented footprint and an xy box (-1 if they overlap)."""
+    """Signed distance between the gripper's oriented footprint and an xy box: the gap when apart,
+    minus the deepest penetration when they overlap (so less overlap still ranks higher)."""
     across = np.array([-axis[1], axis[0]])
-    best = np.inf
+    gap, depth = np.inf, 0.0
     for along in np.linspace(-1, 1, 9):
         for side in np.linspace(-1, 1, 5):
             point = centre + along * half_length * axis + side * half_width * across
             outside = np.maximum(np.maximum(box_low - point, point - box_high), 0)
-            best = min(best, float(np.linalg.norm(outside)) if np.any(outside > 0) else -1.0)
-    return best
+            if np.any(outside > 0):
+                gap = min(gap, float(np.linalg.norm(outside)))
+            else:
+                depth = max(depth, float(np.min(np.minimum(point - box_low, box_high - point))))
+    return -depth if depth > 0 else gap
 
 
 class ScriptedExpert:
@@ -166,6 +172,8 @@ class ScriptedExpert:
         candidates = []  # (xy, finger axis, grasp height, penalty)
         if minor_extent < self.config.max_gripper_opening:
             height = min(max(low[2] + 0.5 * (high[2] - low[2]), low[2] + 0.015), high[2] - 0.01)
+            # Flat objects: the fingertips reach below the grip point and would hit the table.
+            height = max(height, low[2] + self.config.min_grasp_height)
             for shift in np.linspace(-0.3, 0.3, 5):
                 xy = centre + shift * max(major_extent - 0.03, 0) * major
                 candidates.append((xy, minor, height, abs(shift)))
