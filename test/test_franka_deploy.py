@@ -170,17 +170,21 @@ def fake_driver(monkeypatch):
     thread.join(timeout=5)
 
 
+@pytest.mark.slow
 def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
     """franka_bridge + a tiny policy (real processes, built by the deploy description), armed."""
     from std_srvs.srv import SetBool
 
-    from vla_rl_ros.msg import EpisodeResult
+    from vla_rl_ros.msg import EpisodeResult, ObservationBatch
     from vla_rl_ros.nodes import qos
     driver, executor = fake_driver
-    results = []
+    results, observation_stamps = [], set()
     driver.create_subscription(EpisodeResult, "episode_results", results.append, qos.BATCH)
+    driver.create_subscription(ObservationBatch, "observations",
+                               lambda m: observation_stamps.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                               qos.BATCH)
     end_client = driver.create_client(SetBool, "end_episode")
-    graph = build_deploy_graph(armed="true", output_dir=str(tmp_path), log_level="error")
+    graph = build_deploy_graph(armed="true", output_dir=str(tmp_path), log_level="warn")
     logs = {}
     processes = []
     for spec in graph.nodes:
@@ -198,15 +202,16 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
                 if p.poll() is not None]
 
     try:
-        def moving():
-            return [m for _, m in driver.commands("twist")
-                    if any((m.twist.linear.x, m.twist.linear.y, m.twist.linear.z))]
+        def answered():  # commands stamped with an observation's stamp answer that observation's action
+            return [m for _, m in driver.commands("pose")
+                    if (m.header.stamp.sec, m.header.stamp.nanosec) in observation_stamps]
 
-        deadline = time.monotonic() + 120
-        while len(moving()) < 8 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 150
+        while len(answered()) < 8 and time.monotonic() < deadline:
             assert not died(), died()
             time.sleep(0.1)
-        assert len(moving()) >= 8, f"the policy's actions never reached the arm {died()}"
+        tail = {role: log.read_text()[-1500:] for role, log in logs.items()}
+        assert len(answered()) >= 8, f"the policy's actions never reached the arm: {tail}"
         assert driver.commands("gripper")
         assert end_client.wait_for_service(timeout_sec=10)
         future = end_client.call_async(SetBool.Request(data=True))
