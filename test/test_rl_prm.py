@@ -11,7 +11,7 @@ from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl import prm_data
 from vla_rl_ros.core.rl.prm import PRMError, ProcessRewardModel, label_episodes
 from vla_rl_ros.core.rl.prm_training import evaluate_prm, roc_auc, spearman, train_prm
-from vla_rl_ros.core.rl.test_time import best_of_n_decode, likelihood_scorer, prm_scorer
+from vla_rl_ros.core.rl.test_time import best_of_n_decode, likelihood_scorer, prm_scorer, success_vs_n
 
 torch.set_num_threads(1)
 INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]
@@ -114,3 +114,11 @@ def test_cli_train_prm_on_toy(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["prm_path"] == str(out) and "prm/auc" in report
     assert (out / "prm.json").is_file() and (out / "backbone").is_dir()
+
+
+def test_inference_scaling_curve_shape(trajectories):
+    policy = trajectories[0]
+    env = ToyVectorEnv(num_envs=2, max_episode_steps=3)
+    curve = success_vs_n(env, policy, [(0, 40), (1, 41)], [1, 2], likelihood_scorer())
+    assert sorted(curve) == [1, 2]
+    assert curve[2]["episodes"] == 2.0 and 0.0 <= curve[2]["ci_low"] <= curve[2]["ci_high"] <= 1.0
