@@ -15,6 +15,7 @@ import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import Header
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, PolicyVersion
 from vla_rl_ros.nodes import convert, qos
@@ -25,6 +26,8 @@ from vla_rl_ros.nodes.runner import run_node
 EXTRA_PARAMETERS = {
     "greedy": (False, "Decode the most likely action tokens (evaluation) instead of sampling at "
                       "policy.temperature (training rollouts)."),
+    "best_of_n": (1, "Test-time scaling: sample N candidate actions per observation and keep the one the "
+                     "PRM (reward.prm_path) scores best, else the most likely one; 1 = plain decoding."),
 }
 
 
@@ -45,6 +48,14 @@ class PolicyNode(Node):
             import torch
             torch.set_num_threads(cfg.train.torch_threads)
         self.policy = policy if policy is not None else make_policy(cfg)
+        self.best_of_n = int(self.params.extra_values["best_of_n"])
+        if self.best_of_n < 1:
+            raise ConfigError(f"best_of_n={self.best_of_n}: must be >= 1")
+        self.scorer = None
+        if self.best_of_n > 1 and cfg.reward.prm_path:
+            from vla_rl_ros.core.rl.test_time import prm_scorer
+            from vla_rl_ros.core.rl.train_loop import load_prm
+            self.scorer = prm_scorer(load_prm(cfg, self.policy))
         self.version = 0
         self.requested_version: PolicyVersion | None = None
         self.pending: dict[str, convert.ObservationBatchData] = {}
@@ -105,7 +116,11 @@ class PolicyNode(Node):
         instructions = [text for b in batches for text in b.instructions]
         greedy = bool(self.params.extra_values["greedy"])
         started = time.perf_counter()
-        out = self.policy.decode(images, instructions, greedy=greedy)
+        if self.best_of_n > 1 and not greedy:
+            from vla_rl_ros.core.rl.test_time import best_of_n_decode
+            out = best_of_n_decode(self.policy, images, instructions, self.best_of_n, self.scorer)
+        else:
+            out = self.policy.decode(images, instructions, greedy=greedy)
         self.decode_seconds += time.perf_counter() - started
         self.decoded_batches += 1
         temperature = 0.0 if greedy else float(self.params.config.policy.temperature)
