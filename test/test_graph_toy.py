@@ -67,8 +67,8 @@ def isolate_dds(monkeypatch) -> None:
     """A DDS domain of this test's own: other suites on the machine use the same topic names."""
     monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE",
-                       os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml")))
+    profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", profile)
 
 
 def _log(log_dir: Path, name: str) -> str:
@@ -158,6 +158,23 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
                      "a version after resume")
     bags = sorted((tmp_path / "run" / "bags").glob("iter_*"))
     assert len(bags) >= 3 and len({b.name for b in bags}) == len(bags)
+
+    # 5. Offline training: a fresh learner trains on the recorded bags, one version per complete bag.
+    complete = [b for b in bags if (b / "metadata.yaml").is_file()]
+    from rclpy.parameter import Parameter
+
+    from vla_rl_ros.nodes.learner_node import LearnerNode
+    overrides = [Parameter("offline_bag_dir", value=str(tmp_path / "run" / "bags")),
+                 Parameter("train.output_dir", value=str(tmp_path / "offline")),
+                 Parameter("env.backend", value="toy"), Parameter("env.task_ids", value=[0, 1]),
+                 Parameter("env.image_size", value=32), Parameter("policy.size", value="tiny"),
+                 Parameter("policy.image_size", value=32), Parameter("ppo.minibatch_size", value=8)]
+    offline = LearnerNode(context=watcher.context, parameter_overrides=overrides)
+    try:
+        assert len(offline.processed) == len(complete) and 2 <= offline.version <= len(complete)
+        assert (tmp_path / "offline" / "adapters" / f"v{offline.version:06d}").is_dir()
+    finally:
+        offline.destroy_node()
 
 
 def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):

@@ -81,3 +81,26 @@ def test_episode_without_steps_is_not_usable(tmp_path):
     writer.close()
     finished, _ = read_episodes([tmp_path / "bag"])
     assert len(finished) == 1 and to_core_episode(finished[0]) is None
+
+
+def test_an_action_batch_the_bridge_rejected_is_not_training_data(tmp_path):
+    rng = np.random.default_rng(3)
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    obs = [Observation(image=np.zeros((8, 8, 3), np.uint8), instruction="reach",
+                       proprio=np.zeros(8, np.float32), task_id=0, init_state_id=0)] * 2
+    writer.write(topics.OBSERVATIONS,
+                 serialize_message(convert.observations_to_msg("b", 1, [0, 1], [5, 6], obs)), 1)
+    poisoned = convert.actions_to_msg("b", 1, [0, 1], 0, np.zeros((2, 7)), np.zeros((2, 7)), np.zeros((2, 7)),
+                                      np.zeros(2), 1.0)
+    poisoned.actions = np.full(14, np.nan, np.float32)
+    writer.write(topics.ACTIONS, serialize_message(poisoned), 2)
+    applied = convert.actions_to_msg("b", 1, [0, 1], 0, rng.integers(139, 395, (2, 7)), np.zeros((2, 7)),
+                                     np.zeros((2, 7)), np.zeros(2), 1.0)
+    writer.write(topics.ACTIONS, serialize_message(applied), 3)
+    for env_id, episode_id in ((0, 5), (1, 6)):
+        writer.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+            "b", env_id, episode_id, 0, 0, 1, False, True, False)), 4)
+    writer.close()
+    finished, _ = read_episodes([tmp_path / "bag"])
+    assert [e.num_steps for e in finished] == [1, 1]
+    assert all(int(e.tokens[0].min()) >= 139 for e in finished), "the NaN batch's tokens leaked into the data"

@@ -68,7 +68,9 @@ class LearnerNode(Node):
         self._announce()
         offline = self.params.extra_values["offline_bag_dir"]
         if offline:
-            for bag in sorted(Path(offline).glob("iter_*")):
+            complete = [b for b in sorted(Path(offline).glob("iter_*")) if (b / "metadata.yaml").is_file()]
+            self.get_logger().info(f"offline training on {len(complete)} bags of {offline}")
+            for bag in complete:  # a bag still being written has no metadata.yaml yet
                 self.train_on_bag(str(bag.resolve()))
 
     # ------------------------------------------------------------------ state
@@ -151,7 +153,12 @@ class LearnerNode(Node):
         except EmptyRolloutError as err:
             self.get_logger().warning(f"bag {bag_path}: {err}")
             return metrics
-        metrics.update(self.trainer.update(batch, self.generator))
+        try:
+            metrics.update(self.trainer.update(batch, self.generator))
+        except ValueError as err:  # data the policy cannot score: skip the bag, keep the learner alive
+            self.get_logger().error(f"bag {bag_path}: PPO update refused the data: {err}")
+            self._save_state()
+            return metrics
         self.version += 1
         path = version_dir(self.adapters_root, self.version)
         self.version_sha = self.policy.save_adapters(str(path), self.version)

@@ -129,7 +129,9 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
                         (msg.bridge_id, int(e), int(ep), int(k))
                         for e, ep, k in zip(msg.env_ids, msg.episode_ids, msg.step_indices)]
                 elif topic == topics.ACTIONS:
-                    _pair(episodes, pending_obs.pop((msg.bridge_id, msg.step_seq), None), msg)
+                    obs = pending_obs.get((msg.bridge_id, msg.step_seq))
+                    if obs is not None and _applicable(obs, msg):
+                        _pair(episodes, pending_obs.pop((msg.bridge_id, msg.step_seq)), msg)
                 elif topic == topics.STEP_REWARDS:
                     entries = {e[1]: e for e in step_entries.get((msg.bridge_id, msg.step_seq), [])}
                     for env_id, progress in zip(msg.env_ids, msg.progress):
@@ -148,9 +150,17 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
     return finished, state
 
 
+def _applicable(obs, actions) -> bool:
+    """The bridge's own check: a batch it rejected (NaN, misaligned...) never acted, so it is not data."""
+    from vla_rl_ros.nodes.convert import MessageError, actions_from_msg
+    try:
+        actions_from_msg(actions, list(obs.env_ids))
+    except MessageError:
+        return False
+    return True
+
+
 def _pair(episodes: dict, obs, actions) -> None:
-    if obs is None:
-        return  # the observation was recorded in no bag we read (recorder started late)
     count = len(obs.env_ids)
     width, height = (obs.images[0].width, obs.images[0].height) if count else (0, 0)
     tokens = np.asarray(actions.action_tokens, np.int64).reshape(count, -1)
