@@ -78,7 +78,7 @@ def eef_stop_events(eef_pos: np.ndarray, stop_speed: float = 0.002, min_stop_ste
     return events
 
 
-def segment_boundaries(num_obs: int, events: Sequence[int], min_gap: int = 3) -> list[int]:
+def segment_boundaries(num_obs: int, events: Sequence[int], min_gap: int = 5) -> list[int]:
     """Sorted, de-duplicated boundaries in ``1..num_obs-1``; events closer than ``min_gap`` merge."""
     merged: list[int] = []
     for event in sorted(set(int(e) for e in events)):
@@ -91,7 +91,7 @@ def segment_boundaries(num_obs: int, events: Sequence[int], min_gap: int = 3) ->
 
 
 def segment_trajectory(num_obs: int, gripper_closed: np.ndarray | None = None,
-                       eef_pos: np.ndarray | None = None, min_gap: int = 3,
+                       eef_pos: np.ndarray | None = None, min_gap: int = 5,
                        stop_speed: float = 0.002) -> list[int]:
     """Boundaries from whichever signals are given (gripper events and/or eef stops)."""
     events: list[int] = []
