@@ -8,6 +8,7 @@ a killed policy is reported and, once restarted, the graph carries on with the l
 a restarted learner resumes from its last version.
 """
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -159,22 +160,31 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
     bags = sorted((tmp_path / "run" / "bags").glob("iter_*"))
     assert len(bags) >= 3 and len({b.name for b in bags}) == len(bags)
 
-    # 5. Offline training: a fresh learner trains on the recorded bags, one version per complete bag.
-    complete = [b for b in bags if (b / "metadata.yaml").is_file()]
+    # 5. Offline training: a fresh learner trains on recorded bags, one version per bag. It runs
+    #    in a DDS domain of its own so that its versions do not reach the running graph.
+    offline_bags = tmp_path / "offline_bags"
+    offline_bags.mkdir()
+    complete = [b for b in bags if (b / "metadata.yaml").is_file()][:3]
+    for bag in complete:
+        shutil.copytree(bag, offline_bags / bag.name)
     from rclpy.parameter import Parameter
 
     from vla_rl_ros.nodes.learner_node import LearnerNode
-    overrides = [Parameter("offline_bag_dir", value=str(tmp_path / "run" / "bags")),
+    os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 50) % 100 + 1)
+    offline_context = rclpy.Context()
+    rclpy.init(context=offline_context)
+    overrides = [Parameter("offline_bag_dir", value=str(offline_bags)),
                  Parameter("train.output_dir", value=str(tmp_path / "offline")),
                  Parameter("env.backend", value="toy"), Parameter("env.task_ids", value=[0, 1]),
                  Parameter("env.image_size", value=32), Parameter("policy.size", value="tiny"),
                  Parameter("policy.image_size", value=32), Parameter("ppo.minibatch_size", value=8)]
-    offline = LearnerNode(context=watcher.context, parameter_overrides=overrides)
+    offline = LearnerNode(context=offline_context, parameter_overrides=overrides)
     try:
-        assert len(offline.processed) == len(complete) and 2 <= offline.version <= len(complete)
+        assert len(offline.processed) == len(complete) == 3 and 2 <= offline.version <= 3
         assert (tmp_path / "offline" / "adapters" / f"v{offline.version:06d}").is_dir()
     finally:
         offline.destroy_node()
+        rclpy.shutdown(context=offline_context)
 
 
 def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):

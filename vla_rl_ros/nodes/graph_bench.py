@@ -103,23 +103,24 @@ def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) ->
     return {"env_steps": env_steps, "seconds": elapsed, "env_steps_per_s": env_steps / elapsed}
 
 
-def bench_graph(cfg, steps: int = 50, warmup: int = 5) -> dict:
+def bench_graph(cfg, steps: int = 50, warmup: int = 5, rounds: int = 3) -> dict:
     """Both throughputs and their ratio (graph / in-process), with the set-up that produced them."""
     from vla_rl_ros.core.config import ExperimentConfig
     cfg = from_dict(ExperimentConfig, to_dict(cfg))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    # Alternate the two (in-process, graph, in-process, graph) so a change in machine load
-    # during the run biases neither; each figure is the mean of its two runs.
+    # Alternate the two (in-process, graph, in-process, ...) so that a change in machine load
+    # biases neither; the ratio is the median of the per-round ratios (paired measurements).
     runs = {"in_process": [], "graph": []}
-    for _ in range(2):
+    for _ in range(rounds):
         runs["in_process"].append(in_process_steps_per_s(cfg, steps, warmup))
         runs["graph"].append(graph_steps_per_s(cfg, steps, warmup))
-    inproc, graph = ({"env_steps_per_s": float(np.mean([r["env_steps_per_s"] for r in runs[k]])),
+    inproc, graph = ({"env_steps_per_s": float(np.median([r["env_steps_per_s"] for r in runs[k]])),
                       "runs": runs[k]} for k in ("in_process", "graph"))
+    ratios = [g["env_steps_per_s"] / i["env_steps_per_s"] for i, g in zip(runs["in_process"], runs["graph"])]
     return {"target": "graph", "env_backend": cfg.env.backend, "num_envs": cfg.env.num_envs,
             "policy_size": cfg.policy.size if not cfg.policy.model_path else cfg.policy.model_path,
             "image_size": cfg.env.image_size, "steps_per_measurement": steps, "in_process": inproc,
             "graph": graph,
-            "ratio_graph_over_in_process": graph["env_steps_per_s"] / inproc["env_steps_per_s"],
+            "ratio_graph_over_in_process": float(np.median(ratios)), "ratio_per_round": ratios,
             "torch_threads": cfg.train.torch_threads, "cpu_count": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0]}

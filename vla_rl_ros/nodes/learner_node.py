@@ -30,6 +30,8 @@ from vla_rl_ros.nodes.trajectory_bags import read_episodes, to_core_episode
 EXTRA_PARAMETERS = {
     "offline_bag_dir": ("", "Train on every iter_* bag of this directory at start-up (offline training); "
                             "'' = only bags announced on trajectory_bags."),
+    "max_policy_lag": (0, "Train on an announced bag only if its policy version is at most this many "
+                          "versions behind the learner's (0 = strictly on-policy)."),
 }
 STATE_FILE = "learner_state.pt"
 
@@ -119,6 +121,13 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------ learning
     def _on_bag(self, info: TrajectoryBagInfo) -> None:
+        lag = self.version - int(info.policy_version)
+        if lag > int(self.params.extra_values["max_policy_lag"]):
+            # Rollouts outpaced learning: PPO wants data from the policy it updates, so a bag
+            # recorded under an older version is kept on disk but not trained on.
+            self.get_logger().info(f"bag {info.bag_path} is from policy v{info.policy_version}, "
+                                   f"{lag} versions behind v{self.version}: not trained on")
+            return
         self.train_on_bag(info.bag_path, partial=info.partial)
 
     def train_on_bag(self, bag_path: str, partial: bool = False) -> dict | None:
