@@ -114,8 +114,10 @@ def test_franka_config_is_valid_and_bridge_block_matches_node_parameters():
     from vla_rl_ros.nodes.franka_bridge_node import EXTRA_PARAMETERS
     cfg = load_config(ROOT / "config" / "franka.yaml")
     assert cfg.safety.armed is False and cfg.env.num_envs == 1
-    block = yaml.safe_load((ROOT / "config" / "franka.yaml").read_text())["franka_bridge"]["ros__parameters"]
-    assert set(block) <= set(EXTRA_PARAMETERS)
+    text = (ROOT / "config" / "franka.yaml").read_text()
+    template = "\n".join(line[2:] for line in text.split("# franka_bridge:", 1)[1].splitlines())
+    block = yaml.safe_load("franka_bridge:" + template)["franka_bridge"]["ros__parameters"]
+    assert set(block) == set(EXTRA_PARAMETERS)  # the commented template documents every node parameter
     with pytest.raises(ConfigError, match="safety.max_linear_speed_m_s"):
         load_config(ROOT / "config" / "franka.yaml", ["safety.max_linear_speed_m_s=0"])
 
