@@ -34,8 +34,8 @@ from fake_franka_driver import FakeFrankaDriver  # noqa: E402
 from vla_rl_ros.msg import ActionBatch, ObservationBatch  # noqa: E402
 from vla_rl_ros.nodes import convert, qos  # noqa: E402
 
-PERIOD = 0.05
-WATCHDOG = 0.2
+PERIOD = 0.1  # 10 Hz: two periods of slack stay meaningful on an overloaded 2-core machine
+WATCHDOG = 0.3
 LIMITS = dict(step=0.02, rot=0.15, speed=0.25, ang=1.0, lo=np.array([0.25, -0.4, 0.02]),
               hi=np.array([0.75, 0.4, 0.6]))
 
