@@ -1,0 +1,85 @@
+"""The PRM node in-process over real rclpy: one StepRewardBatch per answered step, shaped per episode."""
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from vla_rl_ros.core.config import load_config
+from vla_rl_ros.core.envs.base import Observation
+from vla_rl_ros.core.envs.toy import toy_instruction
+from vla_rl_ros.core.rl.prm import ProcessRewardModel
+from vla_rl_ros.core.rl.train_loop import build_policy
+from vla_rl_ros.graph import topics
+from vla_rl_ros.msg import ActionBatch, ObservationBatch, StepRewardBatch
+from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.nodes.prm_node import PrmNode
+
+
+def _step(seq, episode_ids, tokens_rng):
+    observations = [Observation(image=np.full((32, 32, 3), 40 * i, np.uint8),
+                                instruction=toy_instruction(i), proprio=np.zeros(8, np.float32), task_id=i,
+                                init_state_id=0) for i in range(2)]
+    obs = convert.observations_to_msg("b", seq, [0, 1], episode_ids, observations)
+    actions = convert.actions_to_msg("b", seq, [0, 1], 0, tokens_rng.integers(139, 395, (2, 7)),
+                                     np.zeros((2, 7)), np.zeros((2, 7)), np.zeros(2), 1.0)
+    return obs, actions
+
+
+def test_prm_node_scores_answered_steps_and_shapes_rewards_per_episode(monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (time.monotonic_ns() % 100)))
+    cfg = load_config(None, ["env.backend=toy", "env.image_size=32", "env.task_ids=[0,1]", "policy.size=tiny",
+                             "policy.image_size=32"])
+    prm = ProcessRewardModel(build_policy(cfg))  # untrained head: progress 0.5 everywhere
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter(name, value=value) for name, value in (
+        ("env.backend", "toy"), ("env.image_size", 32), ("env.task_ids", [0, 1]), ("policy.size", "tiny"),
+        ("policy.image_size", 32), ("reward.prm_weight", 0.5))]
+    node = PrmNode(prm=prm, context=context, parameter_overrides=overrides)
+    client = Node("prm_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    for n in (node, client):
+        executor.add_node(n)
+    received = []
+    client.create_subscription(StepRewardBatch, topics.STEP_REWARDS, received.append, qos.BATCH)
+    obs_pub = client.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
+    act_pub = client.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
+    try:
+        def matched():
+            return (obs_pub.get_subscription_count() and act_pub.get_subscription_count()
+                    and client.count_publishers(topics.STEP_REWARDS))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not matched():
+            executor.spin_once(timeout_sec=0.05)
+        rng = np.random.default_rng(0)
+        # env 0 starts episode 11 at step 3
+        for seq, episodes in ((1, [10, 20]), (2, [10, 20]), (3, [11, 20])):
+            obs, actions = _step(seq, episodes, rng)
+            obs_pub.publish(obs)
+            executor.spin_once(timeout_sec=0.2)
+            act_pub.publish(actions)
+        act_pub.publish(_step(9, [10, 20], rng)[1])  # an answer to a step never observed: ignored
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(received) < 3:
+            executor.spin_once(timeout_sec=0.05)
+        assert [r.step_seq for r in received] == [1, 2, 3]
+        assert all(np.allclose(r.progress, 0.5) for r in received)
+        assert np.allclose(received[0].rewards, [0.25, 0.25])      # 0.5 * (0.5 - 0) on a first step
+        assert np.allclose(received[1].rewards, [0.0, 0.0])        # no progress gained
+        assert np.allclose(received[2].rewards, [0.25, 0.0])       # env 0 began a new episode
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_prm_node_without_a_model_refuses_to_start():
+    from vla_rl_ros.core.config_io import ConfigError
+    from vla_rl_ros.nodes.prm_node import load_reward_model
+    with pytest.raises(ConfigError, match="reward.prm_path"):
+        load_reward_model(load_config(None, []))
