@@ -175,7 +175,7 @@ def fake_driver(monkeypatch):
 @pytest.mark.slow
 def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
     """franka_bridge + a tiny policy (real processes, built by the deploy description), armed."""
-    from std_srvs.srv import SetBool
+    from std_srvs.srv import SetBool, Trigger
 
     from vla_rl_ros.msg import EpisodeResult, ObservationBatch
     from vla_rl_ros.nodes import qos
@@ -186,6 +186,7 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
                                lambda m: observation_stamps.add((m.header.stamp.sec, m.header.stamp.nanosec)),
                                qos.BATCH)
     end_client = driver.create_client(SetBool, "end_episode")
+    start_client = driver.create_client(Trigger, "start_episode")
     graph = build_deploy_graph(armed="true", output_dir=str(tmp_path), log_level="warn")
     logs = {}
     processes = []
@@ -194,7 +195,8 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
             continue
         extra = ["-p", "policy.size:=tiny", "-p", "safety.watchdog_timeout_s:=5.0"]
         if spec.role == "franka_bridge":
-            extra += ["-p", "min_observation_subscribers:=1"]  # no recorder in this test
+            extra += ["-p", "min_observation_subscribers:=1",  # no recorder in this test
+                      "-p", "env.max_episode_steps:=10"]
         logs[spec.role] = tmp_path / f"{spec.role}.log"
         processes.append(subprocess.Popen(node_command(spec, graph, sys.executable) + extra, cwd=ROOT,
                                           stdout=subprocess.DEVNULL, stderr=logs[spec.role].open("w")))
@@ -208,19 +210,31 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
             return [m for _, m in driver.commands("pose")
                     if (m.header.stamp.sec, m.header.stamp.nanosec) in observation_stamps]
 
+        def call(client, request):
+            assert client.wait_for_service(timeout_sec=10)
+            future = client.call_async(request)
+            while not future.done() and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+            return future.result()
+
         deadline = time.monotonic() + 150
-        while len(answered()) < 8 and time.monotonic() < deadline:
+        while not results and time.monotonic() < deadline:  # the 10-step limit ends episode 0
             assert not died(), died()
             time.sleep(0.1)
         tail = {role: log.read_text()[-1500:] for role, log in logs.items()}
-        assert len(answered()) >= 8, f"the policy's actions never reached the arm: {tail}"
-        assert driver.commands("gripper")
-        assert end_client.wait_for_service(timeout_sec=10)
-        future = end_client.call_async(SetBool.Request(data=True))
-        while not (future.done() and results) and time.monotonic() < deadline + 20:
+        assert results, f"no episode ended: {len(answered())} commands answered observations; {tail}"
+        assert results[0].truncated and not results[0].success and results[0].num_steps == 10
+        assert len(answered()) >= 10 and driver.commands("gripper") and len(results[0].final_proprio) == 8
+        paused_at = len(observation_stamps)
+        time.sleep(1.0)
+        assert len(observation_stamps) == paused_at, "observations went on between episodes"
+        assert call(start_client, Trigger.Request()).success
+        while len(observation_stamps) < paused_at + 3 and time.monotonic() < deadline + 30:
             time.sleep(0.05)
-        assert future.result().success and results[0].success and results[0].bridge_id == "franka"
-        assert results[0].num_steps >= 8 and len(results[0].final_proprio) == 8
+        assert call(end_client, SetBool.Request(data=True)).success
+        while len(results) < 2 and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        assert results[1].success and not results[1].truncated and results[1].episode_id == 1
     finally:
         for process in processes:
             process.terminate()

@@ -20,7 +20,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
-from std_srvs.srv import SetBool
+from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
 from vla_rl_ros.core.config import ExperimentConfig
@@ -92,6 +92,7 @@ class FrankaBridgeNode(Node):
         self.pending_seq: int | None = None
         self.pending_since = 0.0
         self.pending_stamp = None
+        self.paused = False
 
         self.create_subscription(Image, "camera/image_raw", self._on_image, qos.SENSOR_VIZ)
         self.create_subscription(JointState, "joint_states", self._on_joints, qos.SENSOR_VIZ)
@@ -99,6 +100,7 @@ class FrankaBridgeNode(Node):
         self.create_subscription(StepRewardBatch, topics.STEP_REWARDS, self._on_rewards, qos.BATCH)
         self.create_subscription(String, "instruction", self._on_instruction, qos.LATCHED)
         self.create_service(SetBool, "end_episode", self._on_end_episode)
+        self.create_service(Trigger, "start_episode", self._on_start_episode)
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.episode_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
         self.marker_pub = self.create_publisher(MarkerArray, "markers", qos.COMMAND)
@@ -140,20 +142,39 @@ class FrankaBridgeNode(Node):
             self.progress = float(msg.progress[0])
 
     def _on_end_episode(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        """Operator verdict (data = success): publish the EpisodeResult and start the next episode."""
+        """Operator verdict (data = success): publish the EpisodeResult, hold until ``start_episode``."""
+        ended = self._end_episode(success=bool(request.data), truncated=False)
+        response.success, response.message = True, f"episode {ended} ended, success={request.data}"
+        return response
+
+    def _on_start_episode(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """The scene is reset: observations (and so motion) resume with step 0 of the next episode."""
+        response.success = self.paused
+        response.message = (f"episode {self.episode_id} started" if self.paused
+                            else f"episode {self.episode_id} is already running")
+        self.paused = False
+        return response
+
+    def _end_episode(self, success: bool, truncated: bool) -> int:
+        """Publish the EpisodeResult with the final observation, then hold the arm; returns its id."""
         try:
             final = self._observation()
         except convert.MessageError:
             final = None
         self.episode_pub.publish(convert.episode_result_to_msg(
             str(self.extra["bridge_id"]), 0, self.episode_id, int(self.extra["task_id"]), 0,
-            self.step_index, bool(request.data), False, False, "", self.safety.header(),
-            final_observation=final))
-        response.success, response.message = True, f"episode {self.episode_id} ended, success={request.data}"
+            self.step_index, success, truncated, False, "", self.safety.header(), final_observation=final))
+        self.safety.publish(self.safety.filter.hold(f"episode {self.episode_id} ended: "
+                                                    "waiting for start_episode"))
+        self.get_logger().info(f"episode {self.episode_id} ended after {self.step_index} steps "
+                               f"(success={success}, truncated={truncated}); call start_episode to go on")
+        ended = self.episode_id
         self.episode_id += 1
         self.step_index = 0
         self.path.clear()
-        return response
+        self.paused = True
+        self.pending_seq = None
+        return ended
 
     def _on_actions(self, msg: ActionBatch) -> None:
         if msg.bridge_id != self.extra["bridge_id"]:
@@ -172,6 +193,9 @@ class FrankaBridgeNode(Node):
             command = self.safety.filter.reject_action(str(err))
         # Stamped with the observation it answers, so any listener can measure observation-to-command latency.
         self.safety.publish(command, self.pending_stamp)
+        limit = self.params.config.env.max_episode_steps
+        if limit and self.step_index >= limit:
+            self._end_episode(success=False, truncated=True)
 
     # ------------------------------------------------------------------ outputs
     def _observation(self) -> Observation | None:
@@ -188,6 +212,8 @@ class FrankaBridgeNode(Node):
 
     def _on_control_tick(self) -> None:
         now = time.monotonic()
+        if self.paused:
+            return  # between episodes: the arm holds (watchdog) until start_episode
         timeout = max(self.params.config.safety.watchdog_timeout_s, self.params.config.graph.action_timeout_s)
         if self.pending_seq is not None and now - self.pending_since < timeout:
             return  # lockstep: the next observation waits for the action of this one
