@@ -72,7 +72,8 @@ def test_truncated_and_corrupt_bags_name_the_file(tmp_path):
 
 
 def test_dataset_reads_frames_and_reports_bad_bags(tmp_path):
-    episodes = [make_episode(0, 0, steps=4), make_episode(1, 3, steps=6, seed=1), make_episode(1, 45, steps=2)]
+    episodes = [make_episode(0, 0, steps=4), make_episode(1, 3, steps=6, seed=1),
+                make_episode(1, 45, steps=2)]
     write_demo_dir(tmp_path, episodes)
     dataset = DemoDataset(tmp_path, task_ids=[0, 1], init_state_ids=list(range(40)))
     assert len(dataset) == 10  # the held-out init state 45 is excluded

@@ -77,7 +77,7 @@ def test_bad_actions_never_crash_and_are_counted(object_env):
     assert result.info["nonfinite_actions"] == 1 and not result.done
     result = object_env.step(np.full(7, 5.0))
     assert result.info["clipped_actions"] == 1 and result.observation.step == 2
-    with pytest.raises(TaskError, match="init state 50 out of range for libero_object task 0: valid ids are 0..49"):
+    with pytest.raises(TaskError, match="init state 50 out of range for libero_object task 0: valid ids"):
         object_env.reset(0, 50)
     with pytest.raises(TaskError, match="task 12 does not exist"):
         object_env.reset(12, 0)

@@ -13,7 +13,8 @@ from test_data_bags import make_episode, write_demo_dir
 def sft_config(tmp_path, steps=4, **extra):
     overrides = [f"sft.demo_dir={tmp_path / 'demos'}", f"sft.output_dir={tmp_path / 'out'}",
                  f"sft.steps={steps}", "sft.batch_size=4", "sft.checkpoint_every=2", "sft.warmup_steps=1",
-                 "sft.eval_episodes_per_task=0", "sft.log_every=1", "policy.size=tiny", "policy.image_size=32",
+                 "sft.eval_episodes_per_task=0", "sft.log_every=1", "policy.size=tiny",
+                 "policy.image_size=32",
                  "env.task_ids=[0,1]"] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)
 

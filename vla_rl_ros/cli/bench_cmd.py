@@ -38,10 +38,17 @@ def bench_latency_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dic
     return measure(args, cfg)
 
 
+def bench_env_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
+    """LIBERO steps/s: 1 and 2 workers, rendering on/off, vs the raw simulator (``--repeats`` steps)."""
+    from vla_rl_ros.core.envs.bench import bench_env
+    return bench_env(cfg.env, steps=args.repeats, warmup=args.warmup)
+
+
 TARGETS: dict[str, Callable[[argparse.Namespace, ExperimentConfig], dict]] = {
     "policy": bench_policy_target,
     "graph": bench_graph_target,
     "latency": bench_latency_target,
+    "env": bench_env_target,
 }
 
 

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="run the expert without rendering or writing; print success rates as JSON")
     parser.add_argument("--init-states", default=None, metavar="IDS",
-                        help="comma-separated init-state ids (default: training ids 0..demos.episodes_per_task-1)")
+                        help="comma-separated init-state ids (default: 0..demos.episodes_per_task-1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -65,7 +65,8 @@ def policy_actor(policy, greedy: bool = True) -> Callable[[list[Observation], in
                 generators[seed] = torch.Generator(device=policy.device).manual_seed(seed)
             generator = generators[seed]
         images = np.stack([o.image for o in observations])
-        output = policy.decode(images, [o.instruction for o in observations], greedy=greedy, generator=generator)
+        instructions = [o.instruction for o in observations]
+        output = policy.decode(images, instructions, greedy=greedy, generator=generator)
         return np.asarray(output.actions, dtype=np.float32)
     return act
 
@@ -116,7 +117,8 @@ def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), epi
                 obs = envs.reset([(task, state)], env_ids=[slot])[0]
                 record = video_dir is not None and videos_started[0] < num_videos
                 videos_started[0] += record
-                slots[slot] = dict(task_id=task, init_state_id=state, seed=seed, observation=obs, video=record)
+                slots[slot] = dict(task_id=task, init_state_id=state, seed=seed, observation=obs,
+                                   video=record)
                 if record:
                     frames[slot] = [obs.image]
         for slot in range(envs.num_envs):
@@ -163,7 +165,8 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
         wins = sum(e["success"] for e in counted)
         low, high = wilson_interval(wins, len(counted))
         return dict(successes=wins, episodes=len(counted), aborted=len(subset) - len(counted),
-                    success_rate=wins / len(counted) if counted else 0.0, ci95=[round(low, 4), round(high, 4)])
+                    success_rate=wins / len(counted) if counted else 0.0,
+                    ci95=[round(low, 4), round(high, 4)])
     per_task = {str(t): rate([e for e in episodes if e["task_id"] == t]) for t in env_cfg.task_ids}
     per_seed = {str(s): rate([e for e in episodes if e["seed"] == s]) for s in seeds}
     seed_rates = [v["success_rate"] for v in per_seed.values() if v["episodes"]]
@@ -175,7 +178,8 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
                 seed_std=float(np.std(seed_rates)) if seed_rates else 0.0,
                 wall_s=round(wall_s, 1), episodes_per_hour=round(3600 * len(episodes) / max(wall_s, 1e-9), 1),
                 env_steps_per_s=round(steps / max(wall_s, 1e-9), 2), num_envs=env_cfg.num_envs,
-                renderer=dict(describe_renderer(), configured=env_cfg.renderer, image_size=env_cfg.image_size),
+                renderer=dict(describe_renderer(), configured=env_cfg.renderer,
+                              image_size=env_cfg.image_size),
                 hardware=hardware_description(), videos=videos, episodes=episodes)
 
 

@@ -63,7 +63,8 @@ def _typestore():
 def _image_message(store, image: np.ndarray, stamp_ns: int, frame_id: str):
     types = store.types
     header = types["std_msgs/msg/Header"](
-        stamp=types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+        stamp=types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
+                                                   nanosec=stamp_ns % 1_000_000_000),
         frame_id=frame_id)
     height, width = image.shape[:2]
     return types["sensor_msgs/msg/Image"](header=header, height=height, width=width, encoding="rgb8",
@@ -101,7 +102,8 @@ def write_episode_bag(path: str | Path, episode: EpisodeRecord) -> Path:
         def connect(topic, msgtype):
             return writer.add_connection(topic, msgtype, typestore=store)
         image_conn = connect(IMAGE_TOPIC, "sensor_msgs/msg/Image")
-        wrist_conn = connect(WRIST_TOPIC, "sensor_msgs/msg/Image") if episode.wrist_images is not None else None
+        has_wrist = episode.wrist_images is not None
+        wrist_conn = connect(WRIST_TOPIC, "sensor_msgs/msg/Image") if has_wrist else None
         proprio_conn = connect(PROPRIO_TOPIC, "std_msgs/msg/Float32MultiArray")
         action_conn = connect(ACTION_TOPIC, "std_msgs/msg/Float32MultiArray")
         instruction_conn = connect(INSTRUCTION_TOPIC, "std_msgs/msg/String")
@@ -160,7 +162,8 @@ def _read(path: Path) -> EpisodeRecord:
     if info is None or instruction is None:
         raise BagError(f"episode bag {path} is truncated: no {INFO_TOPIC} or {INSTRUCTION_TOPIC} message")
     count = info["num_steps"]
-    lengths = {topic: len(values) for topic, values in series.items() if topic != WRIST_TOPIC or info["has_wrist"]}
+    lengths = {topic: len(values) for topic, values in series.items()
+               if topic != WRIST_TOPIC or info["has_wrist"]}
     if any(length != count for length in lengths.values()):
         raise BagError(f"episode bag {path} is truncated: {lengths} messages for {count} steps")
     known = {"suite", "task_id", "init_state_id", "success", "num_steps", "instruction", "has_wrist"}

@@ -151,8 +151,8 @@ class ScriptedExpert:
             points = object_corner_points(self.sim, self.target)
             return (points.min(0) + points.max(0)) / 2, points.max(0)
         centre = data.site_xpos[site].copy()
-        owners = [name for name in list(self.sim.env.objects_dict) + list(getattr(self.sim.env, "fixtures_dict", {}))
-                  if self.target.startswith(name)]
+        names = list(self.sim.env.objects_dict) + list(getattr(self.sim.env, "fixtures_dict", {}))
+        owners = [name for name in names if self.target.startswith(name)]
         top = centre[2]
         if owners:  # a region inside a basket or on a cabinet: clear the owner's walls near it
             points = object_corner_points(self.sim, owners[0])

@@ -181,7 +181,8 @@ class LiberoEnv:
     def init_states(self, task_id: int) -> np.ndarray:
         """All init states (simulator state vectors) of ``task_id``."""
         if task_id not in self._init_states:
-            self._init_states[task_id] = np.asarray(_benchmark_suite(self.suite).get_task_init_states(task_id))
+            states = _benchmark_suite(self.suite).get_task_init_states(task_id)
+            self._init_states[task_id] = np.asarray(states)
         return self._init_states[task_id]
 
     def reset(self, task_id: int, init_state_id: int) -> Observation:
