@@ -160,3 +160,13 @@ def test_a_broken_config_file_fails_before_any_node_starts(tmp_path, capsys):
     bad.write_text("/**:\n  ros__parameters:\n    ppo: {clip_rnage: 0.1}\n")
     assert cli_main(["launch", "train_sim", f"config:={bad}"]) == 2
     assert "ppo.clip_rnage" in capsys.readouterr().err
+
+
+def test_config_and_set_options_reach_every_node(tmp_path, capsys):
+    config = tmp_path / "toy.yaml"
+    config.write_text("/**:\n  ros__parameters:\n    env: {backend: toy, task_ids: [0]}\n")
+    assert cli_main(["launch", "train_sim", "--config", str(config), "--set", "ppo.clip_range=0.1",
+                     "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    assert all(f"--params-file {config}" in line and "-p ppo.clip_range:=0.1" in line for line in lines)

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
+from vla_rl_ros.cli.main import add_config_arguments
+from vla_rl_ros.core.config_io import flatten, parse_overrides
 from vla_rl_ros.graph.deploy_franka import GRAPH as DEPLOY_GRAPH
 from vla_rl_ros.graph.deploy_franka import build_deploy_graph
 from vla_rl_ros.graph.description import GRAPHS, LAUNCH_ARGUMENTS, GraphSpec, build_graph, node_command
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("graph", choices=GRAPHS + (DEPLOY_GRAPH,),
                         help=f"which graph to start ({DEPLOY_GRAPH}: real arm, arguments in docs/franka.md)")
+    add_config_arguments(parser)
     # REMAINDER so that options may follow the launch arguments (argparse cannot interleave them).
     parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="NAME:=VALUE",
                         help="launch arguments (see below)")
@@ -157,12 +159,24 @@ def run(args: argparse.Namespace) -> int:
     late = argparse.ArgumentParser(prog="vla-rl launch", add_help=False)
     late.add_argument("--dry-run", action="store_true")
     late.add_argument("--duration", type=float, default=None)
+    late.add_argument("--config", default=None)
+    late.add_argument("--set", dest="overrides", action="append", default=[])
     options, launch_arguments = late.parse_known_args(args.arguments)
     args.dry_run = args.dry_run or options.dry_run
     args.duration = options.duration if options.duration is not None else args.duration
+    args.config = options.config or args.config
+    args.overrides = list(args.overrides) + options.overrides
     try:
-        build = build_deploy_graph if args.graph == DEPLOY_GRAPH else partial(build_graph, args.graph)
-        graph = build(**parse_launch_arguments(launch_arguments))
+        named = parse_launch_arguments(launch_arguments)
+        if args.config and "config" not in named:
+            named["config"] = args.config
+        overrides = flatten(parse_overrides(args.overrides))
+        if args.graph == DEPLOY_GRAPH:
+            if overrides:
+                raise ValueError(f"--set is not supported by {DEPLOY_GRAPH}; edit its params file")
+            graph = build_deploy_graph(**named)
+        else:
+            graph = build_graph(args.graph, overrides=overrides, **named)
     except ValueError as err:  # includes ConfigError from the params file
         print(f"vla-rl launch: {err}", file=sys.stderr)
         return 2

@@ -107,10 +107,11 @@ def _overrides(arguments: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def build_graph(graph: str, **arguments: str) -> GraphSpec:
+def build_graph(graph: str, overrides: dict[str, Any] | None = None, **arguments: str) -> GraphSpec:
     """The nodes of ``graph`` ('train_sim' or 'eval_sim') for launch ``arguments`` (strings, as launch gives).
 
-    Raises ValueError naming the argument for an unknown graph, argument or value.
+    ``overrides`` (flattened ``{"ppo.clip_range": 0.1}``) become parameters of every node, after
+    the params file. Raises ValueError naming the argument for an unknown graph, argument or value.
     """
     if graph not in GRAPHS:
         raise ValueError(f"unknown graph {graph!r}; graphs: {', '.join(GRAPHS)}")
@@ -126,7 +127,8 @@ def build_graph(graph: str, **arguments: str) -> GraphSpec:
     if args["num_envs"] and (not args["num_envs"].isdigit() or int(args["num_envs"]) < 1):
         raise ValueError(f"num_envs={args['num_envs']!r}: a positive integer")
     params_file = args["config"] or default_config_file(graph)
-    shared = _overrides(args)
+    shared = dict(overrides or {})
+    shared.update(_overrides(args))
     cfg = _resolved_config(params_file, shared)
     num_bridges = int(args["num_bridges"])
     uses_prm = bool(cfg.reward.prm_path) and cfg.reward.prm_weight > 0
