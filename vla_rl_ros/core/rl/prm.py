@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy.decoding import teacher_forced_hidden
 from vla_rl_ros.core.rl.rollout import Episode
 from vla_rl_ros.core.rl.segmentation import (eef_stop_events, gripper_closed_from_actions, gripper_events,
@@ -31,8 +32,11 @@ META_FILE = "prm.json"
 SCORE_CHUNK = 64
 
 
-class PRMError(ValueError):
-    """A PRM directory is missing, corrupt or does not match the policy it should score."""
+class PRMError(ConfigError):
+    """A PRM directory is missing, corrupt or does not match the policy it should score.
+
+    A ConfigError, so ``vla-rl`` reports it as a configuration problem (``reward.prm_path``).
+    """
 
 
 class ProcessRewardModel:
