@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -231,10 +232,10 @@ def test_watchdog_stops_within_two_control_periods(graph):
     np.testing.assert_allclose(xyz(final_target), xyz(last_moving_target), atol=1e-9)
 
 
-def test_estop_latches_until_the_reset_service(graph):
+def test_estop_latches_until_the_reset_service_and_shutdown_stops(graph):
     driver, harness, start_bridge = graph
     harness.action_fn = random_actions(2)
-    start_bridge(armed=True)
+    process = start_bridge(armed=True)
     wait_for(lambda: len(driver.commands("pose")) >= 10, 20, "moving commands")
     wait_for(lambda: harness.estop_pub.get_subscription_count() > 0, 10, "e-stop subscriber")
     harness.estop_pub.publish(Bool(data=True))
@@ -252,3 +253,9 @@ def test_estop_latches_until_the_reset_service(graph):
     reset_at = time.monotonic()
     wait_for(lambda: any(t > reset_at and np.linalg.norm(xyz(m.twist.linear)) > 0
                          for t, m in driver.commands("twist")), 10, "motion after the reset")
+    interrupted_at = time.monotonic()
+    process.send_signal(signal.SIGINT)  # what ros2 launch / vla-rl launch send first
+    assert process.wait(timeout=15) == 0
+    time.sleep(0.3)
+    last = [m for t, m in driver.commands("twist") if t > interrupted_at]
+    assert last and not xyz(last[-1].twist.linear).any(), "no final stop on shutdown"

@@ -10,13 +10,12 @@ docs/franka.md lists every topic, type, QoS and parameter.
 """
 from __future__ import annotations
 
+import sys
 import collections
 import time
 
 import numpy as np
-import rclpy
 from PIL import Image as PILImage
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -30,6 +29,7 @@ from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, StepRewardBatch
 from vla_rl_ros.nodes import convert, markers, qos
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.runner import run_node
 from vla_rl_ros.nodes.safety_io import SafetyLayer
 
 NODE_NAME = "franka_bridge"
@@ -113,6 +113,11 @@ class FrankaBridgeNode(Node):
 
     def _gripper_widths(self) -> tuple[float, float]:
         return float(self.extra["gripper_open_width_m"]), float(self.extra["gripper_closed_width_m"])
+
+    def destroy_node(self) -> None:
+        """Send a final stop (hold pose, zero twist) before the node goes away."""
+        self.safety.final_stop()
+        super().destroy_node()
 
     def _on_parameters(self, cfg: ExperimentConfig, changed: list[str]) -> None:
         self.extra = self.params.extra_values
@@ -241,21 +246,10 @@ class FrankaBridgeNode(Node):
             (cfg.workspace_min_m, cfg.workspace_max_m), self.policy_version))
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the franka_bridge node (``vla-rl-franka-bridge`` / ``ros2 run``)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = FrankaBridgeNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Entry point (``ros2 run vla_rl_ros franka_bridge``); returns the exit code."""
+    return run_node(FrankaBridgeNode, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

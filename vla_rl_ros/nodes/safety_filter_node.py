@@ -10,17 +10,17 @@ widths. docs/franka.md lists the topics.
 """
 from __future__ import annotations
 
+import sys
 import time
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from std_msgs.msg import Float64
 
 from vla_rl_ros.core.config import ExperimentConfig
 from vla_rl_ros.nodes import qos
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.runner import run_node
 from vla_rl_ros.nodes.safety_io import SafetyLayer, pose_from_msg
 
 NODE_NAME = "safety_filter"
@@ -49,6 +49,11 @@ class SafetyFilterNode(Node):
         extra = self.params.extra_values
         return float(extra["gripper_open_width_m"]), float(extra["gripper_closed_width_m"])
 
+    def destroy_node(self) -> None:
+        """Send a final stop (hold pose, zero twist) before the node goes away."""
+        self.safety.final_stop()
+        super().destroy_node()
+
     def _on_parameters(self, cfg: ExperimentConfig, changed: list[str]) -> None:
         self.safety.gripper_widths_m = self._widths()
         if any(c.startswith("safety.") and c != "safety.armed" for c in changed):
@@ -72,21 +77,10 @@ class SafetyFilterNode(Node):
         self.safety.publish(command, msg.header.stamp if stamped else None)
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the safety_filter node (``vla-rl-safety-filter`` / ``ros2 run``)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SafetyFilterNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Entry point (``ros2 run vla_rl_ros safety_filter``); returns the exit code."""
+    return run_node(SafetyFilterNode, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -163,6 +163,13 @@ class SafetyLayer:
         if gripper is not None:
             pubs[2].publish(gripper)
 
+    def final_stop(self) -> None:
+        """Hold the pose and zero the twist on the way out, so no controller keeps the last command."""
+        try:
+            self.publish(self.filter.hold("node shutting down"))
+        except Exception as err:  # the context may already be gone; nothing else can be done then
+            self.node.get_logger().error(f"could not send the final stop: {err}")
+
     def status(self) -> tuple[bytes, str]:
         """Diagnostic level and message: ERROR e-stop latched, WARN dry run or stopped, OK armed, moving."""
         if self.filter.estop_latched:
