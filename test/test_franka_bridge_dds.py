@@ -169,6 +169,10 @@ def test_dry_run_never_reaches_the_driver_until_armed_by_parameter(graph):
     wait_for(rejected.done, 10, "set_parameters reply")
     assert not rejected.result().results[0].successful
     assert "safety.max_linear_speed_m_s" in rejected.result().results[0].reason
+    rate = harness.param_client.call_async(SetParameters.Request(
+        parameters=[Parameter("safety.control_rate_hz", value=50.0).to_parameter_msg()]))
+    wait_for(rate.done, 10, "set_parameters reply")
+    assert not rate.result().results[0].successful and "restart" in rate.result().results[0].reason
 
 
 def test_adversarial_actions_keep_driver_commands_inside_limits(graph):

@@ -13,6 +13,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float64, Header
 from std_srvs.srv import Trigger
@@ -72,6 +73,15 @@ class SafetyLayer:
         self.set_armed(config.armed)
         node.create_timer(config.control_period_s, self._on_watchdog_tick)
         node.create_timer(1.0, self.publish_diagnostics)
+        node.add_on_set_parameters_callback(self._refuse_rate_change)
+
+    @staticmethod
+    def _refuse_rate_change(parameters) -> SetParametersResult:
+        # The watchdog timer runs at the rate the node started with; a live change would desynchronise it.
+        if any(p.name == "safety.control_rate_hz" for p in parameters):
+            return SetParametersResult(successful=False, reason="safety.control_rate_hz applies at start: "
+                                                                "restart the node to change it")
+        return SetParametersResult(successful=True)
 
     @property
     def armed(self) -> bool:
