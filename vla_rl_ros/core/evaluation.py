@@ -73,8 +73,11 @@ def policy_actor(policy, greedy: bool = True) -> Callable[[list[Observation], in
 
 def plan_evaluation(task_ids: Sequence[int], init_state_ids: Sequence[int], seeds: Sequence[int],
                     episodes_per_task: int = 0) -> list[tuple[int, int, int]]:
-    """(task, init state, seed) episodes: each seed draws its own subset of init states when
-    ``episodes_per_task`` is smaller than the number of held-out states (0 = all of them)."""
+    """List the (task, init state, seed) episodes to run, grouped by task.
+
+    Each seed draws its own subset of init states when ``episodes_per_task`` is smaller than the
+    number of given states (0 = all of them).
+    """
     plan = []
     for seed in seeds:
         rng = np.random.default_rng(seed)

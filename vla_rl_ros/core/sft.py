@@ -39,8 +39,10 @@ def learning_rate_at(step: int, peak: float, warmup: int, total: int) -> float:
 
 
 def random_shift(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Shift each image by up to ``pad`` pixels (edge padding): cheap augmentation that makes
-    behaviour cloning far less brittle to small visual differences at test time."""
+    """Shift each image by up to ``pad`` pixels (edge padding).
+
+    Cheap augmentation that makes behaviour cloning less brittle to small visual differences.
+    """
     count, height, width, _ = images.shape
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     out = np.empty_like(images)

@@ -1,5 +1,7 @@
-"""Environment throughput: vectorised steps/s (1 and 2 workers, rendering on/off) against the raw
-simulator's own step rate measured in the same run on the same machine."""
+"""Environment throughput: vectorised steps/s against the raw simulator's own step rate.
+
+1 and 2 workers, rendering on and off, all measured in the same run on the same machine.
+"""
 from __future__ import annotations
 
 import time

@@ -96,8 +96,11 @@ def mesh_top_near(sim, body_prefix: str, xy: np.ndarray, radius: float = 0.02) -
 
 def footprint_clearance(centre: np.ndarray, axis: np.ndarray, half_length: float, half_width: float,
                         box_low: np.ndarray, box_high: np.ndarray) -> float:
-    """Signed distance between the gripper's oriented footprint and an xy box: the gap when apart,
-    minus the deepest penetration when they overlap (so less overlap still ranks higher)."""
+    """Signed distance between the gripper's oriented footprint and an xy box.
+
+    The gap when apart, minus the deepest penetration when they overlap (so that less overlap
+    still ranks higher).
+    """
     across = np.array([-axis[1], axis[0]])
     gap, depth = np.inf, 0.0
     for along in np.linspace(-1, 1, 9):

@@ -125,7 +125,7 @@ def sanitize_action(action: Any) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def proprio_from_obs(raw: dict) -> np.ndarray:
-    """eef position (3), eef axis-angle (3), gripper joint positions (2) as float32 [8]."""
+    """Proprioception float32 [8]: eef position (3), eef axis-angle (3), gripper joint positions (2)."""
     from robosuite.utils import transform_utils
     axis_angle = transform_utils.quat2axisangle(np.asarray(raw["robot0_eef_quat"], dtype=np.float64))
     return np.concatenate([raw["robot0_eef_pos"], axis_angle, raw["robot0_gripper_qpos"]]).astype(np.float32)
@@ -207,7 +207,7 @@ class LiberoEnv:
         return self.observation()
 
     def observation(self) -> Observation:
-        """The current observation (upright frames: LIBERO's raw frames are rotated 180 degrees)."""
+        """Build what the policy sees now (frames upright: LIBERO renders them rotated 180 degrees)."""
         raw, task = self.raw_obs, self.task
         if self.render:
             image = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
