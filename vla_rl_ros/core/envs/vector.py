@@ -26,6 +26,8 @@ class WorkerFault(RuntimeError):
 
 
 def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
+    # LIBERO prints progress to stdout; keep the parent's stdout clean for JSON results.
+    os.dup2(2, 1)
     apply_gl_environment(cfg.renderer, render_gpu)
     os.environ.setdefault("LP_NUM_THREADS", "1")  # Mesa's llvmpipe: one thread per worker is fastest
     from vla_rl_ros.core.envs.expert import ScriptedExpert
