@@ -214,3 +214,58 @@ def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):
     finally:
         supervisor.stop(grace_s=10.0)
         watcher.close()
+
+
+def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
+    """The PRM is not required: `vla-rl launch` reports its death, the learner keeps producing versions."""
+    import re
+    import subprocess
+    import sys
+
+    from vla_rl_ros.core.config import load_config
+    from vla_rl_ros.core.rl.prm import ProcessRewardModel
+    from vla_rl_ros.core.rl.train_loop import build_policy
+    isolate_dds(monkeypatch)
+    settings = {"env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
+                        "max_episode_steps": 4},
+                "policy": {"size": "tiny", "image_size": 32},
+                "reward": {"prm_path": str(tmp_path / "prm"), "prm_weight": 0.1},
+                "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
+                "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": settings}}))
+    ProcessRewardModel(build_policy(load_config(config))).save(tmp_path / "prm")
+    launcher = subprocess.Popen([sys.executable, "-m", "vla_rl_ros.cli.main", "launch", "train_sim",
+                                 f"config:={config}", "--duration", "150"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = Watcher()
+    try:
+        pids = {}
+        for line in launcher.stderr:
+            pids.update({name: int(pid) for name, pid in re.findall(r"started /(\w+) \(pid (\d+)", line)})
+            if len(pids) == 5:
+                break
+        assert set(pids) == {"sim_bridge", "policy", "prm", "recorder", "learner"}
+        watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 240, "policy version 1")
+        os.kill(pids["prm"], signal.SIGKILL)
+        before = max(v.version for v in watcher.versions)
+        watcher.wait_for(lambda: max(v.version for v in watcher.versions) >= before + 2, 240,
+                         "versions after the PRM died")
+        launcher.send_signal(signal.SIGINT)
+        _, rest = launcher.communicate(timeout=60)
+        assert re.search(r"node /prm exited with code -?\d+ \(not required: the graph carries on\)",
+                         rest), rest
+        # The PRM works beside the control loop and its scores are recorded. (On the toy env it
+        # falls far behind the bridge, so few episodes end fully scored: the learner then uses
+        # outcome-only rewards for them.)
+        from rosbags.rosbag2 import Reader
+        scored = 0
+        for bag in sorted((tmp_path / "run" / "bags").glob("iter_*")):
+            assert (bag / "metadata.yaml").is_file(), f"{bag} was not closed on shutdown"
+            with Reader(bag) as reader:
+                scored += sum(c.msgcount for c in reader.connections if c.topic == "/step_rewards")
+        assert scored > 0, "the PRM's step rewards never reached a bag"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        watcher.close()

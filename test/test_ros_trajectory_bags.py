@@ -104,3 +104,25 @@ def test_an_action_batch_the_bridge_rejected_is_not_training_data(tmp_path):
     finished, _ = read_episodes([tmp_path / "bag"])
     assert [e.num_steps for e in finished] == [1, 1]
     assert all(int(e.tokens[0].min()) >= 139 for e in finished), "the NaN batch's tokens leaked into the data"
+
+
+def test_prm_scores_arriving_after_the_episode_ended_still_count(tmp_path):
+    rng = np.random.default_rng(4)
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    obs = [Observation(image=np.zeros((8, 8, 3), np.uint8), instruction="reach",
+                       proprio=np.zeros(8, np.float32), task_id=0, init_state_id=0, step=0)] * 2
+    writer.write(topics.OBSERVATIONS,
+                 serialize_message(convert.observations_to_msg("b", 1, [0, 1], [5, 6], obs)), 1)
+    writer.write(topics.ACTIONS, serialize_message(convert.actions_to_msg(
+        "b", 1, [0, 1], 0, rng.integers(139, 395, (2, 7)), np.zeros((2, 7)), np.zeros((2, 7)), np.zeros(2),
+        1.0)), 2)
+    for env_id, episode_id in ((0, 5), (1, 6)):
+        writer.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+            "b", env_id, episode_id, 0, 0, 1, True, False, False)), 3)
+    writer.write(topics.STEP_REWARDS, serialize_message(StepRewardBatch(
+        bridge_id="b", step_seq=1, env_ids=[0, 1], progress=[0.7, 0.9], rewards=[0.07, 0.09])), 4)
+    writer.close()
+    finished, carry = read_episodes([tmp_path / "bag"])
+    scored = [to_core_episode(e).progress.tolist() for e in finished]
+    assert scored == [[0.0, pytest.approx(0.7)], [0.0, pytest.approx(0.9)]]
+    assert carry["progress"] == {} and carry["episodes"] == {}

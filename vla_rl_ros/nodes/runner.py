@@ -1,15 +1,20 @@
 """The ``main()`` shared by every node: init, spin, clean shutdown, clear configuration errors."""
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from rclpy.node import Node
 
 from vla_rl_ros.core.config_io import ConfigError
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_node(factory: Callable[[], Node], args=None) -> int:
@@ -20,12 +25,21 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
     """
     # Ctrl-C must reach Python as KeyboardInterrupt while the context is still valid, so that
     # nodes can publish their last message (e.g. the recorder's partial-bag notice) on the way out.
+    # A process started in the background inherits SIGINT ignored; and SIGTERM (what launchers
+    # and service managers send) should clean up the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
     try:
         node = factory()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            # A bounded wait returns to Python regularly, so a pending SIGINT/SIGTERM is raised
+            # here even when no message arrives (rclpy's own handler is off, see above).
+            executor.spin_once(timeout_sec=0.25)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ConfigError as err:

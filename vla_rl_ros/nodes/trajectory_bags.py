@@ -115,6 +115,7 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
     episodes: dict = state.setdefault("episodes", {})
     pending_obs: dict = state.setdefault("observations", {})
     step_entries: dict = state.setdefault("step_entries", {})
+    progress: dict = state.setdefault("progress", {})
     finished: list[EpisodeSteps] = []
     for path in ([paths] if isinstance(paths, (str, Path)) else paths):
         with Reader(Path(path)) as reader:
@@ -133,18 +134,23 @@ def read_episodes(paths, carry: dict | None = None) -> tuple[list[EpisodeSteps],
                     if obs is not None and _applicable(obs, msg):
                         _pair(episodes, pending_obs.pop((msg.bridge_id, msg.step_seq)), msg)
                 elif topic == topics.STEP_REWARDS:
+                    # The PRM runs beside the control loop and may answer after the episode ended:
+                    # scores are collected by episode and attached once the whole bag is read.
                     entries = {e[1]: e for e in step_entries.get((msg.bridge_id, msg.step_seq), [])}
-                    for env_id, progress in zip(msg.env_ids, msg.progress):
+                    for env_id, value in zip(msg.env_ids, msg.progress):
                         if env_id in entries:
                             bridge, env, episode_id, step = entries[env_id]
-                            key = (bridge, env, episode_id)
-                            episodes.setdefault(key, EpisodeSteps(*key)).progress[step] = float(progress)
+                            progress.setdefault((bridge, env, episode_id), {})[step] = float(value)
                 elif topic == topics.EPISODE_RESULTS:
                     key = (msg.bridge_id, msg.env_id, msg.episode_id)
                     episode = episodes.pop(key, None) or EpisodeSteps(*key)
                     episode.result = msg
                     finished.append(episode)
+    for episode in finished:
+        episode.progress.update(progress.pop((episode.bridge_id, episode.env_id, episode.episode_id), {}))
     live = {(b, e, ep) for b, e, ep in episodes}
+    for key in [k for k in progress if k not in live]:
+        del progress[key]  # scores of episodes that ended in an earlier bag: too late to use
     for key in [k for k, v in step_entries.items() if not any((b, e, ep) in live for b, e, ep, _ in v)]:
         del step_entries[key]  # keep the carry small: only steps of unfinished episodes
     return finished, state
