@@ -30,6 +30,10 @@ from vla_rl_ros.nodes.trajectory_bags import read_episodes, to_core_episode
 EXTRA_PARAMETERS = {
     "offline_bag_dir": ("", "Train on every iter_* bag of this directory at start-up (offline training); "
                             "'' = only bags announced on trajectory_bags."),
+    "score_missing_steps": (True, "When reward.prm_path is set, score with the learner's own copy of the "
+                                  "PRM the episodes the prm node did not fully score (it runs beside the "
+                                  "control loop and can fall behind); false = outcome-only reward for "
+                                  "those."),
     "max_policy_lag": (0, "Train on an announced bag only if its policy version is at most this many "
                           "versions behind the learner's (0 = strictly on-policy)."),
 }
@@ -50,6 +54,10 @@ class LearnerNode(Node):
         self.out = Path(cfg.train.output_dir).resolve()
         self.adapters_root = self.out / "adapters"
         self.policy = policy if policy is not None else build_policy(cfg)
+        self.prm = None
+        if self.params.extra_values["score_missing_steps"]:
+            from vla_rl_ros.core.rl.train_loop import load_prm
+            self.prm = load_prm(cfg, self.policy)  # None without reward.prm_path
         self.trainer = PPOTrainer(self.policy, cfg.ppo)
         cur = cfg.curriculum
         self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
@@ -154,6 +162,8 @@ class LearnerNode(Node):
             return metrics
         self._bootstrap(episodes)
         scored = [e.progress is not None for e in episodes]
+        if self.prm is not None and not all(scored):
+            self.prm.score_episodes([e for e in episodes if e.progress is None])
         rewards = [episode_rewards(e, cfg.reward.success_weight,
                                    cfg.reward.prm_weight if e.progress is not None else 0.0)
                    for e in episodes]
@@ -173,7 +183,7 @@ class LearnerNode(Node):
         self.version_sha = self.policy.save_adapters(str(path), self.version)
         self.version_path = str(path)
         metrics.update({"rollout/success_rate": float(np.mean([e.success for e in episodes])),
-                        "rollout/prm_scored_fraction": float(np.mean(scored)),
+                        "rollout/prm_node_scored_fraction": float(np.mean(scored)),
                         "learner/version": self.version, "time/update_s": time.perf_counter() - started})
         self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
         self._save_state()
