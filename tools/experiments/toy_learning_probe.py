@@ -1,19 +1,24 @@
-"""Probe (not a test): SFT warm start, then `vla-rl train`'s loop on the toy env; success before/after.
+"""Experiment (not a test): SFT warm start, then `vla-rl train`'s loop on the toy env; success before/after.
 
 Reproduces the trajectory-level toy measurements quoted in docs/rl.md, e.g.::
 
-    ORACLE=1 .venv/bin/python test/test_rl_toy_learning_probe.py --sft-steps 60 \\
+    ORACLE=1 .venv/bin/python tools/experiments/toy_learning_probe.py --sft-steps 60 \\
         --set policy.temperature=1.5 --set ppo.policy_lr=1e-3 --set ppo.kl_coef=0.05 \\
         --set reward.prm_weight=1.0 --set train.iterations=8 --set train.episodes_per_iter=32
 
-``ORACLE=1`` uses the toy's ground-truth progress as the PRM. pytest collects no test here.
+``ORACLE=1`` uses the toy's ground-truth progress as the PRM. The script puts the repository root
+on ``sys.path``, so it runs from any directory. The CI check of toy success is test/test_rl_learning.py.
 """
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
 
 
 def main() -> None:
