@@ -31,7 +31,7 @@ class SFTConfig:
     """Recorded demonstrations (output of ``vla-rl demos``)."""
     output_dir: str = "runs/sft"
     """Checkpoints, TensorBoard logs and evaluation results."""
-    steps: int = 1500
+    steps: int = 1200
     """Optimiser steps."""
     batch_size: int = 32
     """Frames per optimiser step."""
