@@ -93,6 +93,6 @@ def test_pep257_docstrings_on_public_package_code():
     pytest.importorskip("pydocstyle")
     # Same spirit as ament_pep257: public modules, classes and functions carry docstrings.
     out = subprocess.run([sys.executable, "-m", "pydocstyle", "--convention", "pep257",
-                          "--add-ignore", "D105,D107,D203,D212,D213,D401,D404,D413",
+                          "--add-ignore", "D105,D107,D203,D212,D213,D401,D403,D404,D413",
                           "vla_rl_ros"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stdout[-5000:]

@@ -24,6 +24,7 @@ class LayerScale(nn.Module):
         self.scale_factor = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale each channel by the learned factor."""
         return x * self.scale_factor
 
 
@@ -37,6 +38,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over all tokens."""
         batch, tokens, width = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
@@ -53,6 +55,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two-layer GELU MLP."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -69,6 +72,7 @@ class Block(nn.Module):
         self.ls2 = LayerScale(spec.width) if spec.layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-norm attention then MLP, each with a LayerScale residual."""
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -81,6 +85,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, spec.width, kernel_size=spec.patch, stride=spec.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patchify: [B, 3, H, W] -> [B, patches, width]."""
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -101,6 +106,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(spec.class_token) + spec.registers
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of the second-to-last block, prefix tokens dropped, no final norm."""
         x = self.patch_embed(pixels) + self.pos_embed
         prefix = []
         if self.spec.class_token:
@@ -123,6 +129,7 @@ class FusedVisionBackbone(nn.Module):
         self.fused_featurizer = VisionTransformer(arch.fused_featurizer)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Concatenated DINO and SigLIP patch features: [B, patches, 2176] at 7B size."""
         dino, siglip = torch.split(pixel_values, [3, 3], dim=1)
         return torch.cat([self.featurizer(dino), self.fused_featurizer(siglip)], dim=2)
 
@@ -139,6 +146,7 @@ class FusedMLPProjector(nn.Module):
         self.fc3 = nn.Linear(llm_dim, llm_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project vision features into the language model's embedding space."""
         return self.fc3(self.act_fn2(self.fc2(self.act_fn1(self.fc1(x)))))
 
 
