@@ -51,7 +51,7 @@ def test_config_prints_resolved_params_yaml(capsys):
 
 
 def test_run_stage_selection_keeps_pipeline_order_and_rejects_unknown():
-    assert parse_stages("eval,demos") == ["demos", "eval"]
+    assert parse_stages("train,demos") == ["demos", "train"]
     assert parse_stages(",".join(STAGES)) == list(STAGES)
     with pytest.raises(SystemExit, match="unknown"):
         parse_stages("demos,dance")
@@ -60,3 +60,14 @@ def test_run_stage_selection_keeps_pipeline_order_and_rejects_unknown():
 def test_shipped_params_files_exist():
     for name in ("train_sim.yaml", "eval_sim.yaml"):
         assert (ROOT / "config" / name).is_file(), f"config/{name} is missing"
+
+
+def test_run_feeds_sft_policy_and_prm_into_rl_unless_the_user_chose():
+    from vla_rl_ros.cli.run_cmd import stage_links
+    from vla_rl_ros.core.config import load_config
+
+    links = stage_links(load_config(overrides=["sft.output_dir=out/sft", "train.output_dir=out/rl"]), [])
+    assert links["train"] == ["--set", "policy.model_path=out/sft/policy",
+                              "--set", "reward.prm_path=out/rl/prm"]
+    chosen = ["policy.model_path=mine", "reward.prm_weight=0"]
+    assert stage_links(load_config(overrides=chosen), chosen)["train"] == []

@@ -14,7 +14,7 @@ from vla_rl_ros.core.config_io import ConfigError
 
 # subcommand -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("vla_rl_ros.cli.run_cmd", "the main job on the embedded default (demos, SFT, RL, eval)"),
+    "run": ("vla_rl_ros.cli.run_cmd", "the main job on the embedded default (demos, SFT, PRM, RL)"),
     "demos": ("vla_rl_ros.cli.demos_cmd", "record scripted-expert LIBERO demonstrations as MCAP bags"),
     "sft": ("vla_rl_ros.cli.sft_cmd", "imitation (SFT) of the small VLA on recorded demonstrations"),
     "train-prm": ("vla_rl_ros.cli.train_prm_cmd", "train the process reward model on pseudo progress labels"),

@@ -1,25 +1,29 @@
 """``vla-rl run``: the main job on one config, stage after stage, each resumable.
 
 The default pipeline is what a user without any checkpoint or dataset needs: scripted-expert
-demonstrations in LIBERO, imitation of the small VLA, the process reward model, VLA-RL, and a
-held-out evaluation. Every stage is its own subcommand (and skips or resumes work already on
-disk), so ``run`` only chains them with the same ``--config`` and ``--set`` arguments.
+demonstrations in LIBERO, imitation of the small VLA (with held-out evaluation), the process
+reward model, then VLA-RL from the SFT checkpoint (with held-out evaluation before and during
+training). Every stage is its own subcommand (and skips or resumes work already on disk), so
+``run`` only chains them with the same ``--config`` and ``--set`` arguments, plus the paths that
+connect one stage's output to the next stage's input unless the user set them.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from vla_rl_ros.cli.main import add_config_arguments
+from vla_rl_ros.core.config import ExperimentConfig, load_config
 
-STAGES = ("demos", "sft", "train-prm", "train", "eval")
+STAGES = ("demos", "sft", "train-prm", "train")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``run`` subcommand."""
     parser = sub.add_parser(
-        "run", help="the main job on the embedded default (demos, SFT, PRM, RL, eval)",
+        "run", help="the main job on the embedded default (demos, SFT, PRM, RL)",
         description="Run the default pipeline " + " -> ".join(STAGES) + "; finished stages are skipped.")
     add_config_arguments(parser)
     parser.add_argument("--stages", default=",".join(STAGES),
@@ -37,6 +41,17 @@ def parse_stages(text: str) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
+def stage_links(cfg: ExperimentConfig, overrides: list[str]) -> dict[str, list[str]]:
+    """``--set`` arguments that feed the SFT policy and the PRM into RL, unless the user chose."""
+    chosen = {item.split("=", 1)[0] for item in overrides}
+    links: list[str] = []
+    if not cfg.policy.model_path and "policy.model_path" not in chosen:
+        links += ["--set", f"policy.model_path={Path(cfg.sft.output_dir) / 'policy'}"]
+    if cfg.reward.prm_weight > 0 and not cfg.reward.prm_path and "reward.prm_path" not in chosen:
+        links += ["--set", f"reward.prm_path={Path(cfg.train.output_dir) / 'prm'}"]
+    return {"train": links}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run each chosen stage through the ``vla-rl`` entry point; stop at the first failure."""
     from vla_rl_ros.cli.main import main as vla_rl
@@ -44,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
     common = (["--config", args.config] if args.config else [])
     for item in args.overrides:
         common += ["--set", item]
+    links = stage_links(load_config(args.config, args.overrides), args.overrides)
     for stage in parse_stages(args.stages):
         started = time.time()
         print(f"[vla-rl run] stage {stage}", file=sys.stderr, flush=True)
-        code = vla_rl([stage] + common)
+        code = vla_rl([stage] + common + links.get(stage, []))
         print(f"[vla-rl run] stage {stage} finished with code {code} in {time.time() - started:.0f} s",
               file=sys.stderr, flush=True)
         if code:
