@@ -42,14 +42,23 @@ def parse_stages(text: str) -> list[str]:
 
 
 def stage_links(cfg: ExperimentConfig, overrides: list[str]) -> dict[str, list[str]]:
-    """``--set`` arguments that feed the SFT policy and the PRM into RL, unless the user chose."""
+    """``--set`` arguments that feed demos into SFT and the PRM, and the SFT policy and the PRM
+    into RL, unless the user chose those paths."""
     chosen = {item.split("=", 1)[0] for item in overrides}
-    links: list[str] = []
+    demos: list[str] = []
+    if cfg.sft.demo_dir != cfg.demos.output_dir and "sft.demo_dir" not in chosen:
+        demos = ["--set", f"sft.demo_dir={cfg.demos.output_dir}"]
+    links: list[str] = list(demos)
     if not cfg.policy.model_path and "policy.model_path" not in chosen:
         links += ["--set", f"policy.model_path={Path(cfg.sft.output_dir) / 'policy'}"]
     if cfg.reward.prm_weight > 0 and not cfg.reward.prm_path and "reward.prm_path" not in chosen:
         links += ["--set", f"reward.prm_path={Path(cfg.train.output_dir) / 'prm'}"]
-    return {"train": links}
+    prm = ["--demos", cfg.demos.output_dir]
+    if cfg.reward.prm_path and "reward.prm_path" in chosen:
+        prm += ["--out", cfg.reward.prm_path]
+    elif cfg.reward.prm_weight > 0:
+        prm += ["--out", str(Path(cfg.train.output_dir) / "prm")]
+    return {"sft": demos, "train-prm": prm, "train": links}
 
 
 def run(args: argparse.Namespace) -> int:
