@@ -53,11 +53,8 @@ def stage_links(cfg: ExperimentConfig, overrides: list[str]) -> dict[str, list[s
         links += ["--set", f"policy.model_path={Path(cfg.sft.output_dir) / 'policy'}"]
     if cfg.reward.prm_weight > 0 and not cfg.reward.prm_path and "reward.prm_path" not in chosen:
         links += ["--set", f"reward.prm_path={Path(cfg.train.output_dir) / 'prm'}"]
-    prm = ["--demos", cfg.demos.output_dir]
-    if cfg.reward.prm_path and "reward.prm_path" in chosen:
-        prm += ["--out", cfg.reward.prm_path]
-    elif cfg.reward.prm_weight > 0:
-        prm += ["--out", str(Path(cfg.train.output_dir) / "prm")]
+    prm = ["--demos", cfg.demos.output_dir,
+           "--out", cfg.reward.prm_path or str(Path(cfg.train.output_dir) / "prm")]
     return {"sft": demos, "train-prm": prm, "train": links}
 
 
