@@ -74,3 +74,12 @@ def test_run_feeds_sft_policy_and_prm_into_rl_unless_the_user_chose():
     assert links["train-prm"] == ["--demos", "data/demos/default", "--out", "out/rl/prm"]
     moved = ["demos.output_dir=elsewhere"]
     assert stage_links(load_config(overrides=moved), moved)["sft"] == ["--set", "sft.demo_dir=elsewhere"]
+
+
+def test_project_errors_are_one_line_not_a_traceback(tmp_path):
+    empty = tmp_path / "demos"
+    empty.mkdir()
+    out = vla_rl("sft", "--set", f"sft.demo_dir={empty}", "--set", f"sft.output_dir={tmp_path / 'sft'}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert str(empty) in out.stderr

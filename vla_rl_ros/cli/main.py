@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"vla-rl {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # The project's own error types (BagError, TaskError, CheckpointError, ...) carry a
+        # message written for the user; anything else is a bug and keeps its traceback.
+        if not type(err).__module__.startswith("vla_rl_ros."):
+            raise
+        print(f"vla-rl {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"vla-rl {args.command}: interrupted", file=sys.stderr)
         return 130
