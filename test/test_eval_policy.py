@@ -39,7 +39,7 @@ def test_short_real_evaluation_of_a_callable_policy(tmp_path):
     assert result["overall"]["ci95"][0] == 0.0 and result["overall"]["ci95"][1] > 0.5
     assert not result["uses_training_init_states"]
     assert all(e["init_state_id"] >= 40 and e["steps"] == 4 for e in result["episodes"])
-    assert result["renderer"]["configured"] == "egl" and result["hardware"]["cpu_count"] >= 1
+    assert result["renderer"]["mujoco_gl"] == "egl" and result["hardware"]["cpu_count"] >= 1
     assert result["episodes_per_hour"] > 0 and len(result["videos"]) == 1
     assert sum(calls) == 8
     json.dumps(result)

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--episodes-per-task", type=int, default=0,
                         help="held-out init states per task and seed (0 = all held-out states)")
+    parser.add_argument("--init-states", default=None, metavar="IDS",
+                        help="comma-separated init states instead of the held-out ones (flagged)")
     parser.add_argument("--sample", action="store_true",
                         help="sample actions at policy.temperature instead of greedy decoding")
     parser.add_argument("--videos", type=int, default=0, help="write this many episodes as GIFs")
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     path = args.policy or cfg.policy.model_path or str(Path(cfg.sft.output_dir) / "policy")
     policy = VLAPolicy.load(path, cfg.policy)
     with torch.no_grad():
+        init_ids = [int(i) for i in args.init_states.split(",")] if args.init_states else None
         result = evaluate_policy(policy, cfg.env, seeds=seeds, episodes_per_task=args.episodes_per_task,
+                                 init_state_ids=init_ids,
                                  greedy=not args.sample, video_dir=video_dir if args.videos else None,
                                  num_videos=args.videos, progress=not args.no_progress)
     result["policy"] = path

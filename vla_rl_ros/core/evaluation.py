@@ -181,8 +181,8 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
                 seed_std=float(np.std(seed_rates)) if seed_rates else 0.0,
                 wall_s=round(wall_s, 1), episodes_per_hour=round(3600 * len(episodes) / max(wall_s, 1e-9), 1),
                 env_steps_per_s=round(steps / max(wall_s, 1e-9), 2), num_envs=env_cfg.num_envs,
-                renderer=dict(describe_renderer(), configured=env_cfg.renderer,
-                              image_size=env_cfg.image_size),
+                renderer=dict(describe_renderer(), mujoco_gl=env_cfg.renderer,
+                              render_gpus=list(env_cfg.render_gpus), image_size=env_cfg.image_size),
                 hardware=hardware_description(), videos=videos, episodes=episodes)
 
 
