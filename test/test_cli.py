@@ -71,7 +71,8 @@ def test_run_feeds_sft_policy_and_prm_into_rl_unless_the_user_chose():
                               "--set", "reward.prm_path=out/rl/prm"]
     chosen = ["policy.model_path=mine", "reward.prm_weight=0"]
     assert stage_links(load_config(overrides=chosen), chosen)["train"] == []
-    assert links["train-prm"] == ["--demos", "data/demos/default", "--out", "out/rl/prm"]
+    assert links["train-prm"] == ["--demos", "data/demos/default", "--out", "out/rl/prm",
+                                  "--set", "policy.model_path=out/sft/policy"]
     moved = ["demos.output_dir=elsewhere"]
     assert stage_links(load_config(overrides=moved), moved)["sft"] == ["--set", "sft.demo_dir=elsewhere"]
 

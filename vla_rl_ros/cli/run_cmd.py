@@ -42,20 +42,26 @@ def parse_stages(text: str) -> list[str]:
 
 
 def stage_links(cfg: ExperimentConfig, overrides: list[str]) -> dict[str, list[str]]:
-    """``--set`` arguments that feed demos into SFT and the PRM, and the SFT policy and the PRM
-    into RL, unless the user chose those paths."""
+    """Arguments that connect each stage's input to the previous stage's output.
+
+    Demonstrations feed SFT and the PRM; the SFT policy feeds the PRM and RL; the PRM feeds RL.
+    A path the user set (in the file or with ``--set``) is never replaced.
+    """
     chosen = {item.split("=", 1)[0] for item in overrides}
     demos: list[str] = []
     if cfg.sft.demo_dir != cfg.demos.output_dir and "sft.demo_dir" not in chosen:
         demos = ["--set", f"sft.demo_dir={cfg.demos.output_dir}"]
-    links: list[str] = list(demos)
+    sft_policy: list[str] = []
     if not cfg.policy.model_path and "policy.model_path" not in chosen:
-        links += ["--set", f"policy.model_path={Path(cfg.sft.output_dir) / 'policy'}"]
+        sft_policy = ["--set", f"policy.model_path={Path(cfg.sft.output_dir) / 'policy'}"]
+    prm_dir = cfg.reward.prm_path or str(Path(cfg.train.output_dir) / "prm")
+    # The PRM is built on the SFT policy so that it shares its action tokenizer (a check in
+    # `train` refuses a PRM whose action statistics differ from the policy's).
+    prm = ["--demos", cfg.demos.output_dir, "--out", prm_dir] + sft_policy
+    rl = list(sft_policy)
     if cfg.reward.prm_weight > 0 and not cfg.reward.prm_path and "reward.prm_path" not in chosen:
-        links += ["--set", f"reward.prm_path={Path(cfg.train.output_dir) / 'prm'}"]
-    prm = ["--demos", cfg.demos.output_dir,
-           "--out", cfg.reward.prm_path or str(Path(cfg.train.output_dir) / "prm")]
-    return {"sft": demos, "train-prm": prm, "train": links}
+        rl += ["--set", f"reward.prm_path={prm_dir}"]
+    return {"sft": demos, "train-prm": prm, "train": rl}
 
 
 def run(args: argparse.Namespace) -> int:
