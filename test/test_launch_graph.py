@@ -120,7 +120,7 @@ def _process_route(graph: str, arguments: dict, capsys) -> set:
 @pytest.mark.parametrize("graph, arguments", [
     ("train_sim", {}),
     ("train_sim", {"num_bridges": "2", "backend": "toy", "num_envs": "3", "log_level": "debug",
-                   "output_dir": "/tmp/vla_rl_launch_test"}),
+                   "output_dir": "runs/launch_test"}),
     ("eval_sim", {"suite": "libero_goal", "model_path": "/models/sft"}),
 ])
 def test_launch_file_and_process_launcher_start_the_same_graph(launch_modules, graph, arguments, capsys):

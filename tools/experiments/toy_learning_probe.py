@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base = ["env.backend=toy", "env.task_ids=[0]", "env.num_envs=8", "env.image_size=32", "policy.size=tiny",
             "policy.image_size=32", "train.eval_every=0", "train.torch_threads=1",
-            f"train.output_dir=/tmp/toy_probe_{int(time.time())}"]
+            f"train.output_dir=runs/toy_probe_{int(time.time())}"]
     cfg = load_config(None, base + args.overrides)
     policy = build_policy(cfg)
     env = ToyVectorEnv(8, 32, 20)
