@@ -42,9 +42,9 @@ def sample_messages() -> dict:
     episode = convert.episode_result_to_msg("bridge_a", 1, 11, 4, 9, 77, True, False, False, "", header,
                                             observations[1])
     aborted = convert.episode_result_to_msg("bridge_b", 0, 3, 2, 1, 5, False, False, True, "policy missing")
-    bag = TrajectoryBagInfo(header=header, bag_path="/srv/vla_rl/bags/iter_0003", iteration=3, policy_version=2,
+    bag = TrajectoryBagInfo(header=header, bag_path="/srv/bags/iter_0003", iteration=3, policy_version=2,
                             num_episodes=4, num_steps=300, num_successes=1, partial=True)
-    version = PolicyVersion(header=header, version=7, adapter_path="/srv/vla_rl/adapters/v0007", sha256="ab" * 32,
+    version = PolicyVersion(header=header, version=7, adapter_path="/srv/adapters/v0007", sha256="ab" * 32,
                             iteration=6)
     tasks = TaskAssignment(header=header, bridge_id="bridge_a", env_ids=[0, 1], task_ids=[2, 0],
                            init_state_ids=[13, 39])
