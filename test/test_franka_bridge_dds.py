@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from fake_franka_driver import FakeFrankaDriver  # noqa: E402
 from vla_rl_ros.msg import ActionBatch, ObservationBatch  # noqa: E402
 from vla_rl_ros.nodes import convert, qos  # noqa: E402
+from vla_rl_ros.graph.processes import stop_processes  # noqa: E402
 
 PERIOD = 0.1  # 10 Hz: two periods of slack stay meaningful on an overloaded 2-core machine
 WATCHDOG = 0.3
@@ -112,12 +113,7 @@ def graph(monkeypatch):
         return process
 
     yield driver, harness, start_bridge
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    stop_processes(processes)
     executor.shutdown()
     rclpy.shutdown()
     thread.join(timeout=5)

@@ -22,6 +22,7 @@ from vla_rl_ros.core.config import load_config  # noqa: E402
 from vla_rl_ros.core.config_io import ConfigError  # noqa: E402
 from vla_rl_ros.graph.deploy_franka import DEPLOY_ARGUMENTS, build_deploy_graph  # noqa: E402
 from vla_rl_ros.graph.description import node_command  # noqa: E402
+from vla_rl_ros.graph.processes import stop_processes  # noqa: E402
 
 
 def roles(graph):
@@ -236,10 +237,4 @@ def test_deploy_graph_drives_the_fake_arm_end_to_end(fake_driver, tmp_path):
             time.sleep(0.05)
         assert results[1].success and not results[1].truncated and results[1].episode_id == 1
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)

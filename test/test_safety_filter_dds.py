@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vla_rl_ros.graph.processes import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
@@ -43,11 +44,7 @@ def driver(monkeypatch):
          "-p", f"safety.control_rate_hz:={1 / PERIOD}", "-p", f"safety.watchdog_timeout_s:={WATCHDOG}",
          "--log-level", "error"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield fake, process
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_processes([process])
     executor.shutdown()
     rclpy.shutdown()
     thread.join(timeout=5)

@@ -21,6 +21,7 @@ import threading
 import time
 
 import numpy as np
+from vla_rl_ros.graph.processes import stop_processes
 
 SENSOR_RATE_HZ = 50.0
 
@@ -139,13 +140,7 @@ def measure_deploy_latency(steps: int = 100, warmup: int = 5, policy_size: str =
             time.sleep(0.05)
         samples = list(probe.samples[warmup:warmup + steps])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         executor.shutdown()
         rclpy.shutdown()
     total = [t for t, _ in samples]
