@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from vla_rl_ros.core.config import ExperimentConfig
 from vla_rl_ros.core.envs.splits import train_init_states
+from vla_rl_ros.core.policy.checkpoint import commit_directory
 
 CHECKPOINT_DIR, FINAL_DIR, TRAINER_FILE = "checkpoint", "policy", "trainer.pt"
 
@@ -60,9 +60,7 @@ def _save_checkpoint(directory: Path, policy, optimizer, step: int, rng: np.rand
     policy.save(str(staging / "policy"))
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state()}, staging / TRAINER_FILE)
-    if target.exists():  # replace only once the new checkpoint is complete
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    commit_directory(staging, target)  # the previous checkpoint stays until the new one is complete
 
 
 def train_sft(cfg: ExperimentConfig, progress: bool = True, max_steps: int | None = None) -> dict:

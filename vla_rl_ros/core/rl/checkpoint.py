@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.config_io import ConfigError, flatten
+from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
 
 STATE_FILE = "state.pt"
 RESUMABLE_CHANGES = ("train.iterations", "train.output_dir", "train.torch_threads", "train.eval_every",
@@ -52,22 +52,14 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
 
 def save_checkpoint(output_dir: str | Path, state: dict[str, Any], policy: Any | None = None) -> Path:
     """Write ``state`` (+ the policy's adapter directory) atomically; returns the checkpoint dir."""
-    target = checkpoint_dir(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".latest.tmp-", dir=target.parent))
+    tmp, target = atomic_directory(checkpoint_dir(output_dir))
     try:
         torch.save(state, tmp / STATE_FILE)
         if policy is not None:
             policy.save_adapters(str(tmp / "adapters"), int(state["iteration"]))
         with open(tmp / STATE_FILE, "rb") as handle:
             os.fsync(handle.fileno())
-        old = None
-        if target.exists():
-            old = target.with_name(f".latest.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        commit_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

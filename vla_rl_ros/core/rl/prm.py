@@ -10,9 +10,7 @@ the dense reward.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vla_rl_ros.core.config_io import ConfigError
+from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
 from vla_rl_ros.core.policy.decoding import teacher_forced_hidden
 from vla_rl_ros.core.rl.rollout import Episode
 from vla_rl_ros.core.rl.segmentation import (eef_stop_events, gripper_closed_from_actions, gripper_events,
@@ -115,22 +114,14 @@ class ProcessRewardModel:
     # ---------------------------------------------------------------------------- save/load
     def save(self, directory: str | Path, metrics: dict[str, float] | None = None) -> None:
         """Backbone (adapters merged) + progress head + meta, written to a temp dir then renamed."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp, directory = atomic_directory(directory)
         try:
             self.backbone.save(str(tmp / "backbone"))
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       str(tmp / HEAD_FILE))
             meta = {"signature": self.signature(), "metrics": metrics or {}}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            commit_directory(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
