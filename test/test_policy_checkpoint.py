@@ -16,13 +16,7 @@ from vla_rl_ros.core.policy.checkpoint import CheckpointError
 from vla_rl_ros.core.policy.model import OpenVLAModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one intra-op thread keeps tiny-model tests fast and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,7 @@ import torch
 from policy_helpers import INSTRUCTIONS, images, randomize_adapters, randomize_base, tiny_policy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

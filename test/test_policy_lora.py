@@ -11,12 +11,7 @@ from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import PolicyConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_lora_targets_are_explicit_and_exclude_lm_head():
