@@ -7,6 +7,7 @@ import pytest
 
 from vla_rl_ros.core.envs import TaskError, make_vector_env
 from vla_rl_ros.core.envs.config import EnvConfig
+from vla_rl_ros.core.envs.vector import perturb_expert_action
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,23 @@ def test_bad_task_or_init_state_raises_in_the_caller(vector_env):
         vector_env.reset([(40, 0)], env_ids=[0])
     with pytest.raises(ValueError, match="2 assignments for 1 environments"):
         vector_env.reset([(0, 0), (0, 1)], env_ids=[0])
+
+
+def test_expert_noise_perturbs_the_arm_only_and_is_reproducible():
+    action = np.array([0.95, -0.2, 0.0, 0.1, 0.0, -0.1, 1.0], dtype=np.float32)
+    original = action.copy()
+    assert perturb_expert_action(action, 0.0, np.random.default_rng(0)) is action
+    noisy = perturb_expert_action(action, 0.3, np.random.default_rng(0))
+    again = perturb_expert_action(action, 0.3, np.random.default_rng(0))
+    assert np.array_equal(noisy, again) and noisy[-1] == 1.0  # the gripper command is never noised
+    assert not np.allclose(noisy[:-1], action[:-1]) and np.all(np.abs(noisy) <= 1.0)
+    assert np.array_equal(action, original)  # the caller's array is not modified
+
+
+def test_noisy_expert_steps_keep_clean_labels(vector_env):
+    vector_env.reset([(0, 0), (0, 0)])
+    clean, noisy = vector_env.step_expert(0.0), vector_env.step_expert(0.5)
+    assert np.array_equal(clean[0].info["action"], clean[0].info["executed_action"])
+    for result in noisy:
+        label, executed = result.info["action"], result.info["executed_action"]
+        assert not np.allclose(label[:6], executed[:6]) and label[6] == executed[6]

@@ -17,10 +17,14 @@ class DemosConfig:
     20 x 3 default tasks record in about 20-40 min on a shared 2-core CPU with rendering."""
     retry_failed: bool = False
     """On a rerun, try again the init states whose expert episode failed before."""
+    action_noise: float = 0.0
+    """Std of Gaussian noise added to the arm part of the actions the simulator executes while
+    the recorded labels stay the expert's (DART): the demos then show recoveries from drift."""
 
     def __post_init__(self) -> None:
         check(bool(self.output_dir), "demos.output_dir", self.output_dir, "must not be empty")
         check(self.episodes_per_task >= 0, "demos.episodes_per_task", self.episodes_per_task, "must be >= 0")
+        check(0.0 <= self.action_noise <= 1.0, "demos.action_noise", self.action_noise, "in [0, 1]")
 
 
 @dataclass

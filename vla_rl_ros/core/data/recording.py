@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.data.episode_bag import EpisodeRecord, write_episode_bag
 from vla_rl_ros.core.envs.config import EnvConfig
 
@@ -73,11 +74,13 @@ def plan_episodes(task_ids: list[int], init_state_ids: list[int], index: dict,
 
 def record_demonstrations(env_cfg: EnvConfig, output_dir: str | Path | None, init_state_ids: list[int],
                           write: bool = True, retry_failed: bool = False, progress: bool = True,
-                          vector_env=None) -> RecordingReport:
+                          vector_env=None, action_noise: float = 0.0) -> RecordingReport:
     """Run the scripted expert on every (task in ``env_cfg.task_ids``, init state) not yet recorded.
 
     ``write=False`` is a dry run: nothing is written and every pair is attempted (success rates
     only). ``vector_env`` may be given to reuse running workers; otherwise one is made.
+    ``action_noise`` perturbs the executed actions (labels stay the expert's; see
+    :func:`~vla_rl_ros.core.envs.vector.perturb_expert_action`); the index records it.
     """
     from tqdm import tqdm
 
@@ -89,7 +92,12 @@ def record_demonstrations(env_cfg: EnvConfig, output_dir: str | Path | None, ini
         index = load_index(directory)
         index.setdefault("suite", env_cfg.suite)
         if index["suite"] != env_cfg.suite:
-            raise ValueError(f"{directory} holds {index['suite']} demonstrations, not {env_cfg.suite}")
+            raise ConfigError(f"{directory} holds {index['suite']} demonstrations, not {env_cfg.suite}")
+        # An index from before this field existed was recorded without noise.
+        index.setdefault("action_noise", 0.0 if index["episodes"] else action_noise)
+        if index["action_noise"] != action_noise:  # a mixed set would not say what it holds
+            raise ConfigError(f"{directory} was recorded with demos.action_noise={index['action_noise']}, "
+                              f"not {action_noise}: use another demos.output_dir")
     queue = plan_episodes(list(env_cfg.task_ids), list(init_state_ids), index, retry_failed)
     report = RecordingReport(skipped=len(env_cfg.task_ids) * len(init_state_ids) - len(queue))
     if not queue:
@@ -97,7 +105,7 @@ def record_demonstrations(env_cfg: EnvConfig, output_dir: str | Path | None, ini
     start = time.time()
     envs = vector_env or VectorEnv(env_cfg)
     try:
-        _run_queue(envs, env_cfg, queue, directory if write else None, index, report,
+        _run_queue(envs, env_cfg, queue, directory if write else None, index, report, action_noise,
                    tqdm(total=len(queue), desc="demos", unit="ep", disable=not progress))
     finally:
         if vector_env is None:
@@ -106,7 +114,7 @@ def record_demonstrations(env_cfg: EnvConfig, output_dir: str | Path | None, ini
     return report
 
 
-def _run_queue(envs, env_cfg, queue, directory, index, report, bar) -> None:
+def _run_queue(envs, env_cfg, queue, directory, index, report, action_noise, bar) -> None:
     slots: list[dict | None] = [None] * envs.num_envs
 
     def start(slot: int) -> None:
@@ -121,7 +129,7 @@ def _run_queue(envs, env_cfg, queue, directory, index, report, bar) -> None:
     for slot in range(envs.num_envs):
         start(slot)
     while any(s is not None for s in slots):
-        results = envs.step_expert()
+        results = envs.step_expert(action_noise)
         for slot, result in enumerate(results):
             episode = slots[slot]
             if episode is None:
@@ -165,7 +173,8 @@ def _finish(episode, result, env_cfg, directory, index, report) -> None:
                                actions=np.stack(episode["actions"]), instruction=entry["instruction"],
                                task_id=task_id, init_state_id=init_id, suite=env_cfg.suite,
                                wrist_images=np.stack(episode["wrist"]) if episode["wrist"] else None,
-                               extra={"source": "scripted_expert", "image_size": env_cfg.image_size})
+                               extra={"source": "scripted_expert", "image_size": env_cfg.image_size,
+                                      "action_noise": index.get("action_noise", 0.0)})
         if (directory / name).exists():  # a bag left by a run killed between bag and index write
             import shutil
             shutil.rmtree(directory / name)

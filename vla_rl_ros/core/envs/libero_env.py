@@ -175,6 +175,11 @@ class LiberoEnv:
         if not self.render:
             kwargs.update(use_camera_obs=False, has_offscreen_renderer=False)
         self.sim = OffScreenRenderEnv(**kwargs)
+        # robosuite rebuilds the whole MuJoCo model and renderer on every reset by default (3-6 s on
+        # a CPU). set_init_state overwrites the full simulator state anyway: measured against hard
+        # resets, proprio differs by < 3e-4 and pixels by <= 2/255 (controller warm state), the same
+        # for every episode history, at a third of the reset time.
+        self.sim.env.hard_reset = False
         self.sim.seed(self.seed)
         self.task = task
 

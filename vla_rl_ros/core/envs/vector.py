@@ -21,6 +21,20 @@ from vla_rl_ros.core.envs.libero_env import TaskError
 from vla_rl_ros.core.envs.rendering import apply_gl_environment, render_gpu_for_worker
 
 
+def perturb_expert_action(action: np.ndarray, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """The expert's action with Gaussian noise on the arm dimensions (gripper untouched), clipped.
+
+    DART-style recording: the environment executes the perturbed action while the demonstration
+    keeps the expert's clean one as its label, so the data shows how to recover from the small
+    drifts an imitating policy makes (without it, behaviour cloning never sees off-path states).
+    """
+    if noise_std <= 0:
+        return action
+    noisy = action.astype(np.float32).copy()
+    noisy[:-1] = np.clip(noisy[:-1] + rng.normal(0.0, noise_std, size=len(noisy) - 1), -1.0, 1.0)
+    return noisy
+
+
 class WorkerFault(RuntimeError):
     """A worker died or timed out; it has been restarted."""
 
@@ -37,6 +51,7 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
                     render_gpu=render_gpu, seed=cfg.seed)
     expert = None
     expert_ready = False
+    noise_rng = np.random.default_rng(cfg.seed)
     while True:
         try:
             command, payload = connection.recv()
@@ -48,6 +63,8 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
             if command == "reset":
                 reply = env.reset(*payload)
                 expert_ready = False
+                # Noise of an episode depends only on (seed, task, init state): reproducible demos.
+                noise_rng = np.random.default_rng([cfg.seed, *payload])
             elif command == "step":
                 reply = env.step(payload)
             elif command == "expert_step":
@@ -56,7 +73,9 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
                 if not expert_ready:
                     expert.reset(env)
                     expert_ready = True
-                reply = env.step(expert.act(env))
+                clean = expert.act(env)
+                reply = env.step(perturb_expert_action(clean, payload or 0.0, noise_rng))
+                reply.info["executed_action"], reply.info["action"] = reply.info["action"], clean
                 if expert.gave_up and not reply.done:
                     env.done = reply.done = True
                     reply.info["expert_gave_up"] = True
@@ -181,9 +200,14 @@ class VectorEnv:
             raise ValueError(f"actions shape {actions.shape}, expected ({self.num_envs}, {ACTION_DIM})")
         return self._step_all([("step", actions[i]) for i in range(self.num_envs)])
 
-    def step_expert(self) -> list[StepResult]:
-        """Step every running env with its worker's scripted expert; ``info['action']`` is what it did."""
-        return self._step_all([("expert_step", None)] * self.num_envs)
+    def step_expert(self, noise_std: float = 0.0) -> list[StepResult]:
+        """Step every running env with its worker's scripted expert.
+
+        ``info['action']`` is the expert's clean action (the demonstration label) and
+        ``info['executed_action']`` what the simulator ran: the same plus N(0, ``noise_std``) on
+        the arm dimensions (see :func:`perturb_expert_action`).
+        """
+        return self._step_all([("expert_step", float(noise_std))] * self.num_envs)
 
     def _step_all(self, requests: list[tuple[str, object]]) -> list[StepResult]:
         active = [i for i in range(self.num_envs) if self._running[i]]
