@@ -1,4 +1,8 @@
-"""``vla-rl eval``: success per task on held-out init states, several seeds, 95 % intervals."""
+"""``vla-rl eval``: success per task on held-out init states, several seeds, 95 % intervals.
+
+``--best-of N`` executes the best of N sampled actions per step (test-time scaling);
+``--scaling 1,2,4,...`` measures success against N on the same episodes and plots it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +11,26 @@ from pathlib import Path
 
 from vla_rl_ros.cli.main import add_config_arguments
 from vla_rl_ros.core.config import load_config
+from vla_rl_ros.core.config_io import ConfigError
+
+
+def candidate_count(text: str) -> int:
+    """An argparse type: N >= 1 candidates per step."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"N must be >= 1, got {value}")
+    return value
+
+
+def candidate_counts(text: str) -> list[int]:
+    """An argparse type: comma-separated N values, each >= 1 (e.g. ``1,2,4,8,16``)."""
+    values = [candidate_count(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one N, e.g. 1,2,4,8,16")
+    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,33 +46,74 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="comma-separated init states instead of the held-out ones (flagged)")
     parser.add_argument("--sample", action="store_true",
                         help="sample actions at policy.temperature instead of greedy decoding")
+    scaling = parser.add_mutually_exclusive_group()
+    scaling.add_argument("--best-of", type=candidate_count, default=1, metavar="N",
+                         help="sample N actions per step at policy.temperature in one batched decode and "
+                              "execute the best-scored one (default 1: a single greedy/--sample decode)")
+    scaling.add_argument("--scaling", type=candidate_counts, default=None, metavar="N,N,...",
+                         help="success vs N on the same episodes for each N; writes JSON and a PNG plot")
+    parser.add_argument("--scorer", choices=("prm", "likelihood"), default=None,
+                        help="how best-of-N ranks candidates (default: prm when a PRM is given, "
+                             "else likelihood)")
+    parser.add_argument("--prm", default=None, metavar="DIR",
+                        help="PRM directory for the prm scorer (default: reward.prm_path)")
     parser.add_argument("--videos", type=int, default=0, help="write this many episodes as GIFs")
-    parser.add_argument("--output", default=None, help="result JSON path (default: printed only)")
+    parser.add_argument("--output", default=None,
+                        help="result JSON path (default: printed only); with --scaling a .json path or a "
+                             "directory (default <sft.output_dir>/scaling), the plot beside the JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON result."""
-    from vla_rl_ros.core.evaluation import evaluate_policy
-    cfg = load_config(args.config, args.overrides)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    video_dir = Path(args.output).with_suffix("") if args.output else Path(cfg.sft.output_dir) / "videos"
     import torch
 
     from vla_rl_ros.core.policy import VLAPolicy
+    from vla_rl_ros.core.rl.test_time import choose_scorer
+    cfg = load_config(args.config, args.overrides)
+    if args.scaling and args.videos:
+        raise ConfigError("--videos records single evaluations; leave it out with --scaling")
     path = args.policy or cfg.policy.model_path or str(Path(cfg.sft.output_dir) / "policy")
     policy = VLAPolicy.load(path, cfg.policy)
+    selecting = args.scaling is not None or args.best_of > 1
+    # The PRM is loaded only when candidates are ranked: a plain eval must not need one.
+    scorer, scorer_name, prm_path = (choose_scorer(args.scorer, args.prm or cfg.reward.prm_path, policy,
+                                                   cfg.policy) if selecting else (None, None, None))
+    options = dict(seeds=[int(s) for s in args.seeds.split(",") if s.strip()],
+                   episodes_per_task=args.episodes_per_task,
+                   init_state_ids=[int(i) for i in args.init_states.split(",")] if args.init_states else None,
+                   progress=not args.no_progress)
     with torch.no_grad():
-        init_ids = [int(i) for i in args.init_states.split(",")] if args.init_states else None
-        result = evaluate_policy(policy, cfg.env, seeds=seeds, episodes_per_task=args.episodes_per_task,
-                                 init_state_ids=init_ids,
-                                 greedy=not args.sample, video_dir=video_dir if args.videos else None,
-                                 num_videos=args.videos, progress=not args.no_progress)
-    result["policy"] = path
+        if args.scaling is not None:
+            result, json_path = _scaling(args, cfg, policy, (scorer, scorer_name), options)
+        else:
+            result, json_path = _single(args, cfg, policy, scorer, options)
+    result.update(policy=path, scorer=scorer_name, prm=prm_path, temperature=cfg.policy.temperature)
     text = json.dumps(result, indent=1)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
     print(text)
     return 0
+
+
+def _single(args: argparse.Namespace, cfg, policy, scorer, options: dict) -> tuple[dict, Path | None]:
+    from vla_rl_ros.core.evaluation import evaluate_policy
+    video_dir = Path(args.output).with_suffix("") if args.output else Path(cfg.sft.output_dir) / "videos"
+    result = evaluate_policy(policy, cfg.env, greedy=not args.sample, best_of=args.best_of, scorer=scorer,
+                             video_dir=video_dir if args.videos else None, num_videos=args.videos, **options)
+    return result, Path(args.output) if args.output else None
+
+
+def _scaling(args: argparse.Namespace, cfg, policy, named_scorer: tuple, options: dict) -> tuple[dict, Path]:
+    from vla_rl_ros.core.evaluation import evaluate_scaling
+    from vla_rl_ros.core.rl.test_time import plot_success_vs_n
+    output = Path(args.output or Path(cfg.sft.output_dir) / "scaling")
+    json_path = output if output.suffix == ".json" else output / "scaling.json"
+    scorer, scorer_name = named_scorer
+    result = evaluate_scaling(policy, cfg.env, args.scaling, scorer, **options)
+    suite = "toy" if cfg.env.backend == "toy" else cfg.env.suite
+    title = f"{suite} tasks {cfg.env.task_ids}: best-of-N, {scorer_name} scorer"
+    result["plot"] = str(plot_success_vs_n(result["per_n"], json_path.with_suffix(".png"), title))
+    return result, json_path

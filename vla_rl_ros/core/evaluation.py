@@ -51,22 +51,39 @@ def hardware_description() -> dict:
     return description
 
 
-def policy_actor(policy, greedy: bool = True) -> Callable[[list[Observation], int], np.ndarray]:
-    """Wrap a :class:`VLAPolicy` (batched ``decode``) or a plain callable as ``act(observations, seed)``."""
+def policy_actor(policy, greedy: bool = True, best_of: int = 1,
+                 scorer=None) -> Callable[[list[Observation], int], np.ndarray]:
+    """Wrap a :class:`VLAPolicy` (batched ``decode``) or a plain callable as ``act(observations, seed)``.
+
+    ``best_of`` > 1 samples that many candidates per observation at the policy's temperature in
+    one batched decode and executes the one ``scorer`` rates highest (default: likelihood);
+    ``best_of`` = 1 decodes greedily unless ``greedy`` is False. Sampling draws from one
+    generator per seed, so a seed replays the same actions.
+    """
+    if best_of < 1:
+        raise ValueError(f"best-of-N needs N >= 1, got {best_of}")
     if not hasattr(policy, "decode"):
+        if best_of > 1:
+            raise ValueError("best-of-N needs a policy with a batched decode (a VLAPolicy)")
         return lambda observations, seed: np.asarray(policy(observations), dtype=np.float32)
     import torch
+
+    from vla_rl_ros.core.rl.test_time import best_of_n_decode
+    sampling = best_of > 1 or not greedy
     generators: dict[int, torch.Generator] = {}
 
     def act(observations: list[Observation], seed: int) -> np.ndarray:
         generator = None
-        if not greedy:
+        if sampling:
             if seed not in generators:
                 generators[seed] = torch.Generator(device=policy.device).manual_seed(seed)
             generator = generators[seed]
         images = np.stack([o.image for o in observations])
         instructions = [o.instruction for o in observations]
-        output = policy.decode(images, instructions, greedy=greedy, generator=generator)
+        if best_of > 1:
+            output = best_of_n_decode(policy, images, instructions, best_of, scorer, generator)
+        else:
+            output = policy.decode(images, instructions, greedy=greedy, generator=generator)
         return np.asarray(output.actions, dtype=np.float32)
     return act
 
@@ -91,21 +108,24 @@ def plan_evaluation(task_ids: Sequence[int], init_state_ids: Sequence[int], seed
 
 def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), episodes_per_task: int = 0,
                     init_state_ids: Sequence[int] | None = None, greedy: bool = True, vector_env=None,
-                    video_dir: str | Path | None = None, num_videos: int = 0, progress: bool = True) -> dict:
+                    video_dir: str | Path | None = None, num_videos: int = 0, progress: bool = True,
+                    best_of: int = 1, scorer=None) -> dict:
     """Success per task and overall on held-out init states, with 95 % Wilson intervals.
 
     ``policy`` is a VLAPolicy or a callable ``observations -> actions [B, 7]``. Init states default
     to the held-out ids (``>= env.num_train_init_states``); training ids are never used unless
     passed explicitly. Aborted episodes (crashed workers) are counted apart, not as failures.
+    ``best_of``/``scorer``: test-time best-of-N action selection (see :func:`policy_actor`).
+    The environment is ``env.backend``'s (LIBERO or toy) unless ``vector_env`` is given.
     """
     from tqdm import tqdm
 
-    from vla_rl_ros.core.envs.vector import VectorEnv
+    from vla_rl_ros.core.envs.vector import make_vector_env
     held_out = eval_init_states(env_cfg.num_train_init_states)
     init_state_ids = held_out if init_state_ids is None else list(init_state_ids)
     queue = plan_evaluation(env_cfg.task_ids, init_state_ids, seeds, episodes_per_task)
-    act = policy_actor(policy, greedy)
-    envs = vector_env or VectorEnv(env_cfg)
+    act = policy_actor(policy, greedy, best_of, scorer)
+    envs = vector_env or make_vector_env(env_cfg)
     episodes, videos, frames = [], [], {}
     bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
     start, steps = time.time(), 0
@@ -155,7 +175,9 @@ def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), epi
         if vector_env is None:
             envs.close()
     wall = time.time() - start
-    return summarize(episodes, env_cfg, seeds, wall, steps, greedy, init_state_ids, videos)
+    result = summarize(episodes, env_cfg, seeds, wall, steps, greedy and best_of == 1, init_state_ids, videos)
+    result["best_of"] = best_of
+    return result
 
 
 def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wall_s: float, steps: int,
@@ -174,8 +196,8 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
     per_seed = {str(s): rate([e for e in episodes if e["seed"] == s]) for s in seeds}
     seed_rates = [v["success_rate"] for v in per_seed.values() if v["episodes"]]
     held_out = set(eval_init_states(env_cfg.num_train_init_states))
-    return dict(suite=env_cfg.suite, task_ids=list(env_cfg.task_ids), seeds=list(seeds), greedy=greedy,
-                init_state_ids=list(init_state_ids),
+    return dict(backend=env_cfg.backend, suite=env_cfg.suite, task_ids=list(env_cfg.task_ids),
+                seeds=list(seeds), greedy=greedy, init_state_ids=list(init_state_ids),
                 uses_training_init_states=any(i not in held_out for i in init_state_ids),
                 overall=rate(episodes), per_task=per_task, per_seed=per_seed,
                 seed_std=float(np.std(seed_rates)) if seed_rates else 0.0,
@@ -184,6 +206,39 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
                 renderer=dict(describe_renderer(), mujoco_gl=env_cfg.renderer,
                               render_gpus=list(env_cfg.render_gpus), image_size=env_cfg.image_size),
                 hardware=hardware_description(), videos=videos, episodes=episodes)
+
+
+def evaluate_scaling(policy, env_cfg: EnvConfig, best_of_values: Sequence[int], scorer=None,
+                     seeds: Sequence[int] = (0,), episodes_per_task: int = 0,
+                     init_state_ids: Sequence[int] | None = None, vector_env=None,
+                     progress: bool = True) -> dict:
+    """Inference-scaling curve: held-out success of best-of-N decoding for each N.
+
+    Every N runs the same episodes (same seeds, tasks and init states) and restarts the
+    per-seed generators, so the points differ only by N. N = 1 is one sample at the policy's
+    temperature, not greedy, so every point uses the same sampling distribution. Returns
+    ``per_n`` (``{N: success_rate, ci95, successes, episodes, aborted, per_task, wall_s,
+    env_steps_per_s}``, the last two the price of N)
+    plus the setting shared by all points (suite, tasks, init states, renderer, hardware).
+    """
+    best_of_values = sorted({int(n) for n in best_of_values})
+    if not best_of_values or best_of_values[0] < 1:
+        raise ValueError(f"best-of-N needs every N >= 1, got {best_of_values}")
+    from vla_rl_ros.core.envs.vector import make_vector_env
+    envs = vector_env or make_vector_env(env_cfg)  # one env for every N: LIBERO start-up is slow
+    per_n, last = {}, {}
+    try:
+        for n in best_of_values:
+            last = evaluate_policy(policy, env_cfg, seeds, episodes_per_task, init_state_ids, greedy=False,
+                                   vector_env=envs, progress=progress, best_of=n, scorer=scorer)
+            per_n[n] = dict(last["overall"], per_task=last["per_task"], wall_s=last["wall_s"],
+                            env_steps_per_s=last["env_steps_per_s"])
+    finally:
+        if vector_env is None:
+            envs.close()
+    shared = ("backend", "suite", "task_ids", "seeds", "init_state_ids", "uses_training_init_states",
+              "num_envs", "renderer", "hardware")
+    return dict({key: last[key] for key in shared}, best_of=best_of_values, per_n=per_n)
 
 
 def _write_video(video_dir: str | Path, episode: dict, frames: list[np.ndarray]) -> str:

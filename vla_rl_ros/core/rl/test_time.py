@@ -8,12 +8,15 @@ tie-break at most. ``likelihood_scorer`` (the policy's own log-prob) needs no ex
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 Scorer = Callable[[np.ndarray, list, Any], np.ndarray]
+SCORERS = ("prm", "likelihood")
 
 
 def prm_scorer(prm: Any) -> Scorer:
@@ -28,6 +31,28 @@ def likelihood_scorer() -> Scorer:
     def score(images: np.ndarray, instructions: list, out: Any) -> np.ndarray:
         return torch.as_tensor(out.log_probs).double().sum(-1).numpy()
     return score
+
+
+def choose_scorer(kind: str | None, prm_path: str | None, policy: Any,
+                  policy_cfg: Any) -> tuple[Scorer, str, str | None]:
+    """The scorer ``kind`` names (None: the PRM when ``prm_path`` is set, else the likelihood).
+
+    Returns ``(scorer, kind, prm path or None)``. The PRM is loaded with ``policy_cfg`` and
+    checked against ``policy``: a PRM trained with other action bins or normalisation would
+    rank tokens that mean different actions, so a mismatch raises ``PRMError``.
+    """
+    from vla_rl_ros.core.config_io import ConfigError
+    kind = kind or ("prm" if prm_path else "likelihood")
+    if kind not in SCORERS:
+        raise ConfigError(f"unknown best-of-N scorer {kind!r}; expected one of {', '.join(SCORERS)}")
+    if kind == "likelihood":
+        return likelihood_scorer(), kind, None
+    if not prm_path:
+        raise ConfigError("the prm scorer needs a PRM: pass --prm DIR or set reward.prm_path")
+    from vla_rl_ros.core.rl.prm import ProcessRewardModel
+    prm = ProcessRewardModel.load(prm_path, policy_cfg)
+    prm.check_compatible(policy)
+    return prm_scorer(prm), kind, str(prm_path)
 
 
 def best_of_n_decode(policy: Any, images: np.ndarray, instructions: Sequence[str], n: int,
@@ -78,3 +103,33 @@ def success_vs_n(env: Any, policy: Any, assignments: Sequence[tuple[int, int]], 
         curve[int(n)] = {"success_rate": wins / max(len(episodes), 1), "ci_low": low, "ci_high": high,
                          "episodes": float(len(episodes))}
     return curve
+
+
+def plot_success_vs_n(per_n: dict[int, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """PNG of success rate vs log2 N with the 95 % intervals as error bars (matplotlib, Agg).
+
+    ``per_n`` maps N to a dict with ``success_rate`` and ``ci95`` ``[low, high]``.
+    """
+    import matplotlib
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    ns = sorted(per_n)
+    xs = [math.log2(n) for n in ns]
+    rates = [per_n[n]["success_rate"] for n in ns]
+    below = [max(r - per_n[n]["ci95"][0], 0.0) for n, r in zip(ns, rates)]
+    above = [max(per_n[n]["ci95"][1] - r, 0.0) for n, r in zip(ns, rates)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(xs, rates, yerr=[below, above], fmt="o-", capsize=4)
+    ax.set_xticks(xs, [str(n) for n in ns])
+    ax.set_xlabel("candidates per step N (log2 scale)")
+    ax.set_ylabel("held-out success rate (95 % CI)")
+    ax.set_ylim(-0.02, 1.02)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

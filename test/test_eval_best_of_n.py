@@ -1,0 +1,165 @@
+"""Test-time best-of-N in evaluation: candidate choice, ``vla-rl eval --best-of/--scaling``, PRM checks."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla_rl_ros.cli.main import main
+from vla_rl_ros.core.envs.config import EnvConfig
+from vla_rl_ros.core.envs.toy import ToyVectorEnv, toy_instruction, toy_task_count
+from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, policy_actor
+from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
+from vla_rl_ros.core.rl.prm import ProcessRewardModel
+from vla_rl_ros.core.rl.test_time import best_of_n_decode
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]
+# A toy evaluation of 2 held-out episodes x 3 steps: enough to exercise every path in seconds.
+TOY = ["--set", "env.backend=toy", "--set", "env.task_ids=[0]", "--set", "env.num_envs=2",
+       "--set", "env.image_size=32", "--set", "env.max_episode_steps=3", "--set", "policy.image_size=32",
+       "--seeds", "0", "--episodes-per-task", "2", "--no-progress"]
+
+
+def tiny(**norm) -> VLAPolicy:
+    return VLAPolicy.create(PolicyConfig(size="tiny", image_size=32), instructions=INSTRUCTIONS, **norm)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved tiny policy, a PRM that matches it and one trained for other action statistics."""
+    root = tmp_path_factory.mktemp("best_of_n")
+    policy = tiny()
+    policy.save(str(root / "policy"))
+    ProcessRewardModel(tiny()).save(root / "prm")
+    other_stats = {"x": {"action": {"q01": [-2.0] * 7, "q99": [2.0] * 7, "mask": [True] * 7}}}
+    ProcessRewardModel(tiny(norm_stats=other_stats)).save(root / "prm_mismatch")
+    return policy, root
+
+
+def toy_batch(batch: int = 2):
+    observations = ToyVectorEnv(num_envs=batch).reset([(t, 40) for t in range(batch)])
+    return observations, np.stack([o.image for o in observations]), [o.instruction for o in observations]
+
+
+class RecordingScorer:
+    """Scores each candidate by its first action dimension and keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.candidates = None
+
+    def __call__(self, images, instructions, out):
+        self.candidates = np.asarray(out.actions)
+        return self.candidates[:, 0].astype(np.float64)
+
+
+def test_best_of_n_executes_the_candidate_the_scorer_ranks_highest(saved):
+    policy, _ = saved
+    _, images, texts = toy_batch()
+    scorer = RecordingScorer()
+    best = best_of_n_decode(policy, images, texts, 8, scorer, torch.Generator().manual_seed(0))
+    per_observation = scorer.candidates.reshape(8, 2, 7)  # candidate j of observation b is row j * B + b
+    assert len(np.unique(per_observation[:, 0, 0])) > 1  # the candidates really differ
+    assert np.array_equal(best.actions[:, 0], per_observation[:, :, 0].max(0))
+    # the evaluation actor executes exactly that choice for the same seed
+    observations, _, _ = toy_batch()
+    acted = policy_actor(policy, best_of=8, scorer=scorer)(observations, 0)
+    assert np.allclose(acted[:, 0], scorer.candidates.reshape(8, 2, 7)[:, :, 0].max(0))
+
+
+def test_best_of_n_never_picks_a_non_finite_score(saved):
+    policy, _ = saved
+    _, images, texts = toy_batch(1)
+
+    def nan_but_last(images, instructions, out):
+        scores = np.full(len(images), np.nan)
+        scores[-1] = -1e9
+        return scores
+    generator = torch.Generator().manual_seed(1)
+    reference = policy.decode(np.concatenate([images] * 4), texts * 4, generator=generator)
+    best = best_of_n_decode(policy, images, texts, 4, nan_but_last, torch.Generator().manual_seed(1))
+    assert torch.equal(best.tokens[0], reference.tokens[-1])
+
+
+def test_best_of_one_keeps_greedy_decoding_and_n_below_one_is_rejected(saved):
+    policy, _ = saved
+    observations, images, texts = toy_batch()
+    greedy = policy.decode(images, texts, greedy=True).actions
+    assert np.allclose(policy_actor(policy)(observations, 0), greedy)
+    assert np.allclose(policy_actor(policy, best_of=1)(observations, 5), greedy)
+    with pytest.raises(ValueError, match="N >= 1"):
+        policy_actor(policy, best_of=0)
+    cfg = EnvConfig(backend="toy", task_ids=[0], num_envs=1, image_size=32, max_episode_steps=2)
+    with pytest.raises(ValueError, match="N >= 1"):
+        evaluate_policy(policy, cfg, best_of=0, progress=False)
+    with pytest.raises(ValueError, match="N >= 1"):
+        evaluate_scaling(policy, cfg, [1, 0], progress=False)
+
+
+def test_scaling_runs_the_same_episodes_for_every_n(saved):
+    policy, _ = saved
+    cfg = EnvConfig(backend="toy", task_ids=[0, 1], num_envs=2, image_size=32, max_episode_steps=3)
+    curve = evaluate_scaling(policy, cfg, [2, 1], seeds=[0, 1], episodes_per_task=1, progress=False)
+    assert curve["best_of"] == [1, 2] and sorted(curve["per_n"]) == [1, 2]
+    for point in curve["per_n"].values():
+        assert point["episodes"] == 4 and 0.0 <= point["ci95"][0] <= point["success_rate"] <= point["ci95"][1]
+        assert {task: v["episodes"] for task, v in point["per_task"].items()} == {"0": 2, "1": 2}
+    assert not curve["uses_training_init_states"]
+
+
+def test_cli_best_of_records_n_scorer_and_prm(saved, tmp_path, capsys):
+    _, root = saved
+    out = tmp_path / "likelihood.json"
+    assert main(["eval", "--policy", str(root / "policy"), "--best-of", "4", "--output", str(out), *TOY]) == 0
+    result = json.loads(out.read_text())
+    assert result["best_of"] == 4 and result["scorer"] == "likelihood" and result["prm"] is None
+    assert result["greedy"] is False and result["overall"]["episodes"] == 2
+    out = tmp_path / "prm.json"
+    assert main(["eval", "--policy", str(root / "policy"), "--best-of", "2", "--prm", str(root / "prm"),
+                 "--output", str(out), *TOY]) == 0
+    result = json.loads(out.read_text())
+    assert result["best_of"] == 2 and result["scorer"] == "prm" and result["prm"] == str(root / "prm")
+    # without --best-of the evaluation stays greedy and needs no PRM
+    assert main(["eval", "--policy", str(root / "policy"), "--output", str(out), *TOY]) == 0
+    result = json.loads(out.read_text())
+    assert result["best_of"] == 1 and result["greedy"] is True and result["scorer"] is None
+
+
+def test_cli_scaling_writes_json_and_png(saved, tmp_path, capsys):
+    _, root = saved
+    code = main(["eval", "--policy", str(root / "policy"), "--scaling", "1,2,4", "--prm", str(root / "prm"),
+                 "--output", str(tmp_path / "curve"), *TOY])
+    assert code == 0
+    result = json.loads((tmp_path / "curve" / "scaling.json").read_text())
+    assert result["best_of"] == [1, 2, 4] and result["scorer"] == "prm" and result["prm"] == str(root / "prm")
+    assert sorted(result["per_n"], key=int) == ["1", "2", "4"]
+    for point in result["per_n"].values():
+        assert point["episodes"] == 2 and len(point["ci95"]) == 2 and 0.0 <= point["success_rate"] <= 1.0
+    plot = tmp_path / "curve" / "scaling.png"
+    assert result["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a .json output puts the plot beside it
+    assert main(["eval", "--policy", str(root / "policy"), "--scaling", "1,2", "--output",
+                 str(tmp_path / "s.json"), *TOY]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert json.loads((tmp_path / "s.json").read_text())["scorer"] == "likelihood"
+
+
+def test_cli_mismatched_prm_is_a_one_line_error(saved, capsys):
+    _, root = saved
+    code = main(["eval", "--policy", str(root / "policy"), "--best-of", "2",
+                 "--prm", str(root / "prm_mismatch"), *TOY])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not match the policy" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    code = main(["eval", "--policy", str(root / "policy"), "--best-of", "2", "--scorer", "prm", *TOY])
+    assert code == 2 and "needs a PRM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--best-of", "0"], ["--scaling", "1,0,4"], ["--scaling", "two"]])
+def test_cli_rejects_n_below_one(saved, capsys, option):
+    _, root = saved
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--policy", str(root / "policy"), *option, *TOY])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "N must be >= 1" in err or "not an integer" in err
