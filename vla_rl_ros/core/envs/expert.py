@@ -12,6 +12,7 @@ tasks of LIBERO-Spatial, LIBERO-Object and most of LIBERO-Goal.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,13 @@ class ExpertConfig:
     """Rotation error (rad) that maps to a full-scale action."""
     phase_timeout: int = 150
     """Steps after which a phase is abandoned and the next one starts."""
+    stall_steps: int = 8
+    """A moving phase ends when the hand got less than ``stall_distance`` closer to its goal over
+    this many steps (the goal is out of reach, or blocked)."""
+    stall_distance: float = 0.002
+    """Progress (m) over ``stall_steps`` below which the goal counts as unreachable."""
+    integral_gain: float = 0.3
+    """Weight of the summed position error (per step) added to the error: removes steady offsets."""
 
     def __post_init__(self) -> None:
         check(0.01 < self.max_gripper_opening < 0.2, "expert.max_gripper_opening",
@@ -47,6 +55,9 @@ class ExpertConfig:
         check(self.position_gain > 0, "expert.position_gain", self.position_gain, "must be > 0")
         check(self.rotation_gain > 0, "expert.rotation_gain", self.rotation_gain, "must be > 0")
         check(self.phase_timeout > 0, "expert.phase_timeout", self.phase_timeout, "must be > 0")
+        check(self.stall_steps > 1, "expert.stall_steps", self.stall_steps, "must be > 1")
+        check(self.stall_distance > 0, "expert.stall_distance", self.stall_distance, "must be > 0")
+        check(self.integral_gain >= 0, "expert.integral_gain", self.integral_gain, "must be >= 0")
 
 
 class ExpertUnsupported(ValueError):
@@ -139,6 +150,9 @@ class ScriptedExpert:
         self.reference_rotation = None
         self.phase, self.phase_steps, self.retries = HOVER, 0, 0
         self.plan: dict | None = None
+        self.trail: deque = deque(maxlen=self.config.stall_steps)
+        self.integral = np.zeros(3)
+        self.fingers: np.ndarray | None = None
 
     @property
     def gave_up(self) -> bool:
@@ -203,7 +217,32 @@ class ScriptedExpert:
         # The fingers close along world -y in the reference pose; yaw them onto the finger axis.
         yaw = np.arctan2(finger_axis[1], finger_axis[0]) - np.arctan2(-1.0, 0.0)
         yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
-        self.plan = dict(xy=xy, z=height, yaw=yaw, object_height=high[2] - low[2], floor=low[2])
+        self.plan = dict(xy=xy, z=height, yaw=yaw, object_height=high[2] - low[2], floor=low[2],
+                         carry_bottom=self._carry_bottom(low, high))
+
+    def _carry_bottom(self, low: np.ndarray, high: np.ndarray) -> float:
+        """Height for the object's bottom on the way to the target: clear of what lies on the path.
+
+        Only obstacles (other objects, fixtures such as the cabinet, the target itself) whose
+        footprint comes within reach of the object's straight path count, so that an object is
+        not lifted 30 cm for a cabinet it has already left behind: each centimetre of height
+        costs a step up and a step down of a 220-step episode.
+        """
+        start = (low[:2] + high[:2]) / 2
+        end = self._target_region()[0][:2]
+        margin = (high[:2] - low[:2]).max() / 2 + 0.03
+        path = start + np.linspace(0, 1, 25)[:, None] * (end - start)
+        names = self.others + [self.target] + list(getattr(self.sim.env, "fixtures_dict", {}))
+        clear = max(low[2], self._target_region()[1][2])
+        for name in names:
+            try:
+                points = object_corner_points(self.sim, name)
+            except ExpertUnsupported:  # no collision geometry: nothing to hit
+                continue
+            box_low, box_high = points[:, :2].min(0) - margin, points[:, :2].max(0) + margin
+            if np.any(np.all((path >= box_low) & (path <= box_high), axis=1)):
+                clear = max(clear, points[:, 2].max())
+        return clear + 0.05
 
     def act(self, env) -> np.ndarray:
         """Next action (float32 [7]) for the current simulator state."""
@@ -220,10 +259,11 @@ class ScriptedExpert:
         low, high = points.min(0), points.max(0)
         object_centre = (low + high) / 2
         target_centre, target_top = self._target_region()
-        carry_z = max(target_top[2], plan["floor"] + 0.1) + plan["object_height"] + 0.08
+        # Steer the object's bottom, not the hand: a bowl held by its rim tilts several centimetres.
+        carry_z = eef[2] + plan["carry_bottom"] - low[2]
         over_target = eef[:2] + (target_centre[:2] - object_centre[:2])
         gripper = CLOSE_GRIPPER if phase in (CLOSE, LIFT, CARRY, LOWER) else OPEN_GRIPPER
-        goal = {HOVER: np.r_[plan["xy"], max(plan["z"] + 0.12, high[2] + 0.08)],
+        goal = {HOVER: np.r_[plan["xy"], max(plan["z"] + 0.07, high[2] + 0.05)],
                 DESCEND: np.r_[plan["xy"], plan["z"]],
                 CLOSE: np.r_[plan["xy"], plan["z"]],
                 LIFT: np.r_[eef[:2], carry_z],
@@ -232,19 +272,18 @@ class ScriptedExpert:
                 OPEN: eef}.get(phase, np.r_[eef[:2], carry_z])
         error = goal - eef
         self.phase_steps += 1
-        if phase in (CLOSE, OPEN):
-            advance = self.phase_steps > 12  # time for the fingers to move
-        elif phase == DESCEND:
-            still = np.linalg.norm(raw["robot0_joint_vel"]) < 0.02
-            advance = np.linalg.norm(error) < 0.008 or (self.phase_steps > 40 and still)
-        else:
-            advance = np.linalg.norm(error) < 0.015
-        if advance or self.phase_steps > self.config.phase_timeout:
-            self.phase, self.phase_steps = self.phase + 1, 0
+        if self._advance(phase, error, np.asarray(raw["robot0_gripper_qpos"], dtype=float)):
+            self._next_phase(min(phase + 1, RETREAT))
         if phase in (CARRY, LOWER) and eef[2] - high[2] > 0.06:  # fingers far above the object: dropped
-            self.phase, self.phase_steps, self.retries = HOVER, 0, self.retries + 1
-        speed = 0.5 if phase in (DESCEND, LOWER) else 1.0
-        move = np.clip(error / self.config.position_gain, -1, 1) * speed
+            self._next_phase(HOVER)
+            self.retries += 1
+        gain = np.full(3, self.config.position_gain)
+        if phase in (DESCEND, LOWER):
+            gain[2] *= 1.6  # brake earlier onto the object or the target: the arm overshoots at full speed
+        if phase not in (CLOSE, OPEN):
+            # Integral action near the goal: a held bowl's weight leaves the OSC centimetres short.
+            self.integral += np.where(np.abs(error) < 0.03, error, 0.0)
+        move = np.clip((error + self.config.integral_gain * self.integral) / gain, -1, 1)
         if phase < RETREAT:
             yaw_rotation = tf.quat2mat(tf.axisangle2quat(np.array([0.0, 0.0, plan["yaw"]])))
             wanted = yaw_rotation @ self.reference_rotation
@@ -252,3 +291,29 @@ class ScriptedExpert:
             wanted = rotation
         turn = np.clip(tf.quat2axisangle(tf.mat2quat(wanted @ rotation.T)) / self.config.rotation_gain, -1, 1)
         return np.r_[move, turn, gripper].astype(np.float32)
+
+    def _advance(self, phase: int, error: np.ndarray, fingers: np.ndarray) -> bool:
+        """Whether ``phase`` is done: goal reached, fingers settled, or the hand stalled.
+
+        A stall means the goal is out of the arm's reach (objects on the cabinet or in its top
+        drawer) or blocked (a finger on a bowl's rim, the object resting on the target); waiting
+        for the phase timeout there cost more than the whole episode cap.
+        """
+        fingers_still = self.fingers is not None and np.abs(fingers - self.fingers).max() < 5e-4
+        self.fingers = fingers
+        if phase == CLOSE:  # the grip holds once the fingers stop on the object
+            return self.phase_steps > 12 or (self.phase_steps > 5 and fingers_still)
+        if phase == OPEN:
+            return self.phase_steps > 12
+        if self.phase_steps > self.config.phase_timeout:
+            return True
+        distance = float(np.linalg.norm(error))
+        self.trail.append(distance)
+        stalled = (len(self.trail) == self.trail.maxlen
+                   and self.trail[0] - distance < self.config.stall_distance)
+        return stalled or distance < (0.008 if phase == DESCEND else 0.015)
+
+    def _next_phase(self, phase: int) -> None:
+        self.phase, self.phase_steps = phase, 0
+        self.trail.clear()
+        self.integral = np.zeros(3)
