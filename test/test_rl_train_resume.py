@@ -113,3 +113,19 @@ def test_prm_rewards_flow_and_all_aborted_rollouts_skip_the_update(tmp_path):
     run.run()
     assert run.history[-1]["rollout/empty"] == 1.0 and run.history[-1]["rollout/aborted"] == 2
     assert all(torch.equal(x, y) for x, y in zip(before, weights(run)))
+
+
+def test_time_budget_stops_iterations_and_carries_over_a_resume(tmp_path):
+    run = train(config(tmp_path, "budget", "train.iterations=2"))
+    assert run.iteration == 2 and run.wall_s > 0
+    spent = run.wall_s
+    # The budget is already spent by the first invocation: a resume for more starts no iteration,
+    # keeps the weights and says why it stopped.
+    before = weights(run)
+    again = train(config(tmp_path, "budget", "train.iterations=5", f"train.time_budget_s={spent / 2}"))
+    summary = again.summary(resumed=True)
+    assert again.iteration == 2 and summary["stopped_by_time_budget"] is True
+    assert summary["wall_s"] >= round(spent, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(again)))
+    unlimited = train(config(tmp_path, "budget", "train.iterations=3"))
+    assert unlimited.iteration == 3 and unlimited.summary(resumed=True)["stopped_by_time_budget"] is False

@@ -38,8 +38,12 @@ class TrainConfig:
     """Seed of the whole run (torch, numpy, sampling)."""
     torch_threads: int = 0
     """torch intra-op threads; 0 = torch's default."""
+    time_budget_s: float = 0.0
+    """Wall-clock budget of the whole run (resumed runs included): no iteration starts after it
+    is spent, then the final evaluation runs; 0 = no budget (``train.iterations`` only)."""
 
     def __post_init__(self) -> None:
+        check(self.time_budget_s >= 0, "train.time_budget_s", self.time_budget_s, "must be >= 0")
         check(self.iterations >= 0, "train.iterations", self.iterations, "must be >= 0")
         check(self.episodes_per_iter >= 1, "train.episodes_per_iter", self.episodes_per_iter, ">= 1")
         check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0")

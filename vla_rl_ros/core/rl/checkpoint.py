@@ -22,7 +22,7 @@ from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
 
 STATE_FILE = "state.pt"
 RESUMABLE_CHANGES = ("train.iterations", "train.output_dir", "train.torch_threads", "train.eval_every",
-                     "train.eval_episodes", "policy.device")
+                     "train.eval_episodes", "train.time_budget_s", "policy.device")
 """Config keys a resume may change; any other difference would silently change the experiment."""
 
 

@@ -93,13 +93,16 @@ class TrainingRun:
         self.trainer = PPOTrainer(self.policy, cfg.ppo)
         self.iteration = 0
         self.env_steps = 0
+        self.wall_s = 0.0
+        """Wall time spent in :meth:`run` by this run so far, earlier (resumed) invocations included."""
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything :meth:`resume` needs for an exact continuation."""
-        return {"iteration": self.iteration, "env_steps": self.env_steps, "config": to_dict(self.cfg),
+        return {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": self.wall_s,
+                "config": to_dict(self.cfg),
                 "trainable": ckpt.trainable_tensors(self.policy), "trainer": self.trainer.state_dict(),
                 "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generators, self.rng),
                 "history": self.history, "evals": self.evals}
@@ -115,6 +118,7 @@ class TrainingRun:
         self.curriculum.load_state_dict(state["curriculum"])
         ckpt.restore_rng_state(state["rng"], self.generators, self.rng)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self.wall_s = float(state.get("wall_s", 0.0))
         self.history, self.evals = list(state["history"]), list(state["evals"])
         return True
 
@@ -204,8 +208,14 @@ class TrainingRun:
             from tqdm import tqdm
             bar = tqdm(total=cfg.train.iterations, initial=min(self.iteration, cfg.train.iterations),
                        desc="vla-rl train", unit="it")
+        clock = time.perf_counter()
+        wall_before = self.wall_s
+
+        def out_of_time() -> bool:
+            self.wall_s = wall_before + time.perf_counter() - clock
+            return bool(cfg.train.time_budget_s) and self.wall_s >= cfg.train.time_budget_s
         try:
-            while self.iteration < cfg.train.iterations:
+            while self.iteration < cfg.train.iterations and not out_of_time():
                 if (cfg.train.eval_every and self.iteration % cfg.train.eval_every == 0
                         and not (self.evals and self.evals[-1]["iteration"] == self.iteration)):
                     self._record_eval(writer)
@@ -214,6 +224,7 @@ class TrainingRun:
                 metrics["iteration"] = self.iteration
                 self.history.append(metrics)
                 self._log(writer, metrics)
+                out_of_time()  # the checkpoint carries the wall time spent so far
                 ckpt.save_checkpoint(self.out, self.state_dict(), self.policy)
                 if bar is not None:
                     bar.update(1)
@@ -257,7 +268,11 @@ class TrainingRun:
         cfg = self.cfg
         first, last = (self.evals[0], self.evals[-1]) if self.evals else (None, None)
         rollout_s = sum(h.get("time/rollout_s", 0.0) for h in self.history)
+        budget = cfg.train.time_budget_s
         return {"iterations": self.iteration, "env_steps": self.env_steps, "resumed": resumed,
+                "wall_s": round(self.wall_s, 1),
+                "stopped_by_time_budget": bool(budget) and self.wall_s >= budget
+                and self.iteration < cfg.train.iterations,
                 "seed": cfg.train.seed, "backend": cfg.env.backend, "task_ids": list(cfg.env.task_ids),
                 "ablations": {"prm": bool(self.prm is not None and cfg.reward.prm_weight > 0),
                               "curriculum": cfg.curriculum.enabled,
