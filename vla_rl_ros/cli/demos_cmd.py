@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     env_cfg = replace(cfg.env, render=False) if args.dry_run else cfg.env
     report = record_demonstrations(env_cfg, cfg.demos.output_dir, init_ids, write=not args.dry_run,
                                    retry_failed=cfg.demos.retry_failed, progress=not args.no_progress,
-                                   action_noise=cfg.demos.action_noise)
+                                   action_noise=cfg.demos.action_noise, passes=cfg.demos.passes)
     result = dict(suite=env_cfg.suite, task_ids=list(env_cfg.task_ids), init_state_ids=init_ids,
                   dry_run=args.dry_run, output_dir=None if args.dry_run else cfg.demos.output_dir,
                   **report.as_dict())

@@ -21,11 +21,16 @@ class DemosConfig:
     """Std of Gaussian noise added to the arm part of the actions the simulator executes while
     the recorded labels stay the expert's (DART): the demos then show recoveries from drift.
     0.1 keeps the expert at 100 % on the default tasks; 0.2 drops it to about 92 %, 0.3 to 33 %."""
+    passes: int = 1
+    """Expert episodes per (task, init state). Pass p > 0 replays the same scene with another
+    action-noise stream (so it needs action_noise > 0 to differ from pass 0); bags of pass p > 0
+    are named ``..._pass{p}``. More passes = more demonstrations without new init states."""
 
     def __post_init__(self) -> None:
         check(bool(self.output_dir), "demos.output_dir", self.output_dir, "must not be empty")
         check(self.episodes_per_task >= 0, "demos.episodes_per_task", self.episodes_per_task, "must be >= 0")
         check(0.0 <= self.action_noise <= 1.0, "demos.action_noise", self.action_noise, "in [0, 1]")
+        check(self.passes >= 1, "demos.passes", self.passes, "must be >= 1")
 
 
 @dataclass

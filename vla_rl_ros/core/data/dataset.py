@@ -14,6 +14,9 @@ from vla_rl_ros.core.data.recording import load_index
 class DemoDataset(Dataset):
     """Every (image, instruction, action) step of the successful episodes in a demo directory.
 
+    All demonstration passes of an init state are read (``demos.passes``); ``init_state_ids``
+    filters init states, not passes.
+
     The episodes are decoded once into memory (uint8 frames: about 50 kB per 128x128 step).
     A damaged bag raises :class:`BagError` naming the file; nothing is skipped silently.
     """
@@ -32,10 +35,13 @@ class DemoDataset(Dataset):
         self.suite = index.get("suite", "")
         images, actions, proprio, instructions, task_of_step, episode_of_step = [], [], [], [], [], []
         self.episodes = []
-        for number, entry in enumerate(sorted(entries, key=lambda e: (e["task_id"], e["init_state_id"]))):
+        # Every pass of an init state is its own episode (old indexes have no pass: pass 0).
+        order = sorted(entries, key=lambda e: (e["task_id"], e["init_state_id"], e.get("pass", 0)))
+        for number, entry in enumerate(order):
             episode = read_episode_bag(self.directory / entry["bag"])
             self.episodes.append(dict(task_id=episode.task_id, init_state_id=episode.init_state_id,
-                                      instruction=episode.instruction, num_steps=episode.num_steps))
+                                      demo_pass=entry.get("pass", 0), instruction=episode.instruction,
+                                      num_steps=episode.num_steps))
             images.append(episode.images)
             actions.append(episode.actions)
             proprio.append(episode.proprio)

@@ -61,9 +61,10 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
             if command == "close":
                 break
             if command == "reset":
-                reply = env.reset(*payload)
+                reply = env.reset(*payload[:2])
                 expert_ready = False
-                # Noise of an episode depends only on (seed, task, init state): reproducible demos.
+                # Noise of an episode depends only on (seed, task, init state[, pass]): reproducible
+                # demos. Pass 0 sends no pass, so its stream is the one recorded before passes existed.
                 noise_rng = np.random.default_rng([cfg.seed, *payload])
             elif command == "step":
                 reply = env.step(payload)
@@ -160,6 +161,9 @@ class VectorEnv:
     def reset(self, assignments: Sequence[tuple[int, int]],
               env_ids: Sequence[int] | None = None) -> list[Observation]:
         """Reset envs ``env_ids`` (default all) to ``(task_id, init_state_id)`` each, in parallel.
+
+        An assignment may carry a third element, the demonstration pass (> 0): the same scene,
+        but another stream of expert action noise (see ``demos.passes``).
 
         A worker that faults during reset is restarted and retried once; TaskError (bad task or
         init-state id) is raised unchanged after every worker has answered.

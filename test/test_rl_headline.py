@@ -1,0 +1,87 @@
+"""tools/experiments/rl_headline.py on the toy backend: arms x seeds, summary numbers, resume, skips."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TOY = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_size=32",
+            "env.max_episode_steps=4", "policy.size=tiny", "policy.image_size=32",
+            "train.episodes_per_iter=2", "train.eval_episodes=2", "train.torch_threads=1",
+            "ppo.minibatch_size=4", "ppo.critic_warmup_iters=1", "ppo.epochs=1", "train.iterations=2"]
+
+
+@pytest.fixture(scope="module")
+def headline():
+    path = ROOT / "tools" / "experiments" / "rl_headline.py"
+    spec = importlib.util.spec_from_file_location("rl_headline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arguments(out, arms="rl,no_curriculum"):
+    # 2 s of budget per arm and seed: the time budget, not the iteration cap, usually ends a run.
+    return ["--out", str(out), "--seeds", "0,1", "--arms", arms, "--hours", str(2 / 3600), "--no-progress",
+            "--no-tensorboard", *sum([["--set", s] for s in TINY_TOY], [])]
+
+
+def test_two_arms_two_seeds_summary_and_resume(tmp_path, headline, one_torch_thread):
+    summary = headline.main(arguments(tmp_path))
+    assert set(summary["arms"]) == {"rl", "no_curriculum"} and summary["seeds"] == [0, 1]
+    for arm, entry in summary["arms"].items():
+        runs = summary["runs"][arm]
+        assert [r["seed"] for r in runs] == entry["seeds"] == [0, 1]
+        for run in runs:
+            assert run["gain_points"] == pytest.approx(100 * (run["end"]["rate"] - run["start"]["rate"]))
+            assert run["start"]["episodes"] == run["end"]["episodes"] == 2
+            assert 1 <= run["iterations"] <= 2 and run["env_steps"] > 0 and run["wall_s"] > 0
+            assert run["ablations"]["curriculum"] is (arm == "rl")
+            assert (tmp_path / arm / f"seed{run['seed']}" / "train" / "results" / "summary.json").is_file()
+        gains = entry["gain_points"]
+        assert gains["per_seed"] == [r["gain_points"] for r in runs]
+        assert gains["mean"] == pytest.approx(sum(gains["per_seed"]) / 2)
+        low, high = gains["ci95_t"]
+        assert low <= gains["mean"] <= high
+        for key in ("start", "end"):
+            assert entry[key]["mean"] == pytest.approx(sum(entry[key]["per_seed"]) / 2)
+            low, high = entry[key]["ci95_wilson_pooled"]
+            assert 0 <= low <= entry[key]["mean"] <= high <= 1 and entry[key]["episodes"] == 4
+        assert entry["env_steps"]["mean"] == pytest.approx(sum(r["env_steps"] for r in runs) / 2)
+    paired = summary["arms"]["no_curriculum"]["end_minus_rl_end_points"]
+    assert paired["per_seed"] == [100 * (a["end"]["rate"] - b["end"]["rate"])
+                                  for a, b in zip(summary["runs"]["no_curriculum"], summary["runs"]["rl"])]
+    assert "rl_gain_at_least_15_points" in summary["claims"]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["arms"] == json.loads(json.dumps(summary["arms"]))
+    assert "| rl |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+
+    # A rerun retrains nothing: finished arms are read back.
+    logs = sorted(tmp_path.glob("*/seed*/train/metrics.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in logs]
+    assert headline.main(arguments(tmp_path))["runs"] == summary["runs"]
+    assert [p.stat().st_mtime_ns for p in logs] == stamps
+    # An arm interrupted after its last checkpoint resumes from it (and finds its budget spent).
+    (tmp_path / "rl" / "seed1" / headline.RESULT_FILE).unlink()
+    again = headline.main(arguments(tmp_path))["runs"]["rl"][1]
+    assert again["resumed"] is True and again["iterations"] == summary["runs"]["rl"][1]["iterations"]
+    assert again["end"] == summary["runs"]["rl"][1]["end"]
+
+
+def test_more_data_is_skipped_on_the_toy_backend(tmp_path, headline):
+    summary = headline.main(arguments(tmp_path, arms="more_data"))
+    assert "libero" in summary["arms"]["more_data"]["skipped"]
+    assert not (tmp_path / "more_data").exists()
+
+
+def test_bad_arms_are_refused(tmp_path, headline):
+    with pytest.raises(SystemExit):
+        headline.main(arguments(tmp_path, arms="rl,bogus"))
+
+
+def test_t_interval(headline):
+    assert headline.t_interval([1.0]) is None
+    low, high = headline.t_interval([10.0, 20.0, 30.0])  # mean 20, sd 10, t(2) = 4.303
+    assert (low, high) == pytest.approx((20 - 4.303 * 10 / 3 ** 0.5, 20 + 4.303 * 10 / 3 ** 0.5))

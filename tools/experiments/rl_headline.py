@@ -1,0 +1,415 @@
+"""Experiment: the headline comparison of ``vla-rl train`` with its ablations and with more demos + SFT.
+
+Arms (each seed of each arm in its own folder ``<out>/<arm>/seed<k>``):
+
+- ``rl``: the full method (PPO from the SFT checkpoint, PRM reward, curriculum, critic warm-up);
+- ``no_prm`` (``reward.prm_weight=0``), ``no_curriculum`` (``curriculum.enabled=false``),
+  ``no_warmup`` (``ppo.critic_warmup_iters=0``): one switch off each;
+- ``more_data`` (LIBERO only): extra expert passes recorded into a copy of the demos until the
+  expert env steps reach the mean env steps the ``rl`` arm used, then SFT with the same recipe on
+  all of it, evaluated with the same held-out protocol (so it needs the ``rl`` arm's results).
+
+RL arms get ``train.time_budget_s = hours * 3600``, an iteration cap no run reaches, and the
+held-out evaluation (``train.eval_episodes``, default 30) only at the start and at the end, so
+``eval_first`` is the SFT baseline. Rerunning the same command skips finished arms (their
+``arm_result.json``) and resumes unfinished ones from their last checkpoint.
+
+Writes ``<out>/summary.json``, ``<out>/summary.md`` (a table) and ``<out>/summary.png``::
+
+    .venv/bin/python tools/experiments/rl_headline.py --sft-policy runs/sft/policy \\
+        --prm runs/train/prm --demos data/demos/default --seeds 0,1,2 --hours 2
+
+The script puts the repository root on ``sys.path``, so it runs from any directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
+
+from vla_rl_ros.core.rl.results import wilson_interval, write_json_atomic  # noqa: E402
+
+RL_ARMS = {"rl": [], "no_prm": ["reward.prm_weight=0"], "no_curriculum": ["curriculum.enabled=false"],
+           "no_warmup": ["ppo.critic_warmup_iters=0"]}
+"""Each RL arm's switch on top of the full method."""
+ARMS = (*RL_ARMS, "more_data")
+RESULT_FILE = "arm_result.json"
+"""Written when an arm's seed is finished; its presence makes a rerun skip that seed."""
+UNREACHED_ITERATIONS = 1_000_000
+"""Iteration cap of RL arms: the time budget ends them, not this."""
+DEFAULT_EVAL_EPISODES = 30
+"""10 held-out episodes per task of the 3 default tasks."""
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Two-sided 95 % Student-t quantiles for 1..10 degrees of freedom (more seeds use 1.96 + a margin)."""
+
+
+# ---------------------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="params YAML (as for vla-rl train)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override passed to every arm (repeatable)")
+    parser.add_argument("--sft-policy", default=None, metavar="DIR", help="SFT checkpoint RL starts from")
+    parser.add_argument("--prm", default=None, metavar="DIR", help="process reward model (reward.prm_path)")
+    parser.add_argument("--demos", default=None, metavar="DIR",
+                        help="demonstrations the SFT policy was trained on (more_data copies them)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--hours", type=float, default=2.0, help="wall-clock budget of each RL arm and seed")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--out", default="runs/experiments/headline", help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    args = parser.parse_args(argv)
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.arm_list = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arm_list if a not in ARMS]
+    if unknown or not args.arm_list or not args.seed_list:
+        parser.error(f"unknown or empty --arms {unknown or args.arms!r} (choose from {','.join(ARMS)}) "
+                     f"or empty --seeds")
+    if args.hours <= 0:
+        parser.error("--hours must be > 0")
+    return args
+
+
+def load_arm_config(args: argparse.Namespace, forced: list[str]) -> Any:
+    """Experiment defaults <- ``--config`` / ``--set`` <- what the arm itself must fix."""
+    from vla_rl_ros.core.config import load_config
+    defaults = [f"train.iterations={UNREACHED_ITERATIONS}", f"train.eval_episodes={DEFAULT_EVAL_EPISODES}"]
+    links = ([f"policy.model_path={args.sft_policy}"] if args.sft_policy else []) + \
+        ([f"reward.prm_path={args.prm}"] if args.prm else [])
+    cfg = load_config(args.config, defaults + args.overrides + links + forced, node_name="learner")
+    # Evaluate only at iteration 0 (the SFT baseline) and at the end: intermediate evaluations
+    # would spend the arm's time budget on something else than training.
+    return load_config(args.config, defaults + args.overrides + links + forced
+                       + [f"train.eval_every={max(cfg.train.iterations, 1)}"], node_name="learner")
+
+
+def arm_dir(args: argparse.Namespace, arm: str, seed: int | None = None) -> Path:
+    """Folder of one arm (and seed)."""
+    folder = Path(args.out) / arm
+    return folder if seed is None else folder / f"seed{seed}"
+
+
+def read_result(folder: Path) -> dict | None:
+    """A finished arm seed's result, or None."""
+    path = folder / RESULT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------- RL arms
+def run_rl_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    """Train (or resume, or skip) one RL arm for one seed; returns its result record."""
+    from vla_rl_ros.core.rl.train_loop import TrainingRun
+    folder = arm_dir(args, arm, seed)
+    finished = read_result(folder)
+    if finished is not None:
+        return finished
+    cfg = load_arm_config(args, RL_ARMS[arm] + [f"train.seed={seed}", f"train.output_dir={folder / 'train'}",
+                                                f"train.time_budget_s={args.hours * 3600}"])
+    _warn_if_arms_coincide(cfg, arm)
+    run = TrainingRun(cfg, progress_bar=not args.no_progress, tensorboard=not args.no_tensorboard)
+    try:
+        summary = run.run()
+    finally:
+        if run.env is not None and hasattr(run.env, "close"):
+            run.env.close()  # LIBERO workers must not outlive their arm
+    result = result_record(arm, seed, summary["eval_first"], summary["eval_last"], summary["env_steps"],
+                           summary["wall_s"], folder / "train")
+    result.update(iterations=summary["iterations"], resumed=summary["resumed"],
+                  stopped_by_time_budget=summary["stopped_by_time_budget"], ablations=summary["ablations"])
+    write_json_atomic(folder / RESULT_FILE, result)
+    return result
+
+
+def _warn_if_arms_coincide(cfg: Any, arm: str) -> None:
+    if arm == "rl" and (not cfg.reward.prm_path or cfg.reward.prm_weight == 0):
+        print("[rl_headline] the rl arm has no PRM (no --prm / reward.prm_path, or prm_weight 0): "
+              "it equals no_prm", file=sys.stderr)
+
+
+def result_record(arm: str, seed: int, first: dict | None, last: dict | None, env_steps: int,
+                  wall_s: float, output_dir: Path) -> dict:
+    """Start/end held-out success (with counts, for pooled intervals), gain in points, costs."""
+    if first is None or last is None:
+        raise RuntimeError(f"{arm} seed {seed}: no held-out evaluation (train.eval_episodes must be > 0)")
+
+    def counts(evaluation: dict) -> dict:
+        episodes, rate = int(evaluation["eval/episodes"]), evaluation["eval/success_rate"]
+        return {"rate": rate, "wins": round(rate * episodes), "episodes": episodes,
+                "ci95": [evaluation["eval/ci_low"], evaluation["eval/ci_high"]]}
+    start, end = counts(first), counts(last)
+    return {"arm": arm, "seed": seed, "start": start, "end": end,
+            "gain_points": 100.0 * (end["rate"] - start["rate"]), "env_steps": int(env_steps),
+            "wall_s": round(float(wall_s), 1), "output_dir": str(output_dir)}
+
+
+# ---------------------------------------------------------------------------------------- more_data
+def run_more_data(args: argparse.Namespace, rl_results: list[dict]) -> list[dict] | str:
+    """The more-demonstrations arm for every seed, or a sentence saying why it was skipped."""
+    probe = load_arm_config(args, [])
+    if probe.env.backend != "libero":
+        return "skipped: more_data records scripted-expert demonstrations, which only env.backend=libero has"
+    if not args.demos:
+        raise SystemExit("rl_headline: the more_data arm needs --demos (the SFT policy's demonstrations)")
+    rl_by_seed = {r["seed"]: r for r in rl_results}
+    missing = [s for s in args.seed_list if s not in rl_by_seed]
+    if missing:
+        raise SystemExit(f"rl_headline: more_data needs the rl arm's results first (missing seeds "
+                         f"{missing}): add rl to --arms")
+    target = math.ceil(sum(r["env_steps"] for r in rl_results) / len(rl_results))
+    demos = extend_demonstrations(args, probe, target)
+    return [_more_data_seed(args, seed, demos, rl_by_seed[seed]) for seed in args.seed_list]
+
+
+def demo_steps(index: dict) -> int:
+    """Expert env steps of every attempted episode in a demo index (failures cost steps too)."""
+    return sum(int(e["num_steps"]) for e in index.get("episodes", []))
+
+
+def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int) -> dict:
+    """Copy ``--demos`` and record extra passes into the copy until they hold >= ``target_steps``.
+
+    Passes go init state chunk by chunk (one chunk = one episode per worker), so the overshoot is
+    at most one chunk, not a whole pass. Resumable: the copy's index says what is done, and
+    ``extra.json`` keeps the recording wall time across interruptions.
+    """
+    from vla_rl_ros.core.data.recording import load_index, plan_pass_episodes, record_demonstrations
+    from vla_rl_ros.core.envs.splits import train_init_states
+    from vla_rl_ros.core.envs.vector import VectorEnv
+    folder = arm_dir(args, "more_data")
+    copy = folder / "demos"
+    if not copy.is_dir():
+        staging = folder / "demos.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(args.demos, staging)
+        os.replace(staging, copy)  # a half-made copy is never mistaken for the real one
+    original = load_index(args.demos)
+    base_steps = demo_steps(original)
+    noise = float(original.get("action_noise", 0.0))
+    if noise == 0:
+        print("[rl_headline] the demos have no action noise: extra passes repeat pass 0", file=sys.stderr)
+    training = set(train_init_states(cfg.env.num_train_init_states))
+    init_ids = sorted({e["init_state_id"] for e in original["episodes"]} & training)
+    tasks = [t for t in cfg.env.task_ids if t in {e["task_id"] for e in original["episodes"]}]
+    env_cfg = replace(cfg.env, task_ids=tasks)
+    ledger_path = folder / "extra.json"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {"record_wall_s": 0.0}
+    envs = None
+    demo_pass = 1
+    try:
+        while demo_steps(load_index(copy)) - base_steps < target_steps:
+            for start in range(0, len(init_ids), env_cfg.num_envs):
+                chunk = init_ids[start:start + env_cfg.num_envs]
+                index = load_index(copy)
+                if demo_steps(index) - base_steps >= target_steps:
+                    break
+                if not plan_pass_episodes(tasks, chunk, index, passes=demo_pass + 1):
+                    continue  # recorded by an earlier, interrupted invocation
+                envs = envs or VectorEnv(env_cfg)  # started only when there is something to record
+                report = record_demonstrations(env_cfg, copy, chunk, progress=not args.no_progress,
+                                               vector_env=envs, action_noise=noise, passes=demo_pass + 1)
+                ledger["record_wall_s"] += report.wall_s
+                write_json_atomic(ledger_path, ledger)
+            demo_pass += 1
+            if demo_pass > 1000:
+                raise RuntimeError("more_data: 1000 demonstration passes did not reach the target env steps")
+    finally:
+        if envs is not None:
+            envs.close()
+    ledger.update(target_env_steps=target_steps, extra_env_steps=demo_steps(load_index(copy)) - base_steps,
+                  passes=1 + max((e.get("pass", 0) for e in load_index(copy)["episodes"]), default=0),
+                  directory=str(copy))
+    write_json_atomic(ledger_path, ledger)
+    return ledger
+
+
+def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result: dict) -> dict:
+    """SFT on the extended demos (seed ``seed``), then the RL arms' held-out evaluation."""
+    from vla_rl_ros.core.rl.train_loop import TrainingRun
+    from vla_rl_ros.core.sft import train_sft
+    folder = arm_dir(args, "more_data", seed)
+    finished = read_result(folder)
+    if finished is not None:
+        return finished
+    # The RL arms' SFT recipe, on more data; its own evaluation is off because the RL protocol
+    # (TrainingRun.evaluate) is what every arm is compared with.
+    cfg = load_arm_config(args, [f"sft.demo_dir={demos['directory']}", f"sft.output_dir={folder / 'sft'}",
+                                 f"sft.seed={seed}", "sft.eval_episodes_per_task=0"])
+    if not (folder / "sft" / "sft_result.json").is_file():
+        train_sft(cfg, progress=not args.no_progress)
+    # The last SFT invocation's wall time (all of it unless SFT itself was interrupted).
+    sft_wall = json.loads((folder / "sft" / "sft_result.json").read_text())["wall_s_this_run"]
+    # Zero iterations: TrainingRun only evaluates, exactly as it does at an RL arm's start.
+    cfg = load_arm_config(args, [f"policy.model_path={folder / 'sft' / 'policy'}", "reward.prm_weight=0",
+                                 "train.iterations=0", "train.eval_every=1", f"train.seed={seed}",
+                                 f"train.output_dir={folder / 'eval'}"])
+    run = TrainingRun(cfg, progress_bar=False, tensorboard=False)
+    started = time.time()  # a zero-iteration run does not clock itself
+    try:
+        summary = run.run()
+    finally:
+        if run.env is not None and hasattr(run.env, "close"):
+            run.env.close()
+    eval_wall = time.time() - started
+    first = {"eval/success_rate": rl_result["start"]["rate"], "eval/episodes": rl_result["start"]["episodes"],
+             "eval/ci_low": rl_result["start"]["ci95"][0], "eval/ci_high": rl_result["start"]["ci95"][1]}
+    wall = demos["record_wall_s"] + sft_wall + eval_wall
+    result = result_record("more_data", seed, first, summary["eval_last"], demos["extra_env_steps"], wall,
+                           folder)
+    result.update(target_env_steps=demos["target_env_steps"], passes=demos["passes"],
+                  note="start = the rl arm's SFT baseline of this seed; env_steps = extra expert steps "
+                       "(shared by all seeds); wall_s includes the shared recording")
+    write_json_atomic(folder / RESULT_FILE, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- statistics
+def t_interval(values: list[float]) -> list[float] | None:
+    """95 % Student-t interval of the mean of ``values`` (None for fewer than 2)."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    quantile = T_975[n - 2] if n - 1 <= len(T_975) else 1.96 + 2.5 / (n - 1)
+    half = quantile * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict:
+    """One arm across seeds: mean and per-seed rates, pooled Wilson intervals, gain t-interval."""
+    def pooled(key: str) -> dict:
+        wins = sum(r[key]["wins"] for r in results)
+        episodes = sum(r[key]["episodes"] for r in results)
+        rates = [r[key]["rate"] for r in results]
+        return {"mean": sum(rates) / len(rates), "per_seed": rates, "wins": wins, "episodes": episodes,
+                "ci95_wilson_pooled": list(wilson_interval(wins, episodes))}
+    gains = [r["gain_points"] for r in results]
+    summary = {"seeds": [r["seed"] for r in results], "start": pooled("start"), "end": pooled("end"),
+               "gain_points": {"mean": sum(gains) / len(gains), "per_seed": gains,
+                               "ci95_t": t_interval(gains)},
+               "env_steps": {"mean": sum(r["env_steps"] for r in results) / len(results),
+                             "per_seed": [r["env_steps"] for r in results]},
+               "wall_s": {"mean": sum(r["wall_s"] for r in results) / len(results),
+                          "per_seed": [r["wall_s"] for r in results]}}
+    paired = {r["seed"]: r["end"]["rate"] for r in (rl_results or [])}
+    differences = [100.0 * (r["end"]["rate"] - paired[r["seed"]]) for r in results if r["seed"] in paired]
+    if rl_results and results[0]["arm"] != "rl" and differences:
+        # Paired by seed (same SFT start, same held-out states): the comparison the claim is about.
+        summary["end_minus_rl_end_points"] = {"mean": sum(differences) / len(differences),
+                                              "per_seed": differences, "ci95_t": t_interval(differences)}
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- reporting
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _interval(pair: list[float] | None, scale: float = 1.0) -> str:
+    return "n/a" if not pair else f"[{scale * pair[0]:.1f}, {scale * pair[1]:.1f}]"
+
+
+def markdown_table(summary: dict) -> str:
+    """The arms as a markdown table (success in %, gain in points, intervals 95 %)."""
+    lines = [f"Held-out success, {summary['hours']} h per RL arm and seed, seeds {summary['seeds']}; "
+             "start/end: mean over seeds [pooled Wilson 95 %]; gain: mean [t 95 % over seeds].", "",
+             "| arm | start % | end % | gain (points) | per seed start -> end % | env steps | wall (h) |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, entry in summary["arms"].items():
+        if "skipped" in entry:
+            lines.append(f"| {arm} | {entry['skipped']} | | | | | |")
+            continue
+        start, end, gain = entry["start"], entry["end"], entry["gain_points"]
+        seeds = ", ".join(f"{_percent(a)} -> {_percent(b)}"
+                          for a, b in zip(start["per_seed"], end["per_seed"]))
+        lines.append(f"| {arm} | {_percent(start['mean'])} {_interval(start['ci95_wilson_pooled'], 100)} "
+                     f"| {_percent(end['mean'])} {_interval(end['ci95_wilson_pooled'], 100)} "
+                     f"| {gain['mean']:+.1f} {_interval(gain['ci95_t'])} | {seeds} "
+                     f"| {entry['env_steps']['mean']:.0f} | {entry['wall_s']['mean'] / 3600:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    """Start and end success per arm (bars = seed means, error bars = pooled Wilson, dots = seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = [a for a, e in summary["arms"].items() if "skipped" not in e]
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(arms), 2) + 2, 4))
+    for offset, key, label in ((-0.2, "start", "start (SFT)"), (0.2, "end", "end")):
+        means = [summary["arms"][a][key]["mean"] for a in arms]
+        low = [m - summary["arms"][a][key]["ci95_wilson_pooled"][0] for m, a in zip(means, arms)]
+        high = [summary["arms"][a][key]["ci95_wilson_pooled"][1] - m for m, a in zip(means, arms)]
+        positions = [i + offset for i in range(len(arms))]
+        ax.bar(positions, means, 0.4, yerr=[low, high], capsize=3, label=label, alpha=0.8)
+        for x, arm in zip(positions, arms):
+            seeds = summary["arms"][arm][key]["per_seed"]
+            ax.plot([x] * len(seeds), seeds, "k.", markersize=4)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("held-out success rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{summary['hours']} h per arm and seed, seeds {summary['seeds']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or resume) the chosen arms for every seed; write and return the summary."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_arm: dict[str, list[dict] | str] = {}
+    # rl first: more_data's budget is the env steps rl used.
+    for arm in sorted(args.arm_list, key=ARMS.index):
+        if arm in RL_ARMS:
+            per_arm[arm] = [run_rl_arm(args, arm, seed) for seed in args.seed_list]
+        else:
+            rl_results = per_arm.get("rl") or _finished(args, "rl")
+            per_arm[arm] = run_more_data(args, rl_results)
+    rl_results = per_arm.get("rl") or _finished(args, "rl")
+    summary = {"hours": args.hours, "seeds": args.seed_list, "config": args.config,
+               "overrides": args.overrides,
+               "sft_policy": args.sft_policy, "prm": args.prm, "demos": args.demos,
+               "arms": {arm: ({"skipped": value} if isinstance(value, str) else aggregate(value, rl_results))
+                        for arm, value in per_arm.items()},
+               "runs": {arm: value for arm, value in per_arm.items() if not isinstance(value, str)}}
+    summary["claims"] = _claims(summary["arms"])
+    write_json_atomic(out / "summary.json", summary)
+    (out / "summary.md").write_text(markdown_table(summary))
+    plot_summary(summary, out / "summary.png")
+    print(markdown_table(summary))
+    return summary
+
+
+def _finished(args: argparse.Namespace, arm: str) -> list[dict]:
+    """Results of an arm already on disk for the chosen seeds (for arms that were not rerun)."""
+    return [r for r in (read_result(arm_dir(args, arm, s)) for s in args.seed_list) if r is not None]
+
+
+def _claims(arms: dict) -> dict:
+    """The two headline checks, where their arms ran: rl gain >= 15 points; more_data below rl."""
+    claims = {}
+    if "gain_points" in arms.get("rl", {}):
+        claims["rl_gain_at_least_15_points"] = arms["rl"]["gain_points"]["mean"] >= 15.0
+    if "end_minus_rl_end_points" in arms.get("more_data", {}):
+        claims["more_data_below_rl"] = arms["more_data"]["end_minus_rl_end_points"]["mean"] < 0.0
+    return claims
+
+
+if __name__ == "__main__":
+    main()
