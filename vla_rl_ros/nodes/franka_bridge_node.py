@@ -36,7 +36,8 @@ NODE_NAME = "franka_bridge"
 EXTRA_PARAMETERS = {
     "bridge_id": ("franka", "Bridge id echoed by the policy's ActionBatch (one per arm)."),
     "instruction": ("", "Task instruction; the latched 'instruction' topic (std_msgs/String) overrides it."),
-    "task_id": (0, "Task index reported in observations."),
+    "task_id": (-1, "Task index reported in observations; -1 = the first of env.task_ids (the policy "
+                    "refuses tasks outside env.task_ids)."),
     "base_frame": ("panda_link0", "Frame of end-effector poses, commands and markers."),
     "finger_joint_names": (["panda_finger_joint1", "panda_finger_joint2"],
                            "JointState names of the two gripper fingers (proprio)."),
@@ -167,7 +168,7 @@ class FrankaBridgeNode(Node):
         except convert.MessageError:
             final = None
         self.episode_pub.publish(convert.episode_result_to_msg(
-            str(self.extra["bridge_id"]), 0, self.episode_id, int(self.extra["task_id"]), 0,
+            str(self.extra["bridge_id"]), 0, self.episode_id, self._task_id(), 0,
             self.step_index, success, truncated, False, "", self.safety.header(), final_observation=final))
         self.safety.publish(self.safety.filter.hold(f"episode {self.episode_id} ended: "
                                                     "waiting for start_episode"))
@@ -213,7 +214,11 @@ class FrankaBridgeNode(Node):
         return Observation(image=camera_frame(self.image, self.params.config.env.image_size),
                            instruction=self.instruction or "do the task",
                            proprio=proprio_from_state(pose, self.fingers),
-                           task_id=int(self.extra["task_id"]), init_state_id=0, step=self.step_index)
+                           task_id=self._task_id(), init_state_id=0, step=self.step_index)
+
+    def _task_id(self) -> int:
+        chosen = int(self.extra["task_id"])
+        return chosen if chosen >= 0 else int(self.params.config.env.task_ids[0])
 
     def _on_control_tick(self) -> None:
         now = time.monotonic()
