@@ -29,24 +29,6 @@ def tiny_policy(temperature, seed=0):
                             instructions=[toy_instruction(i) for i in range(toy_task_count())])
 
 
-def sft_warm_start(policy, env, steps=60, lr=2e-3, noise=0.5, seed=0):
-    """Full SFT on 16 noisy toy-oracle episodes of task 0, then freeze the base (RL trains LoRA)."""
-    demos = prm_data.toy_oracle_episodes(env, policy.action_tokenizer, [(0, i) for i in range(16)],
-                                         noise=noise, seed=seed)
-    images = np.stack([im for e in demos for im in e.images[:-1]])
-    texts = [e.instruction for e in demos for _ in range(e.length)]
-    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in demos]))
-    optimizer = torch.optim.Adam(policy.sft_parameters(full=True), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randperm(len(tokens), generator=gen)[:32].numpy()
-        loss = policy.sft_loss(images[idx], [texts[i] for i in idx], tokens[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    policy.freeze_base()
-
-
 def rewarded_fraction(policy, env, gen, repeats=32):
     obs = env.reset([(0, i) for i in range(env.num_envs)])
     images, texts = np.stack([o.image for o in obs]), [o.instruction for o in obs]
@@ -58,7 +40,7 @@ def test_ppo_raises_probability_of_rewarded_actions():
     """Per-step reward (move right fast) isolates the PPO update from long-horizon credit assignment."""
     policy = tiny_policy(temperature=1.0)
     env = ToyVectorEnv(num_envs=8, max_episode_steps=20)
-    sft_warm_start(policy, env)
+    prm_data.toy_sft_warm_start(policy, env, steps=60)
     gen = torch.Generator().manual_seed(0)
     before = rewarded_fraction(policy, env, gen)
     trainer = PPOTrainer(policy, PPOConfig(critic_warmup_iters=0, policy_lr=1e-3, minibatch_size=32, epochs=2,
@@ -118,7 +100,7 @@ def run_success_learning(seed=0, iterations=20, episodes_per_iter=64):
     """
     policy = tiny_policy(temperature=0.5, seed=seed)
     env = ToyVectorEnv(num_envs=16, **SUCCESS_ENV)
-    sft_warm_start(policy, env, steps=40, noise=1.0, seed=seed)
+    prm_data.toy_sft_warm_start(policy, env, steps=40, noise=1.0, seed=seed)
     before = held_out_success(policy, env, seed)
     trainer = PPOTrainer(policy, PPOConfig(critic_warmup_iters=0, policy_lr=5e-4, value_lr=1e-3,
                                            minibatch_size=32, epochs=2, kl_coef=0.0, gamma=0.99,

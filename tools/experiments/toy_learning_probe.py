@@ -41,19 +41,7 @@ def main() -> None:
     cfg = load_config(None, base + args.overrides)
     policy = build_policy(cfg)
     env = ToyVectorEnv(8, 32, 20)
-    demos = prm_data.toy_oracle_episodes(env, policy.action_tokenizer, [(0, i) for i in range(16)], noise=0.5)
-    images = np.stack([im for e in demos for im in e.images[:-1]])
-    texts = [e.instruction for e in demos for _ in range(e.length)]
-    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in demos]))
-    optimizer = torch.optim.Adam(policy.sft_parameters(full=True), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(args.sft_steps):
-        idx = torch.randperm(len(tokens), generator=gen)[:32].numpy()
-        loss = policy.sft_loss(images[idx], [texts[i] for i in idx], tokens[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    policy.freeze_base()
+    prm_data.toy_sft_warm_start(policy, env, steps=args.sft_steps)
 
     def success() -> float:
         sample_gen = torch.Generator().manual_seed(1)

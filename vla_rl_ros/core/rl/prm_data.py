@@ -70,6 +70,30 @@ def toy_oracle_episodes(env: Any, action_tokenizer: Any, assignments: Sequence[t
     return collect_episodes(env, oracle, assignments)
 
 
+def toy_sft_warm_start(policy: Any, env: Any, steps: int, lr: float = 2e-3, noise: float = 0.5,
+                       seed: int = 0) -> None:
+    """Full SFT on 16 noisy toy-oracle episodes of task 0, then freeze the base (RL trains LoRA).
+
+    The toy experiments' stand-in for an SFT checkpoint: a fresh tiny model's near-uniform
+    256-bin heads are too flat for LoRA alone to reshape, and the noise leaves the imitated
+    policy short of the oracle, so RL has room to improve.
+    """
+    demos = toy_oracle_episodes(env, policy.action_tokenizer, [(0, i) for i in range(16)],
+                                noise=noise, seed=seed)
+    images = np.stack([im for e in demos for im in e.images[:-1]])
+    texts = [e.instruction for e in demos for _ in range(e.length)]
+    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in demos]))
+    optimizer = torch.optim.Adam(policy.sft_parameters(full=True), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(tokens), generator=gen)[:32].numpy()
+        loss = policy.sft_loss(images[idx], [texts[i] for i in idx], tokens[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.freeze_base()
+
+
 def policy_rollouts(env: Any, policy: Any, assignments: Sequence[tuple[int, int]],
                     seed: int = 0) -> list[Episode]:
     """Sampled rollouts of ``policy`` (the failures and partial successes the PRM must rank)."""
