@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from vla_rl_ros.cli.main import main
+from vla_rl_ros.core.evaluation import evaluate_scaling
+from vla_rl_ros.core.envs.config import EnvConfig
 from vla_rl_ros.core.envs.toy import ToyVectorEnv, toy_instruction, toy_task_count
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl import prm_data
 from vla_rl_ros.core.rl.prm import PRMError, ProcessRewardModel, label_episodes
 from vla_rl_ros.core.rl.prm_training import evaluate_prm, roc_auc, spearman, train_prm
-from vla_rl_ros.core.rl.test_time import best_of_n_decode, likelihood_scorer, prm_scorer, success_vs_n
+from vla_rl_ros.core.rl.test_time import best_of_n_decode, likelihood_scorer, prm_scorer
 
 torch.set_num_threads(1)
 INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]
@@ -118,7 +120,8 @@ def test_cli_train_prm_on_toy(tmp_path, capsys):
 
 def test_inference_scaling_curve_shape(trajectories):
     policy = trajectories[0]
-    env = ToyVectorEnv(num_envs=2, max_episode_steps=3)
-    curve = success_vs_n(env, policy, [(0, 40), (1, 41)], [1, 2], likelihood_scorer())
-    assert sorted(curve) == [1, 2]
-    assert curve[2]["episodes"] == 2.0 and 0.0 <= curve[2]["ci_low"] <= curve[2]["ci_high"] <= 1.0
+    cfg = EnvConfig(backend="toy", task_ids=[0, 1], num_envs=2, max_episode_steps=3)
+    curve = evaluate_scaling(policy, cfg, [1, 2], likelihood_scorer(), init_state_ids=[40], progress=False)
+    assert sorted(curve["per_n"]) == [1, 2]
+    low, high = curve["per_n"][2]["ci95"]
+    assert curve["per_n"][2]["episodes"] == 2 and 0.0 <= low <= high <= 1.0

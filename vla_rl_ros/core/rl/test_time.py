@@ -81,30 +81,6 @@ def best_of_n_decode(policy: Any, images: np.ndarray, instructions: Sequence[str
                      log_probs=out.log_probs[index], values=out.values[index])
 
 
-def success_vs_n(env: Any, policy: Any, assignments: Sequence[tuple[int, int]], ns: Sequence[int],
-                 scorer: Scorer | None = None, seed: int = 0) -> dict[int, dict[str, float]]:
-    """Success rate of best-of-N decoding for each N (the inference-scaling curve).
-
-    Every N runs the same ``assignments`` with a generator seeded by ``seed``; returns
-    ``{N: {"success_rate", "ci_low", "ci_high", "episodes"}}``.
-    """
-    from vla_rl_ros.core.rl.results import wilson_interval
-    from vla_rl_ros.core.rl.rollout import collect_episodes
-    curve = {}
-    for n in ns:
-        gen = torch.Generator().manual_seed(seed)
-
-        def decode(images: np.ndarray, texts: list, n: int = n) -> Any:
-            return best_of_n_decode(policy, images, texts, n, scorer, gen)
-        episodes = collect_episodes(env, decode, assignments)
-        episodes = [e for e in episodes if not e.aborted]
-        wins = sum(e.success for e in episodes)
-        low, high = wilson_interval(wins, len(episodes))
-        curve[int(n)] = {"success_rate": wins / max(len(episodes), 1), "ci_low": low, "ci_high": high,
-                         "episodes": float(len(episodes))}
-    return curve
-
-
 def plot_success_vs_n(per_n: dict[int, dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """PNG of success rate vs log2 N with the 95 % intervals as error bars (matplotlib, Agg).
 
