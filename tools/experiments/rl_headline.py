@@ -88,11 +88,11 @@ def load_arm_config(args: argparse.Namespace, forced: list[str]) -> Any:
     defaults = [f"train.iterations={UNREACHED_ITERATIONS}", f"train.eval_episodes={DEFAULT_EVAL_EPISODES}"]
     links = ([f"policy.model_path={args.sft_policy}"] if args.sft_policy else []) + \
         ([f"reward.prm_path={args.prm}"] if args.prm else [])
-    cfg = load_config(args.config, defaults + args.overrides + links + forced, node_name="learner")
     # Evaluate only at iteration 0 (the SFT baseline) and at the end: intermediate evaluations
-    # would spend the arm's time budget on something else than training.
+    # would spend the arm's time budget on something else than training. An interval no run
+    # reaches does that whatever train.iterations is (the loop always evaluates at the end).
     return load_config(args.config, defaults + args.overrides + links + forced
-                       + [f"train.eval_every={max(cfg.train.iterations, 1)}"], node_name="learner")
+                       + [f"train.eval_every={UNREACHED_ITERATIONS}"], node_name="learner")
 
 
 def arm_dir(args: argparse.Namespace, arm: str, seed: int | None = None) -> Path:
@@ -252,7 +252,7 @@ def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result:
     sft_wall = json.loads((folder / "sft" / "sft_result.json").read_text())["wall_s_this_run"]
     # Zero iterations: TrainingRun only evaluates, exactly as it does at an RL arm's start.
     cfg = load_arm_config(args, [f"policy.model_path={folder / 'sft' / 'policy'}", "reward.prm_weight=0",
-                                 "train.iterations=0", "train.eval_every=1", f"train.seed={seed}",
+                                 "train.iterations=0", f"train.seed={seed}",
                                  f"train.output_dir={folder / 'eval'}"])
     run = TrainingRun(cfg, progress_bar=False, tensorboard=False)
     started = time.time()  # a zero-iteration run does not clock itself

@@ -229,11 +229,12 @@ class ScriptedExpert:
         costs a step up and a step down of a 220-step episode.
         """
         start = (low[:2] + high[:2]) / 2
-        end = self._target_region()[0][:2]
+        target_centre, target_top = self._target_region()
+        end = target_centre[:2]
         margin = (high[:2] - low[:2]).max() / 2 + 0.03
         path = start + np.linspace(0, 1, 25)[:, None] * (end - start)
         names = self.others + [self.target] + list(getattr(self.sim.env, "fixtures_dict", {}))
-        clear = max(low[2], self._target_region()[1][2])
+        clear = max(low[2], target_top[2])
         for name in names:
             try:
                 points = object_corner_points(self.sim, name)
