@@ -23,8 +23,9 @@ NORM_STATS = {
 
 
 def tiny_cfg(**overrides) -> PolicyConfig:
-    """The 'tiny' preset, fp32, deterministic."""
-    return PolicyConfig(**{"size": "tiny", "image_size": 32, "seed": 3, **overrides})
+    """The 'tiny' preset, fp32, deterministic; image-only unless ``state_prompt=True`` is passed
+    (these tests are about decoding and checkpoints; test_policy_state_prompt covers the state)."""
+    return PolicyConfig(**{"size": "tiny", "image_size": 32, "seed": 3, "state_prompt": False, **overrides})
 
 
 def tiny_policy(**overrides) -> VLAPolicy:

@@ -42,22 +42,27 @@ def toy_batch(batch: int = 2):
     return observations, np.stack([o.image for o in observations]), [o.instruction for o in observations]
 
 
+def proprio_of(observations):
+    return np.stack([o.proprio for o in observations])
+
+
 class RecordingScorer:
     """Scores each candidate by its first action dimension and keeps what it was shown."""
 
     def __init__(self) -> None:
         self.candidates = None
 
-    def __call__(self, images, instructions, out):
+    def __call__(self, images, instructions, out, proprio=None):
         self.candidates = np.asarray(out.actions)
         return self.candidates[:, 0].astype(np.float64)
 
 
 def test_best_of_n_executes_the_candidate_the_scorer_ranks_highest(saved):
     policy, _ = saved
-    _, images, texts = toy_batch()
+    observations, images, texts = toy_batch()
     scorer = RecordingScorer()
-    best = best_of_n_decode(policy, images, texts, 8, scorer, torch.Generator().manual_seed(0))
+    best = best_of_n_decode(policy, images, texts, 8, scorer, torch.Generator().manual_seed(0),
+                            proprio_of(observations))
     per_observation = scorer.candidates.reshape(8, 2, 7)  # candidate j of observation b is row j * B + b
     assert len(np.unique(per_observation[:, 0, 0])) > 1  # the candidates really differ
     assert np.array_equal(best.actions[:, 0], per_observation[:, :, 0].max(0))
@@ -69,22 +74,24 @@ def test_best_of_n_executes_the_candidate_the_scorer_ranks_highest(saved):
 
 def test_best_of_n_never_picks_a_non_finite_score(saved):
     policy, _ = saved
-    _, images, texts = toy_batch(1)
+    observations, images, texts = toy_batch(1)
+    proprio = proprio_of(observations)
 
-    def nan_but_last(images, instructions, out):
+    def nan_but_last(images, instructions, out, proprio=None):
         scores = np.full(len(images), np.nan)
         scores[-1] = -1e9
         return scores
     generator = torch.Generator().manual_seed(1)
-    reference = policy.decode(np.concatenate([images] * 4), texts * 4, generator=generator)
-    best = best_of_n_decode(policy, images, texts, 4, nan_but_last, torch.Generator().manual_seed(1))
+    reference = policy.decode(np.concatenate([images] * 4), texts * 4, generator=generator,
+                              proprio=np.concatenate([proprio] * 4))
+    best = best_of_n_decode(policy, images, texts, 4, nan_but_last, torch.Generator().manual_seed(1), proprio)
     assert torch.equal(best.tokens[0], reference.tokens[-1])
 
 
 def test_best_of_one_keeps_greedy_decoding_and_n_below_one_is_rejected(saved):
     policy, _ = saved
     observations, images, texts = toy_batch()
-    greedy = policy.decode(images, texts, greedy=True).actions
+    greedy = policy.decode(images, texts, greedy=True, proprio=proprio_of(observations)).actions
     assert np.allclose(policy_actor(policy)(observations, 0), greedy)
     assert np.allclose(policy_actor(policy, best_of=1)(observations, 5), greedy)
     with pytest.raises(ValueError, match="N >= 1"):

@@ -8,7 +8,7 @@ from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
 from vla_rl_ros.core.rl.config import PPOConfig
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
-from vla_rl_ros.core.rl.rollout import EmptyRolloutError, Episode, collect_episodes
+from vla_rl_ros.core.rl.rollout import EmptyRolloutError, Episode, collect_episodes, policy_decoder
 
 torch.set_num_threads(1)
 
@@ -20,8 +20,8 @@ def policy():
 
 
 def decoder(policy, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return lambda images, texts: policy.decode(images, texts, generator=gen)
+    # The default policy reads the robot state, so rollouts pass the toy env's proprio along.
+    return policy_decoder(policy, generator=torch.Generator().manual_seed(seed))
 
 
 def collect(policy, assignments, num_envs=3, steps=4, seed=0):
@@ -53,12 +53,14 @@ def make_episode(length, truncated, rewards, final_value=0.0):
     ep = Episode(task_id=0, init_state_id=0, instruction=toy_instruction(0))
     for t in range(length):
         ep.images.append(np.zeros((32, 32, 3), np.uint8))
+        ep.proprio.append(np.full(8, t, np.float32))
         ep.tokens.append(np.full(7, 300))
         ep.actions.append(np.zeros(7, np.float32))
         ep.log_probs.append(np.zeros(7, np.float32))
         ep.values.append(0.5)
         ep.env_rewards.append(rewards[t])
     ep.images.append(np.zeros((32, 32, 3), np.uint8))
+    ep.proprio.append(np.full(8, length, np.float32))
     ep.truncated, ep.success, ep.final_value = truncated, not truncated, final_value
     return ep
 
@@ -72,6 +74,8 @@ def test_build_batch_pads_time_major_and_bootstraps_truncation():
     # gamma = lambda = 1: advantage = sum of future rewards + bootstrap - value
     assert batch.advantages.tolist() == pytest.approx([0.5, 0.5, 1.5, 1.5, 1.5])
     assert batch.returns.tolist() == pytest.approx([1.0, 1.0, 2.0, 2.0, 2.0])
+    # each step keeps its own observation's proprio (o_0..o_{T-1}, not the final o_T)
+    assert batch.proprio[:, 0].tolist() == [0, 1, 0, 1, 2]
     with pytest.raises(EmptyRolloutError):
         build_batch([], [], 0.99, 0.95)
 

@@ -66,9 +66,9 @@ def test_prm_learns_to_separate_success_from_failure(trajectories, tmp_path):
     again = ProcessRewardModel.load(tmp_path / "prm", PolicyConfig(size="tiny", image_size=32))
     e = max(wins, key=lambda w: w.length)
     images, tokens = np.stack(e.images[:e.length]), torch.as_tensor(np.stack(e.tokens))
-    texts = [e.instruction] * e.length
-    assert np.allclose(prm.score_batched(images, texts, tokens), again.score_batched(images, texts, tokens),
-                       atol=1e-5)
+    texts, proprio = [e.instruction] * e.length, np.stack(e.proprio[:e.length])
+    assert np.allclose(prm.score_batched(images, texts, tokens, proprio),
+                       again.score_batched(images, texts, tokens, proprio), atol=1e-5)
     again.check_compatible(policy)
     # scores fill the episode's progress curve used for dense rewards
     prm.score_episodes([e])
@@ -91,17 +91,23 @@ def test_best_of_n_picks_the_top_scored_candidate(trajectories):
     env = ToyVectorEnv(num_envs=2)
     obs = env.reset([(0, 0), (1, 0)])
     images, texts = np.stack([o.image for o in obs]), [o.instruction for o in obs]
-    one = best_of_n_decode(policy, images, texts, 1, generator=torch.Generator().manual_seed(0))
+    proprio = np.stack([o.proprio for o in obs])
+    one = best_of_n_decode(policy, images, texts, 1, generator=torch.Generator().manual_seed(0), proprio=proprio)
     assert one.tokens.shape == (2, 7)
-    best = best_of_n_decode(policy, images, texts, 8, likelihood_scorer(), torch.Generator().manual_seed(0))
-    again = policy.decode(np.concatenate([images] * 8), texts * 8, generator=torch.Generator().manual_seed(0))
+    best = best_of_n_decode(policy, images, texts, 8, likelihood_scorer(), torch.Generator().manual_seed(0),
+                            proprio)
+    again = policy.decode(np.concatenate([images] * 8), texts * 8, generator=torch.Generator().manual_seed(0),
+                          proprio=np.concatenate([proprio] * 8))
     joint = again.log_probs.sum(-1).reshape(8, 2)
     assert torch.allclose(best.log_probs.sum(-1), joint.max(0).values)
     prm = ProcessRewardModel(tiny(seed=2))
-    scored = best_of_n_decode(policy, images, texts, 4, prm_scorer(prm), torch.Generator().manual_seed(0))
+    scored = best_of_n_decode(policy, images, texts, 4, prm_scorer(prm), torch.Generator().manual_seed(0),
+                              proprio)
     assert scored.actions.shape == (2, 7)
     with pytest.raises(ValueError, match="n >= 1"):
         best_of_n_decode(policy, images, texts, 0)
+    with pytest.raises(ValueError, match="reads the robot state"):
+        best_of_n_decode(policy, images, texts, 4, prm_scorer(prm), torch.Generator().manual_seed(0))
 
 
 def test_cli_train_prm_on_toy(tmp_path, capsys):

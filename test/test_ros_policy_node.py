@@ -90,7 +90,11 @@ def test_malformed_batches_get_no_reply_and_the_node_keeps_serving(graph):
     wrong_size = _batch("bridge_0", 2)
     wrong_size.images[0].height = 16
     obs_pub.publish(wrong_size)
-    obs_pub.publish(_batch("bridge_0", 3))
+    no_state = _batch("bridge_0", 4)  # the default policy reads the robot state: proprio is required
+    no_state.proprio, no_state.proprio_dim = [], 0
+    obs_pub.publish(no_state)
+    obs_pub.publish(_batch("bridge_0", 5))
     assert spin_until(lambda: len(replies) >= 1)
     spin_until(lambda: False, timeout=1.0)
-    assert [r.step_seq for r in replies] == [3]
+    assert policy.policy.reads_state
+    assert [r.step_seq for r in replies] == [5]

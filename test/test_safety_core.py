@@ -175,6 +175,8 @@ def test_rotation_helpers_round_trip():
     proprio = proprio_from_state(pose, [0.04, 0.04])
     assert proprio.dtype == np.float32 and proprio.shape == (8,)
     np.testing.assert_allclose(proprio[3:6], rotvec, atol=1e-6)
+    # LIBERO's sign convention: the opening (finger 0 - finger 1) is 8 cm for a fully open Franka hand.
+    assert proprio[6] - proprio[7] == pytest.approx(0.08)
 
 
 def test_default_is_dry_run_and_config_errors_name_field_and_value():

@@ -26,7 +26,7 @@ def main() -> None:
     from vla_rl_ros.core.config import load_config
     from vla_rl_ros.core.envs.toy import ToyProgressOracle, ToyVectorEnv
     from vla_rl_ros.core.rl import prm_data
-    from vla_rl_ros.core.rl.rollout import collect_episodes
+    from vla_rl_ros.core.rl.rollout import collect_episodes, policy_decoder
     from vla_rl_ros.core.rl.train_loop import TrainingRun, build_policy
 
     parser = argparse.ArgumentParser()
@@ -46,7 +46,7 @@ def main() -> None:
     def success() -> float:
         sample_gen = torch.Generator().manual_seed(1)
         held_out = [(0, 40 + i % 10) for i in range(args.eval_episodes)]
-        episodes = collect_episodes(env, lambda im, tx: policy.decode(im, tx, generator=sample_gen), held_out)
+        episodes = collect_episodes(env, policy_decoder(policy, generator=sample_gen), held_out)
         return float(np.mean([e.success for e in episodes]))
 
     before = success()

@@ -80,10 +80,11 @@ def policy_actor(policy, greedy: bool = True, best_of: int = 1,
             generator = generators[seed]
         images = np.stack([o.image for o in observations])
         instructions = [o.instruction for o in observations]
+        proprio = np.stack([o.proprio for o in observations])
         if best_of > 1:
-            output = best_of_n_decode(policy, images, instructions, best_of, scorer, generator)
+            output = best_of_n_decode(policy, images, instructions, best_of, scorer, generator, proprio)
         else:
-            output = policy.decode(images, instructions, greedy=greedy, generator=generator)
+            output = policy.decode(images, instructions, greedy=greedy, generator=generator, proprio=proprio)
         return np.asarray(output.actions, dtype=np.float32)
     return act
 

@@ -163,9 +163,15 @@ class SafeCommand:
 
 
 def proprio_from_state(pose: EefPose, finger_positions: np.ndarray) -> np.ndarray:
-    """LIBERO-style proprio: eef position (3), eef axis-angle (3), gripper finger positions (2)."""
+    """LIBERO-style proprio: eef position (3), eef axis-angle (3), gripper finger positions (2).
+
+    A Franka reports both finger joints as positive distances from the centre; LIBERO's sim
+    reports the second one negative. The second is negated here so that finger 0 minus finger 1
+    is the opening on both (what a state-reading policy reads as "gripper N cm").
+    """
     fingers = np.zeros(2) if finger_positions is None else np.asarray(finger_positions, np.float64)
     fingers = np.resize(fingers, 2) if fingers.size else np.zeros(2)
+    fingers = np.array([abs(fingers[0]), -abs(fingers[1])])
     return np.concatenate([pose.position, axis_angle_from_quat(pose.quaternion), fingers]).astype(np.float32)
 
 

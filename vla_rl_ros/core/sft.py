@@ -112,7 +112,8 @@ def train_sft(cfg: ExperimentConfig, progress: bool = True, max_steps: int | Non
         batch = rng.integers(0, len(dataset), size=sft.batch_size)
         images = random_shift(dataset.images[batch], rng)
         instructions = [dataset.instruction_of_episode[e] for e in dataset.episode_ids[batch]]
-        loss = policy.sft_loss(images, instructions, torch.from_numpy(tokens_all[batch]))
+        loss = policy.sft_loss(images, instructions, torch.from_numpy(tokens_all[batch]),
+                               proprio=dataset.proprio[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, sft.grad_clip))

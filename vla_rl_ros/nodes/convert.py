@@ -85,6 +85,11 @@ class ObservationBatchData:
         """Instruction of every entry, in batch order."""
         return [o.instruction for o in self.observations]
 
+    @property
+    def proprio(self) -> np.ndarray:
+        """float32 [B, D] proprio of every entry (D = 0 when the bridge sends none)."""
+        return np.stack([np.asarray(o.proprio, np.float32).reshape(-1) for o in self.observations])
+
 
 def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
                         episode_ids: Sequence[int], observations: Sequence[Observation],

@@ -38,7 +38,8 @@ def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
             if index == warmup:
                 started = time.perf_counter()
             out = policy.decode(np.stack([o.image for o in observations]),
-                                [o.instruction for o in observations], greedy=True)
+                                [o.instruction for o in observations], greedy=True,
+                                proprio=np.stack([o.proprio for o in observations]))
             results = env.step(np.asarray(out.actions, np.float32))
             observations = [r.observation for r in results]
             finished = [i for i, r in enumerate(results) if r.done]

@@ -197,7 +197,8 @@ class LearnerNode(Node):
         truncated = [e for e in episodes if e.truncated]
         if truncated:
             out = self.policy.decode(np.stack([e.images[-1] for e in truncated]),
-                                     [e.instruction for e in truncated], greedy=True)
+                                     [e.instruction for e in truncated], greedy=True,
+                                     proprio=np.stack([e.proprio[-1] for e in truncated]))
             for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
                 episode.final_value = float(value)
 

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from std_msgs.msg import Header
 
 from vla_rl_ros.core.config_io import ConfigError
+from vla_rl_ros.core.envs.base import PROPRIO_DIM
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, PolicyVersion
 from vla_rl_ros.nodes import convert, qos
@@ -76,6 +77,9 @@ class PolicyNode(Node):
         cfg = self.params.config
         try:
             batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids))
+            if self.policy.reads_state and msg.proprio_dim < PROPRIO_DIM:
+                raise convert.MessageError(f"observations.proprio_dim is {msg.proprio_dim}: this policy reads "
+                                           f"the robot state and needs {PROPRIO_DIM} (LIBERO layout)")
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r} "
                                       f"step {msg.step_seq}: {err}")
@@ -114,13 +118,15 @@ class PolicyNode(Node):
         self.pending.clear()
         images = np.concatenate([b.images for b in batches])
         instructions = [text for b in batches for text in b.instructions]
+        proprio = np.concatenate([b.proprio for b in batches]) if self.policy.reads_state else None
         greedy = bool(self.params.extra_values["greedy"])
         started = time.perf_counter()
         if self.best_of_n > 1 and not greedy:
             from vla_rl_ros.core.rl.test_time import best_of_n_decode
-            out = best_of_n_decode(self.policy, images, instructions, self.best_of_n, self.scorer)
+            out = best_of_n_decode(self.policy, images, instructions, self.best_of_n, self.scorer,
+                                   proprio=proprio)
         else:
-            out = self.policy.decode(images, instructions, greedy=greedy)
+            out = self.policy.decode(images, instructions, greedy=greedy, proprio=proprio)
         self.decode_seconds += time.perf_counter() - started
         self.decoded_batches += 1
         temperature = 0.0 if greedy else float(self.params.config.policy.temperature)

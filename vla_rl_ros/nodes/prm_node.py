@@ -17,6 +17,7 @@ from rclpy.node import Node
 from std_msgs.msg import Header
 
 from vla_rl_ros.core.config_io import ConfigError
+from vla_rl_ros.core.envs.base import PROPRIO_DIM
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, StepRewardBatch
 from vla_rl_ros.nodes import convert, qos
@@ -69,8 +70,13 @@ class PrmNode(Node):
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
             return
-        progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens),
-                              np.float64)
+        reads_state = self.prm.backbone.reads_state
+        if reads_state and batch.proprio.shape[1] < PROPRIO_DIM:
+            self.get_logger().warning(f"skipped step {msg.step_seq} of {batch.bridge_id!r}: the PRM reads the "
+                                      f"robot state and the bridge sent {batch.proprio.shape[1]} proprio values")
+            return
+        progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens,
+                                                     batch.proprio if reads_state else None), np.float64)
         weight = self.params.config.reward.prm_weight
         rewards = []
         for env_id, episode_id, value in zip(batch.env_ids, batch.episode_ids, progress):

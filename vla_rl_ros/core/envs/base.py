@@ -11,6 +11,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+PROPRIO_DIM = 8
+"""LIBERO's proprio layout, which every bridge follows: eef position (3, m), eef axis-angle (3),
+gripper finger positions (2, m; LIBERO's sign convention: finger 1 negative, so the opening is
+finger 0 minus finger 1)."""
 ACTION_DIM = 7
 """End-effector delta position (3), delta rotation as axis-angle (3), gripper (-1 open, +1 close)."""
 

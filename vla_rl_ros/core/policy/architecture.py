@@ -65,6 +65,10 @@ class VLAArchitecture:
     pad_token_id: int = 0
     eos_token_id: int = 2
     bos_token_id: int = 1
+    state_prompt: bool = False
+    """The prompt ends with the robot state as words (gripper opening, hand height; see
+    ``processor.state_words``): such a model needs proprio with every observation. False for
+    openvla checkpoints, whose config.json has no such key."""
 
     def __post_init__(self) -> None:
         check(self.featurizer.image_size == self.fused_featurizer.image_size, "fused_featurizer.image_size",
@@ -151,11 +155,11 @@ def small_llm(hidden: int, layers: int, heads: int, vocab_size: int, intermediat
                 eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, hidden_act="silu")
 
 
-def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
+def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = False) -> VLAArchitecture:
     """Named architecture: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (shape only).
 
     ``vocab_size`` is the tokenizer's size; its last 256 ids are the action tokens. The embedding
-    table is padded to a multiple of 64 as in OpenVLA.
+    table is padded to a multiple of 64 as in OpenVLA. ``state_prompt``: see :class:`VLAArchitecture`.
     """
     padded = round_up(vocab_size, 64)
     if size == "openvla-7b":
@@ -163,7 +167,8 @@ def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
         llm = dict(LLAMA2_7B, vocab_size=round_up(max(vocab_size, 32001), 64), pad_token_id=32000)
         dino = KNOWN_TIMM_VITS["vit_large_patch14_reg4_dinov2.lvd142m"](image_size)
         sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
-        return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000)
+        return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000,
+                               state_prompt=state_prompt)
     # (vit width, vit depth incl. the unused last block, heads, patch, llm hidden, layers, heads)
     # 'small' sits at the cheap end on purpose: image tokens dominate the cost of every step (decode,
     # SFT, PPO) on a CPU, and a 2-core laptop must train it by imitation in minutes to hours.
@@ -176,7 +181,7 @@ def preset(size: str, image_size: int, vocab_size: int) -> VLAArchitecture:
         featurizer=dino_spec(width, depth, vit_heads, 4 * width, patch, image_size),
         fused_featurizer=siglip_spec(width, depth, vit_heads, 4 * width, patch, image_size),
         llm=small_llm(hidden, layers, heads, padded, intermediate=int(hidden * 8 / 3) // 16 * 16),
-        action_vocab_end=vocab_size, pad_token_id=0)
+        action_vocab_end=vocab_size, pad_token_id=0, state_prompt=state_prompt)
 
 
 def from_openvla_config(cfg: Mapping[str, Any]) -> VLAArchitecture:

@@ -61,9 +61,10 @@ def bench_policy(cfg: PolicyConfig, batch_sizes: Sequence[int], repeats: int = 1
     for batch in batch_sizes:
         frames = rng.integers(0, 256, (batch, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
         texts = [BENCH_INSTRUCTIONS[i % len(BENCH_INSTRUCTIONS)] for i in range(batch)]
+        proprio = np.tile(np.array([0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.04, -0.04], np.float32), (batch, 1))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        decode = lambda: policy.decode(frames, texts, generator=generator)  # noqa: E731
+        decode = lambda: policy.decode(frames, texts, generator=generator, proprio=proprio)  # noqa: E731
         _timed(decode, warmup, device)
         times = _timed(decode, repeats, device)
         median = statistics.median(times)
@@ -75,7 +76,7 @@ def bench_policy(cfg: PolicyConfig, batch_sizes: Sequence[int], repeats: int = 1
             tokens = decode().tokens
 
             def update() -> None:
-                out = policy.evaluate(frames, texts, tokens)
+                out = policy.evaluate(frames, texts, tokens, proprio=proprio)
                 (out.log_probs.sum() + out.values.sum()).backward()
                 for param in policy.policy_parameters() + policy.value_parameters():
                     param.grad = None

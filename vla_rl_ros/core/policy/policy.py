@@ -24,8 +24,8 @@ from vla_rl_ros.core.policy.checkpoint import load_model, save_model_dir
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import ActionSpace, decode_actions, evaluate_actions, sft_cross_entropy
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
-from vla_rl_ros.core.policy.processor import (Processor, build_word_tokenizer, libero_instructions,
-                                              load_tokenizer)
+from vla_rl_ros.core.policy.processor import (STATE_VOCABULARY, Processor, build_word_tokenizer,
+                                              libero_instructions, load_tokenizer)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -100,8 +100,10 @@ class VLAPolicy:
         become ``<unk>``. ``norm_stats`` default to identity statistics for actions in [-1, 1].
         """
         texts = libero_instructions() if instructions is None else list(instructions)
+        if cfg.state_prompt:
+            texts.append(STATE_VOCABULARY)
         tokenizer = build_word_tokenizer(texts)
-        arch = preset(cfg.size, cfg.image_size, tokenizer.get_vocab_size())
+        arch = preset(cfg.size, cfg.image_size, tokenizer.get_vocab_size(), cfg.state_prompt)
         model = new_model(arch, DTYPES[cfg.dtype], cfg.device, cfg.seed)
         return cls(model, tokenizer, norm_stats or {"default": IDENTITY_NORM_STATS}, cfg)
 
@@ -134,7 +136,12 @@ class VLAPolicy:
                        extra_files={VALUE_HEAD_FILE: self.value_head.state_dict()})
 
     # ---------------------------------------------------------------------------------- inputs
-    def _inputs(self, images: np.ndarray, instructions: Sequence[str]):
+    @property
+    def reads_state(self) -> bool:
+        """True when the model's prompt carries the robot state: pass ``proprio`` to every call."""
+        return bool(self.arch.state_prompt)
+
+    def _inputs(self, images: np.ndarray, instructions: Sequence[str], proprio: np.ndarray | None = None):
         if isinstance(instructions, str):
             raise ValueError("instructions must be a list of strings, one per image, not a single string")
         if not isinstance(images, np.ndarray) or images.ndim != 4:
@@ -143,7 +150,7 @@ class VLAPolicy:
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
         pixels = self.processor.pixels(images, self.device)
-        input_ids, mask = self.processor.text(instructions, self.device)
+        input_ids, mask = self.processor.text(instructions, self.device, proprio)
         return pixels, input_ids, mask
 
     def _tokens(self, tokens: torch.Tensor | np.ndarray, batch: int) -> torch.Tensor:
@@ -155,38 +162,41 @@ class VLAPolicy:
 
     # ------------------------------------------------------------------------------ inference
     def decode(self, images: np.ndarray, instructions: list[str], greedy: bool = False,
-               generator: torch.Generator | None = None) -> DecodeOutput:
+               generator: torch.Generator | None = None, proprio: np.ndarray | None = None) -> DecodeOutput:
         """Actions for B observations in one batched generation (no grad).
 
-        ``generator`` (on the policy's device) makes sampling reproducible.
+        ``generator`` (on the policy's device) makes sampling reproducible. ``proprio`` [B, 8] is
+        required when :attr:`reads_state`, ignored otherwise (the same holds for every method below).
         """
-        pixels, input_ids, mask = self._inputs(images, instructions)
+        pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens, log_probs, values = decode_actions(self.model, self.value_head, pixels, input_ids, mask,
                                                    self.num_action_tokens, self.space, greedy, generator)
         tokens = tokens.cpu()
         actions = self.action_tokenizer.decode(tokens.numpy())
         return DecodeOutput(tokens, actions, log_probs.cpu(), values.cpu())
 
-    def evaluate(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor) -> EvalOutput:
+    def evaluate(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
+                 proprio: np.ndarray | None = None) -> EvalOutput:
         """Log-probs, entropies and values of ``tokens`` with grad (same distribution as decode)."""
-        pixels, input_ids, mask = self._inputs(images, instructions)
+        pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
         return EvalOutput(*evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens,
                                             self.space))
 
-    def reference_log_probs(self, images: np.ndarray, instructions: list[str],
-                            tokens: torch.Tensor) -> torch.Tensor:
+    def reference_log_probs(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
+                            proprio: np.ndarray | None = None) -> torch.Tensor:
         """Log-probs of ``tokens`` under the reference policy: the same model, adapters disabled."""
-        pixels, input_ids, mask = self._inputs(images, instructions)
+        pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
         with torch.no_grad(), self.peft.disable_adapter():
             log_probs, _, _ = evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens,
                                                self.space)
         return log_probs
 
-    def sft_loss(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor) -> torch.Tensor:
+    def sft_loss(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
+                 proprio: np.ndarray | None = None) -> torch.Tensor:
         """Imitation loss: cross-entropy over the 7 action tokens and EOS (full vocabulary, T = 1)."""
-        pixels, input_ids, mask = self._inputs(images, instructions)
+        pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
         return sft_cross_entropy(self.model, pixels, input_ids, mask, tokens, self.arch.eos_token_id)
 

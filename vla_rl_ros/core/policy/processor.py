@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from vla_rl_ros.core.envs.base import PROPRIO_DIM
 from vla_rl_ros.core.policy.architecture import VLAArchitecture
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -31,6 +32,40 @@ blue yellow black white brown orange purple pink gray grey wooden metal plastic 
 large tall short cup mug bowl plate pan pot tray basket box drawer cabinet shelf rack table desk
 stove microwave sink door lid handle knob button bottle can jar block cube ball toy book caddy
 """.split()
+
+
+STATE_RANGE_CM = 60
+"""State words are whole centimetres clipped to 0..60 (in LIBERO's recorded demos the hand height
+proprio[2] spans 1..28 cm and the gripper opening 4..8 cm)."""
+STATE_VOCABULARY = "state gripper height " + " ".join(str(n) for n in range(STATE_RANGE_CM + 1))
+"""Words a state-prompt model's tokenizer must know (added to its vocabulary by ``VLAPolicy.create``)."""
+
+
+def state_words(proprio: np.ndarray) -> str:
+    """The robot state as prompt words: gripper opening and hand height, whole centimetres.
+
+    Why words in the prompt: from one 128 px agentview frame a small VLA cannot tell an open
+    gripper above an object from a closed one holding it, and imitation then lifts too early
+    (docs/envs.md has the measurement). Words need no new module, so the OpenVLA architecture
+    and checkpoint format stay exactly as they are.
+    """
+    opening = int(np.clip(round(float(proprio[6] - proprio[7]) * 100), 0, STATE_RANGE_CM))
+    height = int(np.clip(round(float(proprio[2]) * 100), 0, STATE_RANGE_CM))
+    return f"state gripper {opening} height {height}"
+
+
+def check_proprio(proprio: object, batch: int) -> np.ndarray:
+    """``proprio`` as float [batch, >= 8], finite; a clear error otherwise."""
+    if proprio is None:
+        raise ValueError("this policy reads the robot state (architecture state_prompt): pass proprio "
+                         f"[B, {PROPRIO_DIM}] with the images")
+    array = np.asarray(proprio, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != batch or array.shape[1] < PROPRIO_DIM:
+        raise ValueError(f"proprio must have shape [{batch}, >= {PROPRIO_DIM}] (LIBERO layout), "
+                         f"got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError("proprio contains NaN or inf")
+    return array
 
 
 def prompt_for(instruction: str) -> str:
@@ -149,12 +184,28 @@ class Processor:
             ids += suffix
         return ids
 
-    def text(self, instructions: Sequence[str], device: torch.device | str = "cpu"
+    def instructions_with_state(self, instructions: Sequence[str], proprio: object = None) -> list[str]:
+        """What the model reads: the instructions, plus the state words when the model reads state.
+
+        ``proprio`` is ignored by a model without ``state_prompt`` (so callers may always pass it).
+        """
+        if not self.arch.state_prompt:
+            return list(instructions)
+        rows = check_proprio(proprio, len(instructions))
+        return [f"{text} {state_words(row)}" for text, row in zip(instructions, rows)]
+
+    def text(self, instructions: Sequence[str], device: torch.device | str = "cpu", proprio: object = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``input_ids`` [B, T] and ``attention_mask`` [B, T] for B instructions."""
+        """Left-padded ``input_ids`` [B, T] and ``attention_mask`` [B, T] for B instructions.
+
+        ``proprio`` [B, 8] is required by a state-prompt model, ignored otherwise.
+        """
         if isinstance(instructions, str) or len(instructions) == 0:
             raise ValueError("instructions must be a non-empty list of strings (one per observation)")
-        rows = [self.prompt_ids(text) for text in instructions]
+        for text in instructions:  # check before the state words make an empty instruction look valid
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"instruction {text!r} is empty: every observation needs a task instruction")
+        rows = [self.prompt_ids(text) for text in self.instructions_with_state(instructions, proprio)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.arch.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

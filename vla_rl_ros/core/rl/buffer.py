@@ -44,6 +44,8 @@ class RolloutBatch:
     advantages_tm: torch.Tensor
     images: np.ndarray
     instructions: list[str]
+    proprio: np.ndarray
+    """Proprio ``[M, D]`` of each step's observation (what a state-reading policy's prompt needs)."""
     tokens: torch.Tensor
     log_probs: torch.Tensor
     old_values: torch.Tensor
@@ -83,11 +85,12 @@ def build_batch(episodes: Sequence[Episode], rewards: Sequence[np.ndarray], gamm
     columns = mask.t()  # episode-major flattening keeps each episode's steps together
     images = np.stack([img for e in episodes for img in e.images[:e.length]])
     instructions = [e.instruction for e in episodes for _ in range(e.length)]
+    proprio = np.stack([p for e in episodes for p in e.proprio[:e.length]]).astype(np.float32)
     tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
     log_probs = torch.as_tensor(np.concatenate([np.stack(e.log_probs) for e in episodes]),
                                 dtype=torch.float32)
     return RolloutBatch(rewards=reward_tm, values=values_tm, next_values=next_tm, done=done_tm,
                         terminated=term_tm, mask=mask, advantages_tm=advantages_tm, images=images,
-                        instructions=instructions, tokens=tokens, log_probs=log_probs,
+                        instructions=instructions, proprio=proprio, tokens=tokens, log_probs=log_probs,
                         old_values=values_tm.t()[columns], advantages=advantages_tm.t()[columns],
                         returns=returns_tm.t()[columns])

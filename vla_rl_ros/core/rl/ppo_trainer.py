@@ -66,7 +66,7 @@ class PPOTrainer:
             for start in range(0, batch.size, REF_CHUNK):
                 end = min(start + REF_CHUNK, batch.size)
                 ref = self.policy.reference_log_probs(batch.images[start:end], batch.instructions[start:end],
-                                                      batch.tokens[start:end])
+                                                      batch.tokens[start:end], proprio=batch.proprio[start:end])
                 chunks.append(torch.as_tensor(ref, dtype=torch.float32).detach().cpu())
         return torch.cat(chunks)
 
@@ -91,7 +91,7 @@ class PPOTrainer:
                 index = order[start:start + cfg.minibatch_size]
                 idx = index.numpy()
                 ev = self.policy.evaluate(batch.images[idx], [batch.instructions[i] for i in idx],
-                                          batch.tokens[index])
+                                          batch.tokens[index], proprio=batch.proprio[idx])
                 terms = ppo_loss(ev.log_probs.float(), batch.log_probs[index], ref_all[index],
                                  ev.entropy.float(), ev.values.float().reshape(-1), batch.old_values[index],
                                  batch.advantages[index], batch.returns[index], clip_range=cfg.clip_range,

@@ -55,11 +55,15 @@ class ProcessRewardModel:
         """What PRM training updates: the backbone's LoRA adapters and the progress head."""
         return list(self.backbone.policy_parameters()) + list(self.head.parameters())
 
-    def score(self, images: np.ndarray, instructions: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
-        """Progress in (0, 1) after each step's action ``[B]`` (with grad)."""
+    def score(self, images: np.ndarray, instructions: Sequence[str], tokens: torch.Tensor,
+              proprio: np.ndarray | None = None) -> torch.Tensor:
+        """Progress in (0, 1) after each step's action ``[B]`` (with grad).
+
+        ``proprio`` [B, 8] is required when the backbone reads the robot state, ignored otherwise.
+        """
         policy = self.backbone
         pixels = policy.processor.pixels(images, policy.device)
-        input_ids, mask = policy.processor.text(list(instructions), policy.device)
+        input_ids, mask = policy.processor.text(list(instructions), policy.device, proprio)
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=policy.device)
         if tokens.dim() != 2 or tokens.shape[0] != len(images):
             raise ValueError(f"tokens must be [{len(images)}, K], got {list(tokens.shape)}")
@@ -67,14 +71,16 @@ class ProcessRewardModel:
         hidden = teacher_forced_hidden(policy.model, pixels, input_ids, mask, torch.cat([tokens, eos], 1))
         return torch.sigmoid(self.head(hidden[:, -1].float()).squeeze(-1))
 
-    def score_batched(self, images: np.ndarray, instructions: Sequence[str],
-                      tokens: torch.Tensor) -> np.ndarray:
+    def score_batched(self, images: np.ndarray, instructions: Sequence[str], tokens: torch.Tensor,
+                      proprio: np.ndarray | None = None) -> np.ndarray:
         """:meth:`score` without grad in chunks, as float64 numpy ``[B]``."""
         out = []
         with torch.no_grad():
             for start in range(0, len(images), SCORE_CHUNK):
                 end = start + SCORE_CHUNK
-                out.append(self.score(images[start:end], instructions[start:end], tokens[start:end]).cpu())
+                rows = None if proprio is None else proprio[start:end]
+                out.append(self.score(images[start:end], instructions[start:end], tokens[start:end],
+                                      rows).cpu())
         return torch.cat(out).double().numpy() if out else np.zeros(0)
 
     def score_episodes(self, episodes: Sequence[Episode]) -> None:
@@ -85,7 +91,8 @@ class ProcessRewardModel:
         images = np.stack([img for e in episodes for img in e.images[:e.length]])
         instructions = [e.instruction for e in episodes for _ in range(e.length)]
         tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
-        scores = self.score_batched(images, instructions, tokens)
+        proprio = np.stack([p for e in episodes for p in e.proprio[:e.length]])
+        scores = self.score_batched(images, instructions, tokens, proprio)
         start = 0
         for episode in episodes:
             episode.progress = np.concatenate([[0.0], scores[start:start + episode.length]])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.policy.policy import DecodeOutput
-from vla_rl_ros.core.rl.rollout import Episode, collect_episodes
+from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
 
 
 def episode_from_record(record: Any, action_tokenizer: Any) -> Episode:
@@ -82,12 +82,13 @@ def toy_sft_warm_start(policy: Any, env: Any, steps: int, lr: float = 2e-3, nois
                                 noise=noise, seed=seed)
     images = np.stack([im for e in demos for im in e.images[:-1]])
     texts = [e.instruction for e in demos for _ in range(e.length)]
+    proprio = np.stack([p for e in demos for p in e.proprio[:-1]])
     tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in demos]))
     optimizer = torch.optim.Adam(policy.sft_parameters(full=True), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randperm(len(tokens), generator=gen)[:32].numpy()
-        loss = policy.sft_loss(images[idx], [texts[i] for i in idx], tokens[idx])
+        loss = policy.sft_loss(images[idx], [texts[i] for i in idx], tokens[idx], proprio=proprio[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -97,8 +98,7 @@ def toy_sft_warm_start(policy: Any, env: Any, steps: int, lr: float = 2e-3, nois
 def policy_rollouts(env: Any, policy: Any, assignments: Sequence[tuple[int, int]],
                     seed: int = 0) -> list[Episode]:
     """Sampled rollouts of ``policy`` (the failures and partial successes the PRM must rank)."""
-    gen = torch.Generator().manual_seed(seed)
-    return collect_episodes(env, lambda images, texts: policy.decode(images, texts, generator=gen),
+    return collect_episodes(env, policy_decoder(policy, generator=torch.Generator().manual_seed(seed)),
                             assignments)
 
 

@@ -16,16 +16,17 @@ from vla_rl_ros.core.rl.rollout import Episode
 
 
 def step_dataset(episodes: Sequence[Episode], labels: Sequence[np.ndarray]
-                 ) -> tuple[np.ndarray, list[str], torch.Tensor, torch.Tensor]:
-    """Flat (image o_t, instruction, tokens a_t, target = label of o_{t+1}) over all steps."""
+                 ) -> tuple[np.ndarray, list[str], np.ndarray, torch.Tensor, torch.Tensor]:
+    """Flat (image o_t, instruction, proprio o_t, tokens a_t, target = label of o_{t+1}) over all steps."""
     kept = [(e, lab) for e, lab in zip(episodes, labels) if e.length > 0]
     if not kept:
         raise ValueError("PRM training needs at least one trajectory with a step")
     images = np.stack([img for e, _ in kept for img in e.images[:e.length]])
     instructions = [e.instruction for e, _ in kept for _ in range(e.length)]
+    proprio = np.stack([p for e, _ in kept for p in e.proprio[:e.length]]).astype(np.float32)
     tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e, _ in kept]), dtype=torch.long)
     targets = torch.as_tensor(np.concatenate([lab[1:] for _, lab in kept]), dtype=torch.float32)
-    return images, instructions, tokens, targets
+    return images, instructions, proprio, tokens, targets
 
 
 def train_prm(prm: ProcessRewardModel, episodes: Sequence[Episode], epochs: int = 3, lr: float = 1e-3,
@@ -37,7 +38,7 @@ def train_prm(prm: ProcessRewardModel, episodes: Sequence[Episode], epochs: int 
     otherwise a mostly-failing rollout set teaches "progress is always low".
     """
     labels = label_episodes(episodes)
-    images, instructions, tokens, targets = step_dataset(episodes, labels)
+    images, instructions, proprio, tokens, targets = step_dataset(episodes, labels)
     outcome = torch.as_tensor(np.concatenate([[e.success] * e.length for e in episodes if e.length > 0]))
     weights = torch.ones(len(targets))
     for flag in (True, False):
@@ -56,7 +57,7 @@ def train_prm(prm: ProcessRewardModel, episodes: Sequence[Episode], epochs: int 
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             idx = index.numpy()
-            scores = prm.score(images[idx], [instructions[i] for i in idx], tokens[index])
+            scores = prm.score(images[idx], [instructions[i] for i in idx], tokens[index], proprio[idx])
             loss = (weights[index] * (scores - targets[index]) ** 2).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError("PRM training produced a non-finite loss; lower reward.prm_lr")

@@ -56,6 +56,17 @@ DecodeFn = Callable[..., Any]
 a callable with ``wants_observations = True`` is called with the list of Observations instead."""
 
 
+def policy_decoder(policy: Any, greedy: bool = False, generator: torch.Generator | None = None) -> DecodeFn:
+    """The rollout decode of a ``VLAPolicy``: one batched decode of the running environments'
+    observations, with their proprio (which a state-reading policy's prompt needs)."""
+    def decode(observations: list[Observation]) -> Any:
+        return policy.decode(np.stack([o.image for o in observations]), [o.instruction for o in observations],
+                             greedy=greedy, generator=generator,
+                             proprio=np.stack([o.proprio for o in observations]))
+    decode.wants_observations = True  # type: ignore[attr-defined]
+    return decode
+
+
 def _next_assignment(pending: list[tuple[int, int]], current_task: int | None) -> tuple[int, int]:
     for index, (task, _) in enumerate(pending):
         if task == current_task:
@@ -88,7 +99,7 @@ def collect_episodes(env: VectorEnvLike, decode: DecodeFn, assignments: Sequence
         if not active:
             return finished
         batch = [observations[i] for i in active]
-        if getattr(decode, "wants_observations", False):  # scripted experts need proprio, not pixels
+        if getattr(decode, "wants_observations", False):  # experts and state-reading policies need proprio
             out = decode(batch)
         else:
             out = decode(np.stack([o.image for o in batch]), [o.instruction for o in batch])

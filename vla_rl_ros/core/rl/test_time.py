@@ -1,7 +1,7 @@
 """Test-time scaling: sample N candidate actions per observation, keep the best-scored one.
 
 Candidates come from one batched decode of the N-times repeated observations. A scorer maps
-``(images, instructions, decode output) -> scores [B*N]``. The PRM scores (observation,
+``(images, instructions, decode output, proprio or None) -> scores [B*N]``. The PRM scores (observation,
 action) pairs, so it can rank candidates. The policy's critic cannot: it reads the prompt
 only (V(s)), so every candidate of an observation gets the same value; use it as a
 tie-break at most. ``likelihood_scorer`` (the policy's own log-prob) needs no extra model.
@@ -15,20 +15,20 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-Scorer = Callable[[np.ndarray, list, Any], np.ndarray]
+Scorer = Callable[[np.ndarray, list, Any, Any], np.ndarray]
 SCORERS = ("prm", "likelihood")
 
 
 def prm_scorer(prm: Any) -> Scorer:
     """Score candidates by PRM progress after the action."""
-    def score(images: np.ndarray, instructions: list, out: Any) -> np.ndarray:
-        return prm.score_batched(images, instructions, out.tokens)
+    def score(images: np.ndarray, instructions: list, out: Any, proprio: Any = None) -> np.ndarray:
+        return prm.score_batched(images, instructions, out.tokens, proprio)
     return score
 
 
 def likelihood_scorer() -> Scorer:
     """Score candidates by the summed action-token log-prob under the sampling distribution."""
-    def score(images: np.ndarray, instructions: list, out: Any) -> np.ndarray:
+    def score(images: np.ndarray, instructions: list, out: Any, proprio: Any = None) -> np.ndarray:
         return torch.as_tensor(out.log_probs).double().sum(-1).numpy()
     return score
 
@@ -56,7 +56,8 @@ def choose_scorer(kind: str | None, prm_path: str | None, policy: Any,
 
 
 def best_of_n_decode(policy: Any, images: np.ndarray, instructions: Sequence[str], n: int,
-                     scorer: Scorer | None = None, generator: torch.Generator | None = None) -> Any:
+                     scorer: Scorer | None = None, generator: torch.Generator | None = None,
+                     proprio: np.ndarray | None = None) -> Any:
     """The best of ``n`` sampled actions per observation (``n = 1``: a plain sampled decode).
 
     Returns the policy's decode output type with rows ``[B]`` (tokens, actions, log_probs,
@@ -65,12 +66,14 @@ def best_of_n_decode(policy: Any, images: np.ndarray, instructions: Sequence[str
     if n < 1:
         raise ValueError(f"best-of-N needs n >= 1, got {n}")
     if n == 1:
-        return policy.decode(images, list(instructions), generator=generator)
+        return policy.decode(images, list(instructions), generator=generator, proprio=proprio)
     batch = len(images)
     rep_images = np.concatenate([images] * n)  # candidate j of observation b sits at row j * B + b
     rep_text = list(instructions) * n
-    out = policy.decode(rep_images, rep_text, generator=generator)
-    scores = np.asarray((scorer or likelihood_scorer())(rep_images, rep_text, out), dtype=np.float64)
+    rep_proprio = None if proprio is None else np.concatenate([proprio] * n)
+    out = policy.decode(rep_images, rep_text, generator=generator, proprio=rep_proprio)
+    scores = np.asarray((scorer or likelihood_scorer())(rep_images, rep_text, out, rep_proprio),
+                        dtype=np.float64)
     if scores.shape != (batch * n,):
         raise ValueError(f"scorer returned shape {scores.shape}, expected ({batch * n},)")
     scores = np.where(np.isfinite(scores), scores, -np.inf)

@@ -23,7 +23,7 @@ from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
 from vla_rl_ros.core.rl.curriculum import TaskCurriculum
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
 from vla_rl_ros.core.rl.results import wilson_interval, write_results
-from vla_rl_ros.core.rl.rollout import Episode, collect_episodes
+from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
 
 NUM_INIT_STATES = 50
 
@@ -124,8 +124,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------ pieces
     def _decode(self, greedy: bool = False):
-        gen = self.generators["decode"]
-        return lambda images, texts: self.policy.decode(images, texts, greedy=greedy, generator=gen)
+        return policy_decoder(self.policy, greedy=greedy, generator=self.generators["decode"])
 
     def _bootstrap_values(self, episodes: list[Episode]) -> None:
         truncated = [e for e in episodes if e.truncated]
@@ -133,7 +132,7 @@ class TrainingRun:
             return
         out = self.policy.decode(np.stack([e.images[-1] for e in truncated]),
                                  [e.instruction for e in truncated],
-                                 greedy=True)
+                                 greedy=True, proprio=np.stack([e.proprio[-1] for e in truncated]))
         for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
             episode.final_value = float(value)
 
