@@ -55,7 +55,8 @@ def test_missing_or_bad_proprio_is_a_clear_error(policy):
     with pytest.raises(ValueError, match=r"proprio must have shape \[2, >= 8\]"):
         policy.decode(frames, INSTRUCTIONS[:2], proprio=np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"proprio must have shape \[2, >= 8\]"):
-        policy.sft_loss(frames, INSTRUCTIONS[:2], torch.zeros(2, 7, dtype=torch.long), proprio=proprio(0.08, 0.2))
+        policy.sft_loss(frames, INSTRUCTIONS[:2], torch.zeros(2, 7, dtype=torch.long),
+                        proprio=proprio(0.08, 0.2))
     bad = proprio(0.08, 0.2, batch=2)
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -92,7 +92,8 @@ def test_best_of_n_picks_the_top_scored_candidate(trajectories):
     obs = env.reset([(0, 0), (1, 0)])
     images, texts = np.stack([o.image for o in obs]), [o.instruction for o in obs]
     proprio = np.stack([o.proprio for o in obs])
-    one = best_of_n_decode(policy, images, texts, 1, generator=torch.Generator().manual_seed(0), proprio=proprio)
+    one = best_of_n_decode(policy, images, texts, 1, generator=torch.Generator().manual_seed(0),
+                           proprio=proprio)
     assert one.tokens.shape == (2, 7)
     best = best_of_n_decode(policy, images, texts, 8, likelihood_scorer(), torch.Generator().manual_seed(0),
                             proprio)

@@ -78,8 +78,8 @@ class PolicyNode(Node):
         try:
             batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids))
             if self.policy.reads_state and msg.proprio_dim < PROPRIO_DIM:
-                raise convert.MessageError(f"observations.proprio_dim is {msg.proprio_dim}: this policy reads "
-                                           f"the robot state and needs {PROPRIO_DIM} (LIBERO layout)")
+                raise convert.MessageError(f"observations.proprio_dim is {msg.proprio_dim}: this policy "
+                                           f"reads the robot state and needs {PROPRIO_DIM} (LIBERO layout)")
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r} "
                                       f"step {msg.step_seq}: {err}")

@@ -72,8 +72,9 @@ class PrmNode(Node):
             return
         reads_state = self.prm.backbone.reads_state
         if reads_state and batch.proprio.shape[1] < PROPRIO_DIM:
-            self.get_logger().warning(f"skipped step {msg.step_seq} of {batch.bridge_id!r}: the PRM reads the "
-                                      f"robot state and the bridge sent {batch.proprio.shape[1]} proprio values")
+            self.get_logger().warning(f"skipped step {msg.step_seq} of {batch.bridge_id!r}: the PRM reads "
+                                      f"the robot state and the bridge sent {batch.proprio.shape[1]} "
+                                      "proprio values")
             return
         progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens,
                                                      batch.proprio if reads_state else None), np.float64)

@@ -66,7 +66,8 @@ class PPOTrainer:
             for start in range(0, batch.size, REF_CHUNK):
                 end = min(start + REF_CHUNK, batch.size)
                 ref = self.policy.reference_log_probs(batch.images[start:end], batch.instructions[start:end],
-                                                      batch.tokens[start:end], proprio=batch.proprio[start:end])
+                                                      batch.tokens[start:end],
+                                                      proprio=batch.proprio[start:end])
                 chunks.append(torch.as_tensor(ref, dtype=torch.float32).detach().cpu())
         return torch.cat(chunks)
 

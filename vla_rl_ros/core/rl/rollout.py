@@ -57,8 +57,11 @@ a callable with ``wants_observations = True`` is called with the list of Observa
 
 
 def policy_decoder(policy: Any, greedy: bool = False, generator: torch.Generator | None = None) -> DecodeFn:
-    """The rollout decode of a ``VLAPolicy``: one batched decode of the running environments'
-    observations, with their proprio (which a state-reading policy's prompt needs)."""
+    """Build the rollout decode of a ``VLAPolicy``.
+
+    One batched decode of the running environments' observations, with their proprio (which a
+    state-reading policy's prompt needs).
+    """
     def decode(observations: list[Observation]) -> Any:
         return policy.decode(np.stack([o.image for o in observations]), [o.instruction for o in observations],
                              greedy=greedy, generator=generator,
