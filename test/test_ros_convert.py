@@ -78,6 +78,14 @@ def test_malformed_observation_batches_are_rejected(mutate, reason):
         convert.observations_from_msg(msg, image_size=16, known_task_ids=[0, 1])
 
 
+def test_a_state_reading_model_rejects_batches_without_proprio():
+    msg = _batch()
+    msg.proprio, msg.proprio_dim = [], 0
+    assert convert.observations_from_msg(msg, image_size=16).proprio.shape == (2, 0)
+    with pytest.raises(convert.MessageError, match="proprio_dim is 0: the model reads the robot state"):
+        convert.observations_from_msg(msg, image_size=16, min_proprio_dim=8)
+
+
 def test_action_batch_round_trip():
     msg = _actions()
     back = convert.actions_from_msg(msg, [0, 1])

@@ -121,8 +121,13 @@ def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
 
 def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
                           known_task_ids: Collection[int] | None = None,
-                          init_state_ids: Sequence[int] | None = None) -> ObservationBatchData:
-    """Validated core view of an ObservationBatch; raises MessageError naming the bad field."""
+                          init_state_ids: Sequence[int] | None = None,
+                          min_proprio_dim: int = 0) -> ObservationBatchData:
+    """Validated core view of an ObservationBatch; raises MessageError naming the bad field.
+
+    ``min_proprio_dim``: the reader needs at least this many proprio values per entry (a model
+    that reads the robot state needs ``PROPRIO_DIM``).
+    """
     count = len(msg.env_ids)
     _require(count > 0, "observations: empty batch (no env_ids)")
     for name in ("episode_ids", "step_indices", "task_ids", "instructions", "images"):
@@ -133,6 +138,9 @@ def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
     _require(len(set(msg.env_ids)) == count, f"observations.env_ids: duplicates in {list(msg.env_ids)}")
     _require(len(msg.proprio) == count * msg.proprio_dim,
              f"observations.proprio: {len(msg.proprio)} values, expected {count} x {msg.proprio_dim}")
+    _require(msg.proprio_dim >= min_proprio_dim,
+             f"observations.proprio_dim is {msg.proprio_dim}: the model reads the robot state and needs "
+             f"{min_proprio_dim} (LIBERO layout)")
     proprio = np.asarray(msg.proprio, dtype=np.float32).reshape(count, msg.proprio_dim)
     _require(bool(np.isfinite(proprio).all()), "observations.proprio: contains NaN or inf")
     if known_task_ids is not None:

@@ -76,10 +76,9 @@ class PolicyNode(Node):
     def _on_observations(self, msg: ObservationBatch) -> None:
         cfg = self.params.config
         try:
-            batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids))
-            if self.policy.reads_state and msg.proprio_dim < PROPRIO_DIM:
-                raise convert.MessageError(f"observations.proprio_dim is {msg.proprio_dim}: this policy "
-                                           f"reads the robot state and needs {PROPRIO_DIM} (LIBERO layout)")
+            needed = PROPRIO_DIM if self.policy.reads_state else 0
+            batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids),
+                                                  min_proprio_dim=needed)
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r} "
                                       f"step {msg.step_seq}: {err}")

@@ -53,7 +53,9 @@ class PrmNode(Node):
     def _on_observations(self, msg: ObservationBatch) -> None:
         cfg = self.params.config
         try:
-            batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids))
+            reads_state = self.prm.backbone.reads_state
+            batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids),
+                                                  min_proprio_dim=PROPRIO_DIM if reads_state else 0)
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r}: {err}")
             return
@@ -70,14 +72,9 @@ class PrmNode(Node):
         except convert.MessageError as err:
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
             return
-        reads_state = self.prm.backbone.reads_state
-        if reads_state and batch.proprio.shape[1] < PROPRIO_DIM:
-            self.get_logger().warning(f"skipped step {msg.step_seq} of {batch.bridge_id!r}: the PRM reads "
-                                      f"the robot state and the bridge sent {batch.proprio.shape[1]} "
-                                      "proprio values")
-            return
-        progress = np.asarray(self.prm.score_batched(batch.images, batch.instructions, actions.tokens,
-                                                     batch.proprio if reads_state else None), np.float64)
+        proprio = batch.proprio if self.prm.backbone.reads_state else None
+        scores = self.prm.score_batched(batch.images, batch.instructions, actions.tokens, proprio)
+        progress = np.asarray(scores, np.float64)
         weight = self.params.config.reward.prm_weight
         rewards = []
         for env_id, episode_id, value in zip(batch.env_ids, batch.episode_ids, progress):

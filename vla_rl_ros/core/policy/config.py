@@ -48,7 +48,7 @@ class PolicyConfig:
     """Resize camera frames of another size (bicubic, like OpenVLA); false = such frames are an error."""
     state_prompt: bool = True
     """New models only: the prompt ends with the gripper opening and hand height as words, read from
-    proprio (measured: image-only SFT of the small model scored 0/30 held out, with the state 5/30).
+    proprio (measured: image-only SFT of the small model scored 0/30 held out, with the state 7/30).
     A loaded model keeps what it was trained with (stored in its config.json)."""
     center_crop_area: float = 1.0
     """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop

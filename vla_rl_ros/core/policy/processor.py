@@ -171,12 +171,16 @@ class Processor:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
-    def prompt_ids(self, instruction: str) -> list[int]:
-        """Token ids of one prompt: BOS, prompt words, then the suffix ids if missing."""
+    def prompt_ids(self, instruction: str, state: str = "") -> list[int]:
+        """Token ids of one prompt: BOS, prompt words, then the suffix ids if missing.
+
+        The prompt's words are the instruction followed by the ``state`` words, if any.
+        """
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction {instruction!r} is empty: every observation needs a task "
                              "instruction")
-        ids = list(self.tokenizer.encode(prompt_for(instruction)).ids)
+        text = f"{instruction} {state}" if state else instruction
+        ids = list(self.tokenizer.encode(prompt_for(text)).ids)
         if not ids or ids[0] != self.arch.bos_token_id:
             ids = [self.arch.bos_token_id] + ids
         suffix = list(self.arch.prompt_suffix_ids)
@@ -184,15 +188,15 @@ class Processor:
             ids += suffix
         return ids
 
-    def instructions_with_state(self, instructions: Sequence[str], proprio: object = None) -> list[str]:
-        """What the model reads: the instructions, plus the state words when the model reads state.
+    def state_texts(self, count: int, proprio: object = None) -> list[str]:
+        """The state words of each of ``count`` observations.
 
-        ``proprio`` is ignored by a model without ``state_prompt`` (so callers may always pass it).
+        A model without ``state_prompt`` gets '' for each and ignores ``proprio`` (so callers may
+        always pass it).
         """
         if not self.arch.state_prompt:
-            return list(instructions)
-        rows = check_proprio(proprio, len(instructions))
-        return [f"{text} {state_words(row)}" for text, row in zip(instructions, rows)]
+            return [""] * count
+        return [state_words(row) for row in check_proprio(proprio, count)]
 
     def text(self, instructions: Sequence[str], device: torch.device | str = "cpu", proprio: object = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +206,8 @@ class Processor:
         """
         if isinstance(instructions, str) or len(instructions) == 0:
             raise ValueError("instructions must be a non-empty list of strings (one per observation)")
-        for text in instructions:  # check before the state words make an empty instruction look valid
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"instruction {text!r} is empty: every observation needs a task instruction")
-        rows = [self.prompt_ids(text) for text in self.instructions_with_state(instructions, proprio)]
+        states = self.state_texts(len(instructions), proprio)
+        rows = [self.prompt_ids(text, state) for text, state in zip(instructions, states)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.arch.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
