@@ -129,3 +129,46 @@ def test_time_budget_stops_iterations_and_carries_over_a_resume(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, weights(again)))
     unlimited = train(config(tmp_path, "budget", "train.iterations=3"))
     assert unlimited.iteration == 3 and unlimited.summary(resumed=True)["stopped_by_time_budget"] is False
+
+
+def test_sampled_evaluation_is_seeded_labelled_and_leaves_the_rollout_stream_alone(tmp_path):
+    cfg = config(tmp_path, "sampled", "train.iterations=0", "train.eval_sample=true", "train.eval_episodes=4",
+                 "policy.temperature=2.0")
+    run = TrainingRun(cfg, env=ToyVectorEnv(2, 32, 4), progress_bar=False, tensorboard=False)
+    asked = []
+    decode = run.policy.decode
+
+    def spying_decode(*args, **kwargs):
+        asked.append(kwargs.get("greedy"))
+        return decode(*args, **kwargs)
+    run.policy.decode = spying_decode
+    rollout_stream = run.generators["decode"].get_state()
+    first, second = run.evaluate(), run.evaluate()
+    assert asked and not any(asked)  # every held-out step was sampled
+    assert first == second  # the same seeded stream at every evaluation
+    assert first["eval/protocol"] == "sampled T=2" and first["eval/episodes"] == 4
+    assert torch.equal(run.generators["decode"].get_state(), rollout_stream)
+    asked.clear()
+    run.cfg.train.eval_sample = False
+    assert run.evaluate()["eval/protocol"] == "greedy" and asked and all(asked)
+
+
+def test_eval_command_loads_a_runs_adapters_and_refuses_bad_ones(tmp_path, capsys):
+    run = TrainingRun(config(tmp_path, "adapted", "train.iterations=2", "train.eval_every=0"),
+                      progress_bar=False, tensorboard=False)
+    policy_dir = tmp_path / "base_policy"
+    run.policy.save(str(policy_dir))  # the weights the adapters will sit on, before any update
+    run.run()
+    adapters = checkpoint_dir(tmp_path / "adapted") / "adapters"
+    toy = [*sum([["--set", s] for s in BASE], []), "--seeds", "0", "--episodes-per-task", "1",
+           "--no-progress"]
+    capsys.readouterr()
+    assert main(["eval", "--policy", str(policy_dir), "--adapters", str(adapters), *toy]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["adapters"] == str(adapters) and result["adapter_version"] == 2
+    assert main(["eval", "--policy", str(policy_dir), "--adapters", str(tmp_path / "missing"), *toy]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "Traceback" not in err
+    wrong_rank = [*toy, "--set", "policy.lora_rank=2"]
+    assert main(["eval", "--policy", str(policy_dir), "--adapters", str(adapters), *wrong_rank]) == 2
+    assert "LoRA" in capsys.readouterr().err

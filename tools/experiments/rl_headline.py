@@ -149,7 +149,8 @@ def result_record(arm: str, seed: int, first: dict | None, last: dict | None, en
         return {"rate": rate, "wins": round(rate * episodes), "episodes": episodes,
                 "ci95": [evaluation["eval/ci_low"], evaluation["eval/ci_high"]]}
     start, end = counts(first), counts(last)
-    return {"arm": arm, "seed": seed, "start": start, "end": end,
+    return {"arm": arm, "seed": seed, "protocol": last.get("eval/protocol", "greedy"),
+            "start": start, "end": end,
             "gain_points": 100.0 * (end["rate"] - start["rate"]), "env_steps": int(env_steps),
             "wall_s": round(float(wall_s), 1), "output_dir": str(output_dir)}
 
@@ -263,6 +264,7 @@ def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result:
             run.env.close()
     eval_wall = time.time() - started
     first = {"eval/success_rate": rl_result["start"]["rate"], "eval/episodes": rl_result["start"]["episodes"],
+             "eval/protocol": rl_result.get("protocol", "greedy"),
              "eval/ci_low": rl_result["start"]["ci95"][0], "eval/ci_high": rl_result["start"]["ci95"][1]}
     wall = demos["record_wall_s"] + sft_wall + eval_wall
     result = result_record("more_data", seed, first, summary["eval_last"], demos["extra_env_steps"], wall,
@@ -296,7 +298,8 @@ def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict
         return {"mean": sum(rates) / len(rates), "per_seed": rates, "wins": wins, "episodes": episodes,
                 "ci95_wilson_pooled": list(wilson_interval(wins, episodes))}
     gains = [r["gain_points"] for r in results]
-    summary = {"seeds": [r["seed"] for r in results], "start": pooled("start"), "end": pooled("end"),
+    summary = {"seeds": [r["seed"] for r in results], "protocol": results[0].get("protocol", "greedy"),
+               "start": pooled("start"), "end": pooled("end"),
                "gain_points": {"mean": sum(gains) / len(gains), "per_seed": gains,
                                "ci95_t": t_interval(gains)},
                "env_steps": {"mean": sum(r["env_steps"] for r in results) / len(results),
@@ -325,16 +328,18 @@ def markdown_table(summary: dict) -> str:
     """The arms as a markdown table (success in %, gain in points, intervals 95 %)."""
     lines = [f"Held-out success, {summary['hours']} h per RL arm and seed, seeds {summary['seeds']}; "
              "start/end: mean over seeds [pooled Wilson 95 %]; gain: mean [t 95 % over seeds].", "",
-             "| arm | start % | end % | gain (points) | per seed start -> end % | env steps | wall (h) |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | decoding | start % | end % | gain (points) | per seed start -> end % | env steps "
+             "| wall (h) |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, entry in summary["arms"].items():
         if "skipped" in entry:
-            lines.append(f"| {arm} | {entry['skipped']} | | | | | |")
+            lines.append(f"| {arm} | | {entry['skipped']} | | | | | |")
             continue
         start, end, gain = entry["start"], entry["end"], entry["gain_points"]
         seeds = ", ".join(f"{_percent(a)} -> {_percent(b)}"
                           for a, b in zip(start["per_seed"], end["per_seed"]))
-        lines.append(f"| {arm} | {_percent(start['mean'])} {_interval(start['ci95_wilson_pooled'], 100)} "
+        lines.append(f"| {arm} | {entry.get('protocol', 'greedy')} "
+                     f"| {_percent(start['mean'])} {_interval(start['ci95_wilson_pooled'], 100)} "
                      f"| {_percent(end['mean'])} {_interval(end['ci95_wilson_pooled'], 100)} "
                      f"| {gain['mean']:+.1f} {_interval(gain['ci95_t'])} | {seeds} "
                      f"| {entry['env_steps']['mean']:.0f} | {entry['wall_s']['mean'] / 3600:.2f} |")

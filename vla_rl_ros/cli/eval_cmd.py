@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(parser)
     parser.add_argument("--policy", default=None,
                         help="policy directory (default: policy.model_path, else <sft.output_dir>/policy)")
+    parser.add_argument("--adapters", default=None, metavar="DIR",
+                        help="LoRA + value-head directory to load on top of the policy: an RL run's "
+                             "<train.output_dir>/checkpoints/latest/adapters, or a learner's versioned one")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--episodes-per-task", type=int, default=0,
                         help="held-out init states per task and seed (0 = all held-out states)")
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--videos records single evaluations; leave it out with --scaling")
     path = args.policy or cfg.policy.model_path or str(Path(cfg.sft.output_dir) / "policy")
     policy = VLAPolicy.load(path, cfg.policy)
+    adapter_version = _load_adapters(policy, args.adapters) if args.adapters else None
     selecting = args.scaling is not None or args.best_of > 1
     # The PRM is loaded only when candidates are ranked: a plain eval must not need one.
     scorer, scorer_name, prm_path = (choose_scorer(args.scorer, args.prm or cfg.reward.prm_path, policy,
@@ -89,13 +93,22 @@ def run(args: argparse.Namespace) -> int:
             result, json_path = _scaling(args, cfg, policy, (scorer, scorer_name), options)
         else:
             result, json_path = _single(args, cfg, policy, scorer, options)
-    result.update(policy=path, scorer=scorer_name, prm=prm_path, temperature=cfg.policy.temperature)
+    result.update(policy=path, adapters=args.adapters, adapter_version=adapter_version, scorer=scorer_name,
+                  prm=prm_path, temperature=cfg.policy.temperature)
     text = json.dumps(result, indent=1)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(text)
     print(text)
     return 0
+
+
+def _load_adapters(policy, directory: str) -> int:
+    """The adapters' version; a missing, corrupt or mismatched directory is the user's input error."""
+    try:
+        return policy.load_adapters(directory)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--adapters {directory}: {err}") from None
 
 
 def _single(args: argparse.Namespace, cfg, policy, scorer, options: dict) -> tuple[dict, Path | None]:

@@ -32,6 +32,11 @@ class TrainConfig:
     """Evaluate on held-out init states every N iterations; 0 disables."""
     eval_episodes: int = 10
     """Held-out episodes per evaluation."""
+    eval_sample: bool = False
+    """Held-out evaluations sample actions at ``policy.temperature`` (the distribution PPO
+    optimises) instead of decoding greedily. A small policy's flat action heads make its argmax
+    drift under PPO much more than its sampled behaviour (docs/rl.md), so both are worth measuring.
+    Every evaluation restarts the same seeded sampling stream."""
     output_dir: str = "runs/default"
     """Where checkpoints, adapters, bags, logs and results go."""
     seed: int = 0

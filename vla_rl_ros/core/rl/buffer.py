@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.rl.ppo_math import generalized_advantage_estimate
-from vla_rl_ros.core.rl.rollout import EmptyRolloutError, Episode
+from vla_rl_ros.core.rl.rollout import EmptyRolloutError, Episode, step_inputs
 
 
 def episode_rewards(episode: Episode, success_weight: float, prm_weight: float) -> np.ndarray:
@@ -83,10 +83,7 @@ def build_batch(episodes: Sequence[Episode], rewards: Sequence[np.ndarray], gamm
     advantages_tm, returns_tm = generalized_advantage_estimate(
         gamma, gae_lambda, values_tm, next_tm, reward_tm, done_tm, term_tm)
     columns = mask.t()  # episode-major flattening keeps each episode's steps together
-    images = np.stack([img for e in episodes for img in e.images[:e.length]])
-    instructions = [e.instruction for e in episodes for _ in range(e.length)]
-    proprio = np.stack([p for e in episodes for p in e.proprio[:e.length]]).astype(np.float32)
-    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
+    images, instructions, proprio, tokens = step_inputs(episodes)
     log_probs = torch.as_tensor(np.concatenate([np.stack(e.log_probs) for e in episodes]),
                                 dtype=torch.float32)
     return RolloutBatch(rewards=reward_tm, values=values_tm, next_values=next_tm, done=done_tm,

@@ -22,7 +22,7 @@ from torch import nn
 from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
 from vla_rl_ros.core.policy.decoding import teacher_forced_hidden
-from vla_rl_ros.core.rl.rollout import Episode
+from vla_rl_ros.core.rl.rollout import Episode, step_inputs
 from vla_rl_ros.core.rl.segmentation import (eef_stop_events, gripper_closed_from_actions, gripper_events,
                                              progress_labels, segment_boundaries, typical_segment_count)
 
@@ -88,10 +88,7 @@ class ProcessRewardModel:
         episodes = [e for e in episodes if e.length > 0]
         if not episodes:
             return
-        images = np.stack([img for e in episodes for img in e.images[:e.length]])
-        instructions = [e.instruction for e in episodes for _ in range(e.length)]
-        tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
-        proprio = np.stack([p for e in episodes for p in e.proprio[:e.length]])
+        images, instructions, proprio, tokens = step_inputs(episodes)
         scores = self.score_batched(images, instructions, tokens, proprio)
         start = 0
         for episode in episodes:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.rl.prm import ProcessRewardModel, label_episodes
-from vla_rl_ros.core.rl.rollout import Episode
+from vla_rl_ros.core.rl.rollout import Episode, step_inputs
 
 
 def step_dataset(episodes: Sequence[Episode], labels: Sequence[np.ndarray]
@@ -21,10 +21,7 @@ def step_dataset(episodes: Sequence[Episode], labels: Sequence[np.ndarray]
     kept = [(e, lab) for e, lab in zip(episodes, labels) if e.length > 0]
     if not kept:
         raise ValueError("PRM training needs at least one trajectory with a step")
-    images = np.stack([img for e, _ in kept for img in e.images[:e.length]])
-    instructions = [e.instruction for e, _ in kept for _ in range(e.length)]
-    proprio = np.stack([p for e, _ in kept for p in e.proprio[:e.length]]).astype(np.float32)
-    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e, _ in kept]), dtype=torch.long)
+    images, instructions, proprio, tokens = step_inputs([e for e, _ in kept])
     targets = torch.as_tensor(np.concatenate([lab[1:] for _, lab in kept]), dtype=torch.float32)
     return images, instructions, proprio, tokens, targets
 

@@ -51,6 +51,23 @@ class Episode:
         return len(self.tokens)
 
 
+def step_inputs(episodes: Sequence[Episode]) -> tuple[np.ndarray, list[str], np.ndarray, torch.Tensor]:
+    """What the policy saw and chose at every action step, episode-major (each episode's steps together).
+
+    ``(images [N,H,W,3], instructions [N], proprio [N,P] float32, tokens [N,7] long)`` for the
+    observations ``o_0..o_{T-1}`` and actions ``a_0..a_{T-1}`` of each episode; episodes without a
+    step add nothing.
+    """
+    episodes = [e for e in episodes if e.length > 0]
+    if not episodes:
+        raise ValueError("no episode has a step")
+    images = np.stack([image for e in episodes for image in e.images[:e.length]])
+    instructions = [e.instruction for e in episodes for _ in range(e.length)]
+    proprio = np.stack([row for e in episodes for row in e.proprio[:e.length]]).astype(np.float32)
+    tokens = torch.as_tensor(np.concatenate([np.stack(e.tokens) for e in episodes]), dtype=torch.long)
+    return images, instructions, proprio, tokens
+
+
 DecodeFn = Callable[..., Any]
 """``(images [B,H,W,3], instructions) -> object with .tokens, .actions, .log_probs, .values``;
 a callable with ``wants_observations = True`` is called with the list of Observations instead."""

@@ -26,6 +26,8 @@ from vla_rl_ros.core.rl.results import wilson_interval, write_results
 from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
 
 NUM_INIT_STATES = 50
+EVAL_SEED_OFFSET = 7_919
+"""Sampled held-out evaluations draw from ``train.seed + EVAL_SEED_OFFSET``, apart from the rollouts'."""
 
 
 def make_env(env_cfg: Any) -> Any:
@@ -175,17 +177,27 @@ class TrainingRun:
         return metrics
 
     def evaluate(self) -> dict[str, Any]:
-        """Greedy held-out evaluation: overall and per-task success with a 95 % interval."""
+        """Held-out evaluation: overall and per-task success with a 95 % interval.
+
+        Greedy, or sampled at ``policy.temperature`` with ``train.eval_sample``; a sampled one
+        draws from its own stream, seeded the same at every evaluation, so that it neither moves the
+        rollouts' random state (exact resume) nor gives the start and the end different luck.
+        """
         cfg = self.cfg
         assignments = eval_assignments(cfg.env.task_ids, cfg.train.eval_episodes,
                                        cfg.env.num_train_init_states)
-        episodes = collect_episodes(self.env, self._decode(greedy=True), assignments)
+        sample = cfg.train.eval_sample
+        decode = policy_decoder(self.policy, greedy=not sample,
+                                generator=torch.Generator().manual_seed(cfg.train.seed + EVAL_SEED_OFFSET))
+        episodes = collect_episodes(self.env, decode, assignments)
         episodes = [e for e in episodes if not e.aborted]
         wins = sum(e.success for e in episodes)
         low, high = wilson_interval(wins, len(episodes))
         result: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.env_steps,
                                   "eval/success_rate": wins / max(len(episodes), 1), "eval/ci_low": low,
-                                  "eval/ci_high": high, "eval/episodes": len(episodes)}
+                                  "eval/ci_high": high, "eval/episodes": len(episodes),
+                                  "eval/protocol": (f"sampled T={cfg.policy.temperature:g}" if sample
+                                                    else "greedy")}
         for task in cfg.env.task_ids:
             mine = [e.success for e in episodes if e.task_id == task]
             result[f"eval/success_task_{task}"] = float(np.mean(mine)) if mine else float("nan")
