@@ -264,7 +264,6 @@ def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result:
             run.env.close()
     eval_wall = time.time() - started
     first = {"eval/success_rate": rl_result["start"]["rate"], "eval/episodes": rl_result["start"]["episodes"],
-             "eval/protocol": rl_result.get("protocol", "greedy"),
              "eval/ci_low": rl_result["start"]["ci95"][0], "eval/ci_high": rl_result["start"]["ci95"][1]}
     wall = demos["record_wall_s"] + sft_wall + eval_wall
     result = result_record("more_data", seed, first, summary["eval_last"], demos["extra_env_steps"], wall,

@@ -125,9 +125,6 @@ class TrainingRun:
         return True
 
     # ------------------------------------------------------------------------ pieces
-    def _decode(self, greedy: bool = False):
-        return policy_decoder(self.policy, greedy=greedy, generator=self.generators["decode"])
-
     def _bootstrap_values(self, episodes: list[Episode]) -> None:
         truncated = [e for e in episodes if e.truncated]
         if not truncated:
@@ -145,7 +142,8 @@ class TrainingRun:
         tasks = self.curriculum.sample(count)
         inits = self.rng.integers(0, cfg.env.num_train_init_states, size=count)
         start = time.perf_counter()
-        episodes = collect_episodes(self.env, self._decode(), list(zip(tasks, inits.tolist())))
+        decode = policy_decoder(self.policy, generator=self.generators["decode"])
+        episodes = collect_episodes(self.env, decode, list(zip(tasks, inits.tolist())))
         rollout_s = time.perf_counter() - start
         usable = [e for e in episodes if not e.aborted and e.length > 0]
         steps = sum(e.length for e in episodes)
