@@ -1,6 +1,7 @@
 """tools/experiments/rl_headline.py on the toy backend: arms x seeds, summary numbers, resume, skips."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,57 @@ def test_t_interval(headline):
     assert headline.t_interval([1.0]) is None
     low, high = headline.t_interval([10.0, 20.0, 30.0])  # mean 20, sd 10, t(2) = 4.303
     assert (low, high) == pytest.approx((20 - 4.303 * 10 / 3 ** 0.5, 20 + 4.303 * 10 / 3 ** 0.5))
+
+
+def test_judge_evaluates_other_protocols_again_once_as_in_run(tmp_path, headline, one_torch_thread,
+                                                              monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from vla_rl_ros.core.policy import VLAPolicy
+    # An iteration cap, not the clock, ends these runs, so the two trainings below are the same.
+    common = ["--seeds", "0", "--arms", "rl", "--hours", "1", "--no-progress", "--no-tensorboard",
+              *sum([["--set", s] for s in TINY_TOY], [])]
+    sampled_out, greedy_out = str(tmp_path / "sampled"), str(tmp_path / "greedy")
+    sampling = ["--set", "train.eval_sample=true"]
+    as_run = headline.main(["--out", sampled_out, *common, *sampling])["runs"]["rl"][0]
+    assert as_run["protocol"].startswith("sampled T=") and as_run["iterations"] == 2
+
+    loaded = []
+    real_load = VLAPolicy.load_adapters
+    monkeypatch.setattr(VLAPolicy, "load_adapters", lambda self, d: loaded.append(d) or real_load(self, d))
+    summary = headline.main(["--out", sampled_out, *common, *sampling, "--judge", "greedy"])
+    judged = summary["runs"]["rl"][0]
+    assert summary["judge"] == "greedy"
+    assert summary["arms"]["rl"]["protocol"] == judged["protocol"] == "greedy"
+    assert judged["as_run"] == {k: as_run[k] for k in ("protocol", "start", "end", "gain_points")}
+    assert judged["gain_points"] == pytest.approx(100 * (judged["end"]["rate"] - judged["start"]["rate"]))
+    assert loaded == [str(Path(as_run["output_dir"]) / "checkpoints" / "latest" / "adapters")]
+    result_file = tmp_path / "sampled" / "rl" / "seed0" / headline.RESULT_FILE
+    kept = json.loads(result_file.read_text())
+    assert kept["protocol"] == as_run["protocol"] and kept["judged"]["greedy"]["end"] == judged["end"]
+
+    # Judged once: a rerun reads the kept evaluations back.
+    log = tmp_path / "sampled" / "rl" / "seed0" / "judged" / "greedy" / "end" / "metrics.jsonl"
+    stamp = log.stat().st_mtime_ns
+    again = headline.main(["--out", sampled_out, *common, "--judge", "greedy"])["runs"]["rl"][0]
+    assert again == judged and log.stat().st_mtime_ns == stamp and len(loaded) == 1
+
+    # The same figures as a seed that evaluated greedily during its own run: the evaluation protocol
+    # does not touch training, so judging afterwards is not a different experiment. (Two toy iterations
+    # leave success at 0, so the identical final adapters are what shows the trainings are the same.)
+    fresh = headline.main(["--out", greedy_out, *common, "--judge", "greedy"])["runs"]["rl"][0]
+    assert fresh["protocol"] == "greedy" and "as_run" not in fresh
+    assert (fresh["start"], fresh["end"]) == (judged["start"], judged["end"])
+    final = [load_file(str(Path(r["output_dir"]) / "checkpoints/latest/adapters/adapter.safetensors"))
+             for r in (as_run, fresh)]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+    # Mixed protocols are labelled as such; lost adapters are a clear refusal, not a traceback.
+    assert headline.aggregate([as_run, fresh])["protocol"].startswith("mixed: greedy, sampled")
+    other = json.loads(result_file.read_text())
+    other["judged"].clear()
+    result_file.write_text(json.dumps(other))
+    shutil.rmtree(Path(as_run["output_dir"]) / "checkpoints" / "latest" / "adapters")
+    with pytest.raises(SystemExit, match="final adapters .* are missing"):
+        headline.main(["--out", sampled_out, *common, "--judge", "greedy"])

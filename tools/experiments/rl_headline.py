@@ -14,6 +14,11 @@ held-out evaluation (``train.eval_episodes``, default 30) only at the start and 
 ``eval_first`` is the SFT baseline. Rerunning the same command skips finished arms (their
 ``arm_result.json``) and resumes unfinished ones from their last checkpoint.
 
+``--judge greedy|sampled`` fixes the held-out protocol the summary reports. New runs evaluate that
+way; a finished seed that evaluated otherwise is evaluated again (start: the SFT policy; end: its
+final adapters, or its more-data SFT policy), and the new evaluations are kept beside the run's own
+in its ``arm_result.json`` (``judged``), so a seed is never retrained to be compared.
+
 Writes ``<out>/summary.json``, ``<out>/summary.md`` (a table) and ``<out>/summary.png``::
 
     .venv/bin/python tools/experiments/rl_headline.py --sft-policy runs/sft/policy \\
@@ -42,6 +47,8 @@ RL_ARMS = {"rl": [], "no_prm": ["reward.prm_weight=0"], "no_curriculum": ["curri
            "no_warmup": ["ppo.critic_warmup_iters=0"]}
 """Each RL arm's switch on top of the full method."""
 ARMS = (*RL_ARMS, "more_data")
+JUDGES = ("as-run", "greedy", "sampled")
+"""Held-out protocols ``--judge`` can report (as-run: each seed as it evaluated itself)."""
 RESULT_FILE = "arm_result.json"
 """Written when an arm's seed is finished; its presence makes a rerun skip that seed."""
 UNREACHED_ITERATIONS = 1_000_000
@@ -70,6 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/experiments/headline", help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    parser.add_argument("--judge", choices=JUDGES, default="as-run",
+                        help="held-out protocol to report: as each seed evaluated itself "
+                             "(train.eval_sample), greedy, or sampled at policy.temperature; finished "
+                             "seeds evaluated otherwise are evaluated again and kept (default as-run)")
     args = parser.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.arm_list = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -91,7 +102,8 @@ def load_arm_config(args: argparse.Namespace, forced: list[str]) -> Any:
     # Evaluate only at iteration 0 (the SFT baseline) and at the end: intermediate evaluations
     # would spend the arm's time budget on something else than training. An interval no run
     # reaches does that whatever train.iterations is (the loop always evaluates at the end).
-    return load_config(args.config, defaults + args.overrides + links + forced
+    judged = [] if args.judge == "as-run" else [f"train.eval_sample={args.judge == 'sampled'}"]
+    return load_config(args.config, defaults + args.overrides + links + judged + forced
                        + [f"train.eval_every={UNREACHED_ITERATIONS}"], node_name="learner")
 
 
@@ -114,7 +126,8 @@ def run_rl_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     folder = arm_dir(args, arm, seed)
     finished = read_result(folder)
     if finished is not None:
-        return finished
+        adapters = Path(finished["output_dir"]) / "checkpoints" / "latest" / "adapters"
+        return judge_result(args, finished, RL_ARMS[arm], adapters)
     cfg = load_arm_config(args, RL_ARMS[arm] + [f"train.seed={seed}", f"train.output_dir={folder / 'train'}",
                                                 f"train.time_budget_s={args.hours * 3600}"])
     _warn_if_arms_coincide(cfg, arm)
@@ -124,12 +137,63 @@ def run_rl_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     finally:
         if run.env is not None and hasattr(run.env, "close"):
             run.env.close()  # LIBERO workers must not outlive their arm
-    result = result_record(arm, seed, summary["eval_first"], summary["eval_last"], summary["env_steps"],
-                           summary["wall_s"], folder / "train")
+    first, last = summary["eval_first"], summary["eval_last"]
+    if first is None or last is None:
+        raise RuntimeError(f"{arm} seed {seed}: no held-out evaluation (train.eval_episodes must be > 0)")
+    result = result_record(arm, seed, held_out_counts(first), held_out_counts(last),
+                           last.get("eval/protocol", "greedy"), summary["env_steps"], summary["wall_s"],
+                           folder / "train")
     result.update(iterations=summary["iterations"], resumed=summary["resumed"],
                   stopped_by_time_budget=summary["stopped_by_time_budget"], ablations=summary["ablations"])
     write_json_atomic(folder / RESULT_FILE, result)
     return result
+
+
+# ---------------------------------------------------------------------------------------- --judge
+def judge_result(args: argparse.Namespace, result: dict, forced: list[str], adapters: Path | None,
+                 start: dict | None = None) -> dict:
+    """``result`` as ``--judge`` reports it, evaluating again (once, then kept) if it evaluated otherwise.
+
+    ``forced`` is what the seed's own runs fixed (its arm's switch, or its more-data SFT policy);
+    ``adapters`` is loaded on top for the end evaluation (None: the policy alone is the end);
+    ``start``, if given, is the start already judged (more_data's is the rl arm's).
+    """
+    from vla_rl_ros.core.rl.train_loop import eval_protocol
+    if args.judge == "as-run":
+        return result
+    wanted = eval_protocol(load_arm_config(args, forced))
+    if result["protocol"] == wanted:
+        return result
+    judged = result.setdefault("judged", {})
+    if wanted not in judged:
+        if adapters is not None and not (adapters / "adapter.json").is_file():
+            raise SystemExit(f"rl_headline: cannot judge {result['arm']} seed {result['seed']} {args.judge}: "
+                             f"its final adapters {adapters} are missing")
+        seed, folder = result["seed"], arm_dir(args, result["arm"], result["seed"]) / "judged" / args.judge
+        if start is None:
+            start = held_out_counts(evaluate_once(args, seed, folder / "start", forced, None))
+        end = held_out_counts(evaluate_once(args, seed, folder / "end", forced, adapters))
+        judged[wanted] = {"start": start, "end": end, "gain_points": 100.0 * (end["rate"] - start["rate"])}
+        write_json_atomic(arm_dir(args, result["arm"], seed) / RESULT_FILE, result)
+    as_run = {key: result[key] for key in ("protocol", "start", "end", "gain_points")}
+    return {**result, "protocol": wanted, **judged[wanted], "as_run": as_run}
+
+
+def evaluate_once(args: argparse.Namespace, seed: int, output: Path, forced: list[str],
+                  adapters: Path | None) -> dict:
+    """One held-out evaluation exactly as an RL arm's start and end are made (a zero-iteration run)."""
+    from vla_rl_ros.core.rl.train_loop import TrainingRun
+    shutil.rmtree(output, ignore_errors=True)  # an interrupted evaluation starts over
+    cfg = load_arm_config(args, forced + ["train.iterations=0", f"train.seed={seed}",
+                                          f"train.output_dir={output}"])
+    run = TrainingRun(cfg, progress_bar=False, tensorboard=False)
+    if adapters is not None:
+        run.policy.load_adapters(str(adapters))
+    try:
+        return run.run()["eval_last"]
+    finally:
+        if run.env is not None and hasattr(run.env, "close"):
+            run.env.close()
 
 
 def _warn_if_arms_coincide(cfg: Any, arm: str) -> None:
@@ -138,18 +202,17 @@ def _warn_if_arms_coincide(cfg: Any, arm: str) -> None:
               "it equals no_prm", file=sys.stderr)
 
 
-def result_record(arm: str, seed: int, first: dict | None, last: dict | None, env_steps: int,
+def held_out_counts(evaluation: dict) -> dict:
+    """A held-out evaluation's rate, wins, episodes and Wilson interval (wins pool across seeds)."""
+    episodes, rate = int(evaluation["eval/episodes"]), evaluation["eval/success_rate"]
+    return {"rate": rate, "wins": round(rate * episodes), "episodes": episodes,
+            "ci95": [evaluation["eval/ci_low"], evaluation["eval/ci_high"]]}
+
+
+def result_record(arm: str, seed: int, start: dict, end: dict, protocol: str, env_steps: int,
                   wall_s: float, output_dir: Path) -> dict:
     """Start/end held-out success (with counts, for pooled intervals), gain in points, costs."""
-    if first is None or last is None:
-        raise RuntimeError(f"{arm} seed {seed}: no held-out evaluation (train.eval_episodes must be > 0)")
-
-    def counts(evaluation: dict) -> dict:
-        episodes, rate = int(evaluation["eval/episodes"]), evaluation["eval/success_rate"]
-        return {"rate": rate, "wins": round(rate * episodes), "episodes": episodes,
-                "ci95": [evaluation["eval/ci_low"], evaluation["eval/ci_high"]]}
-    start, end = counts(first), counts(last)
-    return {"arm": arm, "seed": seed, "protocol": last.get("eval/protocol", "greedy"),
+    return {"arm": arm, "seed": seed, "protocol": protocol,
             "start": start, "end": end,
             "gain_points": 100.0 * (end["rate"] - start["rate"]), "env_steps": int(env_steps),
             "wall_s": round(float(wall_s), 1), "output_dir": str(output_dir)}
@@ -237,12 +300,12 @@ def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int)
 
 def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result: dict) -> dict:
     """SFT on the extended demos (seed ``seed``), then the RL arms' held-out evaluation."""
-    from vla_rl_ros.core.rl.train_loop import TrainingRun
     from vla_rl_ros.core.sft import train_sft
     folder = arm_dir(args, "more_data", seed)
+    own_policy = [f"policy.model_path={folder / 'sft' / 'policy'}", "reward.prm_weight=0"]
     finished = read_result(folder)
     if finished is not None:
-        return finished
+        return judge_result(args, finished, own_policy, None, start=rl_result["start"])
     # The RL arms' SFT recipe, on more data; its own evaluation is off because the RL protocol
     # (TrainingRun.evaluate) is what every arm is compared with.
     cfg = load_arm_config(args, [f"sft.demo_dir={demos['directory']}", f"sft.output_dir={folder / 'sft'}",
@@ -251,23 +314,11 @@ def _more_data_seed(args: argparse.Namespace, seed: int, demos: dict, rl_result:
         train_sft(cfg, progress=not args.no_progress)
     # The last SFT invocation's wall time (all of it unless SFT itself was interrupted).
     sft_wall = json.loads((folder / "sft" / "sft_result.json").read_text())["wall_s_this_run"]
-    # Zero iterations: TrainingRun only evaluates, exactly as it does at an RL arm's start.
-    cfg = load_arm_config(args, [f"policy.model_path={folder / 'sft' / 'policy'}", "reward.prm_weight=0",
-                                 "train.iterations=0", f"train.seed={seed}",
-                                 f"train.output_dir={folder / 'eval'}"])
-    run = TrainingRun(cfg, progress_bar=False, tensorboard=False)
     started = time.time()  # a zero-iteration run does not clock itself
-    try:
-        summary = run.run()
-    finally:
-        if run.env is not None and hasattr(run.env, "close"):
-            run.env.close()
-    eval_wall = time.time() - started
-    first = {"eval/success_rate": rl_result["start"]["rate"], "eval/episodes": rl_result["start"]["episodes"],
-             "eval/ci_low": rl_result["start"]["ci95"][0], "eval/ci_high": rl_result["start"]["ci95"][1]}
-    wall = demos["record_wall_s"] + sft_wall + eval_wall
-    result = result_record("more_data", seed, first, summary["eval_last"], demos["extra_env_steps"], wall,
-                           folder)
+    last = evaluate_once(args, seed, folder / "eval", own_policy, None)
+    wall = demos["record_wall_s"] + sft_wall + time.time() - started
+    result = result_record("more_data", seed, rl_result["start"], held_out_counts(last),
+                           last.get("eval/protocol", "greedy"), demos["extra_env_steps"], wall, folder)
     result.update(target_env_steps=demos["target_env_steps"], passes=demos["passes"],
                   note="start = the rl arm's SFT baseline of this seed; env_steps = extra expert steps "
                        "(shared by all seeds); wall_s includes the shared recording")
@@ -297,7 +348,10 @@ def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict
         return {"mean": sum(rates) / len(rates), "per_seed": rates, "wins": wins, "episodes": episodes,
                 "ci95_wilson_pooled": list(wilson_interval(wins, episodes))}
     gains = [r["gain_points"] for r in results]
-    summary = {"seeds": [r["seed"] for r in results], "protocol": results[0].get("protocol", "greedy"),
+    # Seeds evaluated differently are not one measurement: say so rather than name one protocol.
+    protocols = sorted({r.get("protocol", "greedy") for r in results})
+    summary = {"seeds": [r["seed"] for r in results],
+               "protocol": protocols[0] if len(protocols) == 1 else "mixed: " + ", ".join(protocols),
                "start": pooled("start"), "end": pooled("end"),
                "gain_points": {"mean": sum(gains) / len(gains), "per_seed": gains,
                                "ci95_t": t_interval(gains)},
@@ -386,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
             rl_results = per_arm.get("rl") or _finished(args, "rl")
             per_arm[arm] = run_more_data(args, rl_results)
     rl_results = per_arm.get("rl") or _finished(args, "rl")
-    summary = {"hours": args.hours, "seeds": args.seed_list, "config": args.config,
+    summary = {"hours": args.hours, "seeds": args.seed_list, "judge": args.judge, "config": args.config,
                "overrides": args.overrides,
                "sft_policy": args.sft_policy, "prm": args.prm, "demos": args.demos,
                "arms": {arm: ({"skipped": value} if isinstance(value, str) else aggregate(value, rl_results))
@@ -401,8 +455,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _finished(args: argparse.Namespace, arm: str) -> list[dict]:
-    """Results of an arm already on disk for the chosen seeds (for arms that were not rerun)."""
-    return [r for r in (read_result(arm_dir(args, arm, s)) for s in args.seed_list) if r is not None]
+    """Results of an RL arm already on disk for the chosen seeds (judged; for arms not rerun)."""
+    done = [s for s in args.seed_list if read_result(arm_dir(args, arm, s)) is not None]
+    return [run_rl_arm(args, arm, s) for s in done]  # finished seeds are only read (and judged)
 
 
 def _claims(arms: dict) -> dict:

@@ -59,6 +59,11 @@ def load_prm(cfg: Any, policy: Any) -> Any | None:
     return prm
 
 
+def eval_protocol(cfg: Any) -> str:
+    """How the held-out evaluation decodes: ``greedy`` or ``sampled T=<policy.temperature>``."""
+    return f"sampled T={cfg.policy.temperature:g}" if cfg.train.eval_sample else "greedy"
+
+
 def eval_assignments(task_ids: list[int], count: int, num_train_init_states: int) -> list[tuple[int, int]]:
     """``count`` held-out (task, init state) pairs, tasks round-robin, init states in order."""
     held_out = list(range(num_train_init_states, NUM_INIT_STATES))
@@ -194,8 +199,7 @@ class TrainingRun:
         result: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.env_steps,
                                   "eval/success_rate": wins / max(len(episodes), 1), "eval/ci_low": low,
                                   "eval/ci_high": high, "eval/episodes": len(episodes),
-                                  "eval/protocol": (f"sampled T={cfg.policy.temperature:g}" if sample
-                                                    else "greedy")}
+                                  "eval/protocol": eval_protocol(cfg)}
         for task in cfg.env.task_ids:
             mine = [e.success for e in episodes if e.task_id == task]
             result[f"eval/success_task_{task}"] = float(np.mean(mine)) if mine else float("nan")
