@@ -227,9 +227,15 @@ def test_watchdog_stops_within_two_control_periods(graph):
     assert WATCHDOG - 0.01 <= delay <= WATCHDOG + 2 * PERIOD, f"stop after {delay:.3f} s"
     assert all(t < stops[0][0] for t in moving)
     assert len(stops) >= 3  # the stop is repeated every period, not sent once and forgotten
-    final_target = driver.commands("pose")[-1][1].pose.position
-    last_moving_target = [m for t, m in driver.commands("pose") if t <= last_action + 0.01][-1].pose.position
-    np.testing.assert_allclose(xyz(final_target), xyz(last_moving_target), atol=1e-9)
+    # Stopped means holding: every pose target after the stop repeats the last one sent before it.
+    # (Timed by the stop, not by the last action: under load the bridge may turn that action into
+    # a target a few ms after the harness sent it.)
+    poses = driver.commands("pose")
+    before_stop = [m for t, m in poses if t < stops[0][0]]
+    held = [m for t, m in poses if t >= stops[0][0]]
+    assert before_stop and held, "no pose target around the stop"
+    for m in held:
+        np.testing.assert_allclose(xyz(m.pose.position), xyz(before_stop[-1].pose.position), atol=1e-9)
 
 
 def test_estop_latches_until_the_reset_service_and_shutdown_stops(graph):
