@@ -119,6 +119,18 @@ def test_missing_shard_is_named(ckpt, tmp_path):
         VLAPolicy.load(str(broken), unnorm_cfg())
 
 
+@pytest.mark.parametrize("damage", ["truncated", "git-lfs pointer"])
+def test_unreadable_shard_is_a_checkpoint_error_naming_the_file(ckpt, tmp_path, damage):
+    broken = copy_ckpt(ckpt, tmp_path)
+    shard = broken / "model-00002-of-00003.safetensors"
+    if damage == "truncated":  # an interrupted copy or download
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:  # a clone without git-lfs leaves a small text file in place of the weights
+        shard.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors is not a readable safetensors"):
+        VLAPolicy.load(str(broken), unnorm_cfg())
+
+
 def test_extra_shard_is_named(ckpt, tmp_path):
     broken = copy_ckpt(ckpt, tmp_path)
     first = (ckpt / "model-00001-of-00003.safetensors").read_bytes()

@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
@@ -82,6 +83,18 @@ def weight_files(directory: Path) -> dict[str, list[str] | None]:
     raise CheckpointError(f"{directory}: safetensors files {', '.join(present)} but no {INDEX_FILE}")
 
 
+@contextmanager
+def open_shard(path: Path, device: str | torch.device = "cpu") -> Iterator[Any]:
+    """``safe_open`` a weight file; a truncated or corrupt one is a CheckpointError naming it."""
+    try:
+        handle = safe_open(str(path), framework="pt", device=str(device))
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) here
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{err}") from None
+    with handle:
+        yield handle
+
+
 def _plan(directory: Path, arch: VLAArchitecture,
           expected: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     """Shard -> keys to load, after checking every key and shape against the meta model."""
@@ -89,7 +102,7 @@ def _plan(directory: Path, arch: VLAArchitecture,
     plan: dict[str, list[str]] = {}
     seen: set[str] = set()
     for shard, indexed_keys in weight_files(directory).items():
-        with safe_open(str(directory / shard), framework="pt") as handle:
+        with open_shard(directory / shard) as handle:
             keys = list(handle.keys())
             if indexed_keys is not None and set(keys) != set(indexed_keys):
                 diff = sorted(set(keys) ^ set(indexed_keys))[:5]
@@ -127,7 +140,7 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32,
         model = OpenVLAModel(arch)
     expected = model.state_dict()
     for shard, keys in _plan(directory, arch, expected).items():
-        with safe_open(str(directory / shard), framework="pt", device=str(device)) as handle:
+        with open_shard(directory / shard, device) as handle:
             part = {key: handle.get_tensor(key).to(dtype) for key in keys}
         model.load_state_dict(part, strict=False, assign=True)
         del part
