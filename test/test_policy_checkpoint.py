@@ -131,6 +131,14 @@ def test_unreadable_shard_is_a_checkpoint_error_naming_the_file(ckpt, tmp_path, 
         VLAPolicy.load(str(broken), unnorm_cfg())
 
 
+def test_unreadable_value_head_is_a_checkpoint_error_naming_the_file(source, tmp_path):
+    source.save(str(tmp_path / "policy"))
+    head = tmp_path / "policy" / "value_head.safetensors"
+    head.write_bytes(head.read_bytes()[: head.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="value_head.safetensors is not a readable safetensors"):
+        VLAPolicy.load(str(tmp_path / "policy"), unnorm_cfg())
+
+
 def test_extra_shard_is_named(ckpt, tmp_path):
     broken = copy_ckpt(ckpt, tmp_path)
     first = (ckpt / "model-00001-of-00003.safetensors").read_bytes()

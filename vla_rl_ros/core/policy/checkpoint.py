@@ -95,6 +95,12 @@ def open_shard(path: Path, device: str | torch.device = "cpu") -> Iterator[Any]:
         yield handle
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one small safetensors file (a head), with :func:`open_shard`'s errors."""
+    with open_shard(path) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
 def _plan(directory: Path, arch: VLAArchitecture,
           expected: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
     """Shard -> keys to load, after checking every key and shape against the meta model."""

@@ -13,14 +13,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
 from vla_rl_ros.core.policy import lora
 from vla_rl_ros.core.policy.action_tokenizer import IDENTITY_NORM_STATS, ActionTokenizer, select_norm_stats
 from vla_rl_ros.core.policy.architecture import VLAArchitecture, preset
-from vla_rl_ros.core.policy.checkpoint import load_model, save_model_dir
+from vla_rl_ros.core.policy.checkpoint import load_model, read_tensors, save_model_dir
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import ActionSpace, decode_actions, evaluate_actions, sft_cross_entropy
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
@@ -112,7 +111,7 @@ class VLAPolicy:
         """Load a directory saved by :meth:`save` or an openvla-7b style checkpoint directory."""
         model, config = load_model(path, DTYPES[cfg.dtype], cfg.device)
         value_path = Path(path) / VALUE_HEAD_FILE
-        value_state = load_file(str(value_path)) if value_path.is_file() else None
+        value_state = read_tensors(value_path) if value_path.is_file() else None
         return cls(model, load_tokenizer(path), config.get("norm_stats") or {}, cfg, value_state)
 
     @classmethod

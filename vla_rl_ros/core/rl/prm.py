@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from vla_rl_ros.core.config_io import ConfigError
-from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
+from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory, read_tensors
 from vla_rl_ros.core.policy.decoding import teacher_forced_hidden
 from vla_rl_ros.core.rl.rollout import Episode, step_inputs
 from vla_rl_ros.core.rl.segmentation import (eef_stop_events, gripper_closed_from_actions, gripper_events,
@@ -146,7 +146,7 @@ class ProcessRewardModel:
         backbone = VLAPolicy.load(str(directory / "backbone"), policy_cfg)
         head = nn.Linear(backbone.arch.hidden_size, 1)
         try:
-            head.load_state_dict(load_file(str(directory / HEAD_FILE)))
+            head.load_state_dict(read_tensors(directory / HEAD_FILE))
         except RuntimeError as err:
             raise PRMError(f"{directory / HEAD_FILE} does not fit the backbone: {err}") from None
         return cls(backbone, head)
