@@ -10,6 +10,7 @@ a restarted learner resumes from its last version.
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -236,23 +237,34 @@ def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": settings}}))
     ProcessRewardModel(build_policy(load_config(config))).save(tmp_path / "prm")
     launcher = subprocess.Popen([sys.executable, "-m", "vla_rl_ros.cli.main", "launch", "train_sim",
-                                 f"config:={config}", "--duration", "150"], cwd=ROOT,
+                                 f"config:={config}", "--duration", "600"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The nodes write to the launcher's stderr, a pipe here: it must be drained all the time, or
+    # once 64 KiB of node logs pile up every node blocks in a write and the graph stalls.
+    lines = []
+    drain = threading.Thread(target=lambda: lines.extend(launcher.stderr), daemon=True)
+    drain.start()
     watcher = Watcher()
     try:
         pids = {}
-        for line in launcher.stderr:
-            pids.update({name: int(pid) for name, pid in re.findall(r"started /(\w+) \(pid (\d+)", line)})
-            if len(pids) == 5:
-                break
-        assert set(pids) == {"sim_bridge", "policy", "prm", "recorder", "learner"}
-        watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 240, "policy version 1")
-        os.kill(pids["prm"], signal.SIGKILL)
-        before = max(v.version for v in watcher.versions)
-        watcher.wait_for(lambda: max(v.version for v in watcher.versions) >= before + 2, 240,
-                         "versions after the PRM died")
+        deadline = time.monotonic() + 120
+        while len(pids) < 5 and time.monotonic() < deadline and launcher.poll() is None:
+            pids = {name: int(pid) for line in list(lines)
+                    for name, pid in re.findall(r"started /(\w+) \(pid (\d+)", line)}
+            time.sleep(0.1)
+        assert set(pids) == {"sim_bridge", "policy", "prm", "recorder", "learner"}, "".join(lines)
+        try:
+            watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 240, "policy version 1")
+            os.kill(pids["prm"], signal.SIGKILL)
+            before = max(v.version for v in watcher.versions)
+            watcher.wait_for(lambda: max(v.version for v in watcher.versions) >= before + 2, 240,
+                             "versions after the PRM died")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the graph's log ends:\n{''.join(lines)[-4000:]}") from None
         launcher.send_signal(signal.SIGINT)
-        _, rest = launcher.communicate(timeout=60)
+        launcher.wait(timeout=60)
+        drain.join(timeout=10)
+        rest = "".join(lines)
         assert re.search(r"node /prm exited with code -?\d+ \(not required: the graph carries on\)",
                          rest), rest
         # The PRM works beside the control loop and its scores are recorded. (On the toy env it
