@@ -24,8 +24,8 @@ from rclpy.node import Node
 from vla_rl_ros.cli.launch_cmd import Supervisor
 from vla_rl_ros.graph import topics
 from vla_rl_ros.graph.description import build_graph
-from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, PolicyVersion, TaskAssignment, \
-    TrajectoryBagInfo
+from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, PolicyVersion, StepRewardBatch, \
+    TaskAssignment, TrajectoryBagInfo
 from vla_rl_ros.nodes import convert, qos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +42,13 @@ class Watcher:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.results, self.bags, self.versions, self.observations = [], [], [], []
+        self.step_rewards = []
         node = self.node
         node.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, self.results.append, qos.BATCH)
         node.create_subscription(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, self.bags.append, qos.COMMAND)
         node.create_subscription(PolicyVersion, topics.POLICY_VERSION, self.versions.append, qos.LATCHED)
         node.create_subscription(ObservationBatch, topics.OBSERVATIONS, self.observations.append, qos.BATCH)
+        node.create_subscription(StepRewardBatch, topics.STEP_REWARDS, self.step_rewards.append, qos.BATCH)
         self.obs_pub = node.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.action_pub = node.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
         self.task_pub = node.create_publisher(TaskAssignment, topics.TASK_ASSIGNMENTS, qos.COMMAND)
@@ -255,6 +257,9 @@ def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
         assert set(pids) == {"sim_bridge", "policy", "prm", "recorder", "learner"}, "".join(lines)
         try:
             watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 240, "policy version 1")
+            # Under load the PRM can fall so far behind that it has scored nothing by version 1;
+            # the bag check below needs at least one score published before the PRM is killed.
+            watcher.wait_for(lambda: watcher.step_rewards, 240, "the PRM's first step rewards")
             os.kill(pids["prm"], signal.SIGKILL)
             before = max(v.version for v in watcher.versions)
             watcher.wait_for(lambda: max(v.version for v in watcher.versions) >= before + 2, 240,
