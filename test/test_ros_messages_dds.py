@@ -54,25 +54,25 @@ def sample_messages() -> dict:
 
 
 def run_echo() -> None:
-    """Child process: republish everything from in/<Type> on out/<Type> until killed."""
-    import rclpy
+    """Child process: republish everything from in/<Type> on out/<Type> until SIGTERM.
+
+    It runs under the nodes' own ``run_node``, so it stops on SIGTERM the way every node does.
+    """
     from rclpy.node import Node
 
     import vla_rl_ros.msg as msgs
     from vla_rl_ros.nodes import qos
+    from vla_rl_ros.nodes.runner import run_node
 
-    rclpy.init()
-    node = Node("echo")
-    keep = []
-    for name in sample_messages():
-        msg_type = getattr(msgs, name)
-        pub = node.create_publisher(msg_type, f"out/{name}", qos.BATCH)
-        keep.append(node.create_subscription(msg_type, f"in/{name}", pub.publish, qos.BATCH))
-    print("echo ready", flush=True)
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
+    def echo_node() -> Node:
+        node = Node("echo")
+        node.keep = []
+        for name in sample_messages():
+            msg_type = getattr(msgs, name)
+            pub = node.create_publisher(msg_type, f"out/{name}", qos.BATCH)
+            node.keep.append(node.create_subscription(msg_type, f"in/{name}", pub.publish, qos.BATCH))
+        return node
+    sys.exit(run_node(echo_node))
 
 
 def _wait(predicate, node, timeout: float) -> bool:
@@ -140,8 +140,14 @@ def test_every_message_round_trips_between_processes(ros_node):
         decoded = convert.actions_from_msg(received["ActionBatch"][0], [0, 1])
         assert decoded.tokens.shape == (2, 7) and decoded.policy_version == 5
     finally:
+        # How nodes stop on SIGTERM is test_node_runner's business; here a slow exit must not
+        # hide the round-trip result, so a child still alive after 30 s is killed.
         child.terminate()
-        child.wait(timeout=10)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["echo"]:

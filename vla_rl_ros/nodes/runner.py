@@ -13,8 +13,23 @@ from rclpy.node import Node
 from vla_rl_ros.core.config_io import ConfigError
 
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
+class StopRequests:
+    """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop, a second one interrupts.
+
+    The first request is only a flag, checked between callbacks, so no callback is cut in half: a
+    recorder interrupted inside a bag write or while opening the next bag would leave a bag with
+    no metadata. A node stuck in a long callback (a PPO update) still stops at the second signal,
+    which launchers send after their grace period (``vla-rl launch``: SIGINT, then SIGTERM).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum, frame) -> None:
+        """Count the request; from the second one on, interrupt whatever is running."""
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
 
 
 def run_node(factory: Callable[[], Node], args=None) -> int:
@@ -23,12 +38,13 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
     A configuration error (bad parameter, unknown key) ends the process with code 2 and one
     readable line instead of a traceback, so a launcher can report why a required node died.
     """
-    # Ctrl-C must reach Python as KeyboardInterrupt while the context is still valid, so that
-    # nodes can publish their last message (e.g. the recorder's partial-bag notice) on the way out.
-    # A process started in the background inherits SIGINT ignored; and SIGTERM (what launchers
-    # and service managers send) should clean up the same way.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C must be seen by Python while the context is still valid, so that nodes can publish
+    # their last message (e.g. the recorder's partial-bag notice) on the way out. A process
+    # started in the background inherits SIGINT ignored; and SIGTERM (what launchers and service
+    # managers send) should clean up the same way.
+    stop = StopRequests()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
@@ -36,9 +52,9 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
         node = factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():
-            # A bounded wait returns to Python regularly, so a pending SIGINT/SIGTERM is raised
-            # here even when no message arrives (rclpy's own handler is off, see above).
+        while rclpy.ok() and not stop.count:
+            # A bounded wait returns to Python regularly, so a stop request is seen within 0.25 s
+            # even when no message arrives (rclpy's own handler is off, see above).
             executor.spin_once(timeout_sec=0.25)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
