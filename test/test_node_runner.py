@@ -45,8 +45,11 @@ def start(tmp_path: Path, callback_s: float) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "stages.log"
     child = subprocess.Popen([sys.executable, __file__, "child", str(log), str(callback_s)], cwd=ROOT)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "callback started" not in (log.read_text() if log.exists() else ""):
+    while "callback started" not in (log.read_text() if log.exists() else ""):
         assert child.poll() is None, "the child died before its first callback"
+        if time.monotonic() > deadline:
+            child.kill()
+            pytest.fail("the child's first callback did not start within 60 s")
         time.sleep(0.02)
     return child, log
 
