@@ -71,6 +71,27 @@ def test_two_arms_two_seeds_summary_and_resume(tmp_path, headline, one_torch_thr
     assert again["end"] == summary["runs"]["rl"][1]["end"]
 
 
+def test_arms_not_named_are_read_back_only_when_that_costs_nothing(
+        tmp_path, headline, one_torch_thread, capsys):
+    both = headline.main(arguments(tmp_path))
+    assert both["read_back"] == []
+    logs = sorted(tmp_path.glob("*/seed*/train/metrics.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in logs]
+
+    only_rl = headline.main(arguments(tmp_path, arms="rl"))
+    assert only_rl["read_back"] == ["no_curriculum"] and list(only_rl["arms"]) == ["rl", "no_curriculum"]
+    assert only_rl["arms"] == both["arms"] and only_rl["runs"] == both["runs"]
+    assert "| no_curriculum | 0,1 |" in (tmp_path / "summary.md").read_text()
+    assert [p.stat().st_mtime_ns for p in logs] == stamps  # read, not trained or evaluated
+
+    # Not yet evaluated under --judge: left out with a line saying how to add it, not evaluated.
+    capsys.readouterr()
+    sampled = headline.main(arguments(tmp_path, arms="rl") + ["--judge", "sampled"])
+    assert list(sampled["arms"]) == ["rl"] and sampled["read_back"] == []
+    assert "no_curriculum seed 0 is not in the table" in capsys.readouterr().err
+    assert not (tmp_path / "no_curriculum" / "seed0" / "judged").exists()
+
+
 def test_more_data_is_skipped_on_the_toy_backend(tmp_path, headline):
     summary = headline.main(arguments(tmp_path, arms="more_data"))
     assert "libero" in summary["arms"]["more_data"]["skipped"]

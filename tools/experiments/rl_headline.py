@@ -381,17 +381,17 @@ def markdown_table(summary: dict) -> str:
     """The arms as a markdown table (success in %, gain in points, intervals 95 %)."""
     lines = [f"Held-out success, {summary['hours']} h per RL arm and seed, seeds {summary['seeds']}; "
              "start/end: mean over seeds [pooled Wilson 95 %]; gain: mean [t 95 % over seeds].", "",
-             "| arm | decoding | start % | end % | gain (points) | per seed start -> end % | env steps "
-             "| wall (h) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arm | seeds | decoding | start % | end % | gain (points) | per seed start -> end % "
+             "| env steps | wall (h) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, entry in summary["arms"].items():
         if "skipped" in entry:
-            lines.append(f"| {arm} | | {entry['skipped']} | | | | | |")
+            lines.append(f"| {arm} | | | {entry['skipped']} | | | | | |")
             continue
         start, end, gain = entry["start"], entry["end"], entry["gain_points"]
         seeds = ", ".join(f"{_percent(a)} -> {_percent(b)}"
                           for a, b in zip(start["per_seed"], end["per_seed"]))
-        lines.append(f"| {arm} | {entry.get('protocol', 'greedy')} "
+        lines.append(f"| {arm} | {','.join(map(str, entry['seeds']))} | {entry.get('protocol', 'greedy')} "
                      f"| {_percent(start['mean'])} {_interval(start['ci95_wilson_pooled'], 100)} "
                      f"| {_percent(end['mean'])} {_interval(end['ci95_wilson_pooled'], 100)} "
                      f"| {gain['mean']:+.1f} {_interval(gain['ci95_t'])} | {seeds} "
@@ -439,10 +439,16 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             rl_results = per_arm.get("rl") or _finished(args, "rl")
             per_arm[arm] = run_more_data(args, rl_results)
+    # Arms not invoked still belong in the table when their seeds are on disk: reading them is free,
+    # and a summary that silently drops finished arms misleads whoever reads it later.
+    read_back = {arm: _already_judged(args, arm) for arm in ARMS if arm not in per_arm}
+    per_arm.update({arm: runs for arm, runs in read_back.items() if runs})
+    per_arm = {arm: per_arm[arm] for arm in ARMS if arm in per_arm}  # the table's order
     rl_results = per_arm.get("rl") or _finished(args, "rl")
     summary = {"hours": args.hours, "seeds": args.seed_list, "judge": args.judge, "config": args.config,
                "overrides": args.overrides,
                "sft_policy": args.sft_policy, "prm": args.prm, "demos": args.demos,
+               "read_back": sorted(arm for arm, runs in read_back.items() if runs),
                "arms": {arm: ({"skipped": value} if isinstance(value, str) else aggregate(value, rl_results))
                         for arm, value in per_arm.items()},
                "runs": {arm: value for arm, value in per_arm.items() if not isinstance(value, str)}}
@@ -458,6 +464,28 @@ def _finished(args: argparse.Namespace, arm: str) -> list[dict]:
     """Results of an RL arm already on disk for the chosen seeds (judged; for arms not rerun)."""
     done = [s for s in args.seed_list if read_result(arm_dir(args, arm, s)) is not None]
     return [run_rl_arm(args, arm, s) for s in done]  # finished seeds are only read (and judged)
+
+
+def _already_judged(args: argparse.Namespace, arm: str) -> list[dict]:
+    """Finished seeds of an arm this invocation did not name, only if reporting them costs nothing.
+
+    A seed whose held-out evaluations under ``--judge`` do not exist yet is left out (with a line
+    on stderr), because judging it takes an evaluation the user did not ask this invocation for.
+    """
+    from vla_rl_ros.core.rl.train_loop import eval_protocol
+    forced = RL_ARMS.get(arm, [])  # decoding settings alone decide the protocol
+    wanted = eval_protocol(load_arm_config(args, forced))
+    found = []
+    for seed in args.seed_list:
+        result = read_result(arm_dir(args, arm, seed))
+        if result is None:
+            continue
+        if args.judge != "as-run" and wanted not in (result["protocol"], *result.get("judged", {})):
+            print(f"[rl_headline] {arm} seed {seed} is not in the table: it was not evaluated {wanted} "
+                  f"yet (add {arm} to --arms to evaluate it)", file=sys.stderr)
+            continue
+        found.append(judge_result(args, result, forced, None))
+    return found
 
 
 def _claims(arms: dict) -> dict:
