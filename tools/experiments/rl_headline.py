@@ -151,12 +151,13 @@ def run_rl_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
 
 # ---------------------------------------------------------------------------------------- --judge
 def judge_result(args: argparse.Namespace, result: dict, forced: list[str], adapters: Path | None,
-                 start: dict | None = None) -> dict:
+                 start: dict | None = None, may_evaluate: bool = True) -> dict | None:
     """``result`` as ``--judge`` reports it, evaluating again (once, then kept) if it evaluated otherwise.
 
     ``forced`` is what the seed's own runs fixed (its arm's switch, or its more-data SFT policy);
     ``adapters`` is loaded on top for the end evaluation (None: the policy alone is the end);
-    ``start``, if given, is the start already judged (more_data's is the rl arm's).
+    ``start``, if given, is the start already judged (more_data's is the rl arm's). With
+    ``may_evaluate`` False, a result that would need an evaluation gives None instead.
     """
     from vla_rl_ros.core.rl.train_loop import eval_protocol
     if args.judge == "as-run":
@@ -165,6 +166,8 @@ def judge_result(args: argparse.Namespace, result: dict, forced: list[str], adap
     if result["protocol"] == wanted:
         return result
     judged = result.setdefault("judged", {})
+    if wanted not in judged and not may_evaluate:
+        return None
     if wanted not in judged:
         if adapters is not None and not (adapters / "adapter.json").is_file():
             raise SystemExit(f"rl_headline: cannot judge {result['arm']} seed {result['seed']} {args.judge}: "
@@ -441,14 +444,14 @@ def main(argv: list[str] | None = None) -> dict:
             per_arm[arm] = run_more_data(args, rl_results)
     # Arms not invoked still belong in the table when their seeds are on disk: reading them is free,
     # and a summary that silently drops finished arms misleads whoever reads it later.
-    read_back = {arm: _already_judged(args, arm) for arm in ARMS if arm not in per_arm}
-    per_arm.update({arm: runs for arm, runs in read_back.items() if runs})
-    per_arm = {arm: per_arm[arm] for arm in ARMS if arm in per_arm}  # the table's order
+    read_back = {arm: runs for arm in ARMS if arm not in per_arm and (runs := _already_judged(args, arm))}
+    merged = {**per_arm, **read_back}  # disjoint: read_back holds only arms not invoked
+    per_arm = {arm: merged[arm] for arm in ARMS if arm in merged}  # the table's order
     rl_results = per_arm.get("rl") or _finished(args, "rl")
     summary = {"hours": args.hours, "seeds": args.seed_list, "judge": args.judge, "config": args.config,
                "overrides": args.overrides,
                "sft_policy": args.sft_policy, "prm": args.prm, "demos": args.demos,
-               "read_back": sorted(arm for arm, runs in read_back.items() if runs),
+               "read_back": list(read_back),
                "arms": {arm: ({"skipped": value} if isinstance(value, str) else aggregate(value, rl_results))
                         for arm, value in per_arm.items()},
                "runs": {arm: value for arm, value in per_arm.items() if not isinstance(value, str)}}
@@ -472,19 +475,18 @@ def _already_judged(args: argparse.Namespace, arm: str) -> list[dict]:
     A seed whose held-out evaluations under ``--judge`` do not exist yet is left out (with a line
     on stderr), because judging it takes an evaluation the user did not ask this invocation for.
     """
-    from vla_rl_ros.core.rl.train_loop import eval_protocol
-    forced = RL_ARMS.get(arm, [])  # decoding settings alone decide the protocol
-    wanted = eval_protocol(load_arm_config(args, forced))
     found = []
     for seed in args.seed_list:
         result = read_result(arm_dir(args, arm, seed))
         if result is None:
             continue
-        if args.judge != "as-run" and wanted not in (result["protocol"], *result.get("judged", {})):
-            print(f"[rl_headline] {arm} seed {seed} is not in the table: it was not evaluated {wanted} "
-                  f"yet (add {arm} to --arms to evaluate it)", file=sys.stderr)
+        # Decoding settings alone decide the protocol, so more_data needs none of its own overrides.
+        judged = judge_result(args, result, RL_ARMS.get(arm, []), None, may_evaluate=False)
+        if judged is None:
+            print(f"[rl_headline] {arm} seed {seed} is not in the table: it was not evaluated "
+                  f"{args.judge} yet (add {arm} to --arms to evaluate it)", file=sys.stderr)
             continue
-        found.append(judge_result(args, result, forced, None))
+        found.append(judged)
     return found
 
 
