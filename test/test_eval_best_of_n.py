@@ -114,6 +114,18 @@ def test_scaling_runs_the_same_episodes_for_every_n(saved):
     assert not curve["uses_training_init_states"]
 
 
+def test_scaling_reports_each_finished_point(saved):
+    policy, _ = saved
+    cfg = EnvConfig(backend="toy", task_ids=[0], num_envs=2, image_size=32, max_episode_steps=3)
+    reported = []
+    curve = evaluate_scaling(policy, cfg, [4, 1, 2], episodes_per_task=2, progress=False,
+                             on_point=reported.append)
+    assert [sorted(r["per_n"]) for r in reported] == [[1], [1, 2], [1, 2, 4]]
+    assert [r["pending"] for r in reported] == [[2, 4], [4], []]
+    assert curve["pending"] == [] and curve["per_n"] == reported[-1]["per_n"]
+    assert reported[0]["per_n"][1] == curve["per_n"][1]  # a reported point is not changed later
+
+
 def test_cli_best_of_records_n_scorer_and_prm(saved, tmp_path, capsys):
     _, root = saved
     out = tmp_path / "likelihood.json"
@@ -139,6 +151,7 @@ def test_cli_scaling_writes_json_and_png(saved, tmp_path, capsys):
     assert code == 0
     result = json.loads((tmp_path / "curve" / "scaling.json").read_text())
     assert result["best_of"] == [1, 2, 4] and result["scorer"] == "prm" and result["prm"] == str(root / "prm")
+    assert result["pending"] == []
     assert sorted(result["per_n"], key=int) == ["1", "2", "4"]
     for point in result["per_n"].values():
         assert point["episodes"] == 2 and len(point["ci95"]) == 2 and 0.0 <= point["success_rate"] <= 1.0
@@ -149,6 +162,29 @@ def test_cli_scaling_writes_json_and_png(saved, tmp_path, capsys):
                  str(tmp_path / "s.json"), *TOY]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert json.loads((tmp_path / "s.json").read_text())["scorer"] == "likelihood"
+
+
+def test_cli_scaling_crash_keeps_the_finished_points(saved, tmp_path, monkeypatch):
+    """A crash while measuring N = 2 leaves N = 1 on disk (JSON and plot), marked as pending the rest."""
+    import vla_rl_ros.core.evaluation as evaluation
+    _, root = saved
+    real_evaluate, calls = evaluation.evaluate_policy, []
+
+    def dies_on_second_n(*args, **kwargs):
+        calls.append(kwargs["best_of"])
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_policy", dies_on_second_n)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["eval", "--policy", str(root / "policy"), "--scaling", "1,2,4", "--output", str(tmp_path),
+              *TOY])
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert sorted(result["per_n"]) == ["1"] and result["pending"] == [2, 4]
+    assert result["per_n"]["1"]["episodes"] == 2 and result["policy"] == str(root / "policy")
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_cli_mismatched_prm_is_a_one_line_error(saved, capsys):

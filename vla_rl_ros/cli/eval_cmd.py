@@ -88,19 +88,27 @@ def run(args: argparse.Namespace) -> int:
                    episodes_per_task=args.episodes_per_task,
                    init_state_ids=[int(i) for i in args.init_states.split(",")] if args.init_states else None,
                    progress=not args.no_progress)
+    provenance = dict(policy=path, adapters=args.adapters, adapter_version=adapter_version,
+                      scorer=scorer_name, prm=prm_path, temperature=cfg.policy.temperature)
     with torch.no_grad():
         if args.scaling is not None:
-            result, json_path = _scaling(args, cfg, policy, (scorer, scorer_name), options)
+            result, json_path = _scaling(args, cfg, policy, (scorer, scorer_name), options, provenance)
         else:
             result, json_path = _single(args, cfg, policy, scorer, options)
-    result.update(policy=path, adapters=args.adapters, adapter_version=adapter_version, scorer=scorer_name,
-                  prm=prm_path, temperature=cfg.policy.temperature)
+    result.update(provenance)
     text = json.dumps(result, indent=1)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(text)
+        _write_json(json_path, text)
     print(text)
     return 0
+
+
+def _write_json(json_path: Path, text: str) -> None:
+    """Write through a temporary file: a kill mid-write must not corrupt the last good result."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = json_path.with_name(json_path.name + ".tmp")
+    partial.write_text(text)
+    partial.replace(json_path)
 
 
 def _load_adapters(policy, directory: str) -> int:
@@ -119,14 +127,24 @@ def _single(args: argparse.Namespace, cfg, policy, scorer, options: dict) -> tup
     return result, Path(args.output) if args.output else None
 
 
-def _scaling(args: argparse.Namespace, cfg, policy, named_scorer: tuple, options: dict) -> tuple[dict, Path]:
+def _scaling(args: argparse.Namespace, cfg, policy, named_scorer: tuple, options: dict,
+             provenance: dict) -> tuple[dict, Path]:
+    """The curve, its JSON and plot rewritten after every N so that a crash keeps the points done."""
     from vla_rl_ros.core.evaluation import evaluate_scaling
     from vla_rl_ros.core.rl.test_time import plot_success_vs_n
     output = Path(args.output or Path(cfg.sft.output_dir) / "scaling")
     json_path = output if output.suffix == ".json" else output / "scaling.json"
     scorer, scorer_name = named_scorer
-    result = evaluate_scaling(policy, cfg.env, args.scaling, scorer, **options)
     suite = "toy" if cfg.env.backend == "toy" else cfg.env.suite
     title = f"{suite} tasks {cfg.env.task_ids}: best-of-N, {scorer_name} scorer"
-    result["plot"] = str(plot_success_vs_n(result["per_n"], json_path.with_suffix(".png"), title))
-    return result, json_path
+
+    def plotted(curve: dict) -> dict:
+        curve["plot"] = str(plot_success_vs_n(curve["per_n"], json_path.with_suffix(".png"), title))
+        return curve
+
+    def save_point(curve: dict) -> None:
+        if curve["pending"]:  # the finished curve is written once, by run()
+            _write_json(json_path, json.dumps(dict(plotted(curve), **provenance), indent=1))
+
+    curve = evaluate_scaling(policy, cfg.env, args.scaling, scorer, on_point=save_point, **options)
+    return plotted(curve), json_path

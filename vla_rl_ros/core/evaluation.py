@@ -212,7 +212,7 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
 def evaluate_scaling(policy, env_cfg: EnvConfig, best_of_values: Sequence[int], scorer=None,
                      seeds: Sequence[int] = (0,), episodes_per_task: int = 0,
                      init_state_ids: Sequence[int] | None = None, vector_env=None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, on_point: Callable[[dict], None] | None = None) -> dict:
     """Inference-scaling curve: held-out success of best-of-N decoding for each N.
 
     Every N runs the same episodes (same seeds, tasks and init states) and restarts the
@@ -220,7 +220,9 @@ def evaluate_scaling(policy, env_cfg: EnvConfig, best_of_values: Sequence[int], 
     temperature, not greedy, so every point uses the same sampling distribution. Returns
     ``per_n`` (``{N: success_rate, ci95, successes, episodes, aborted, per_task, wall_s,
     env_steps_per_s}``, the last two the price of N)
-    plus the setting shared by all points (suite, tasks, init states, renderer, hardware).
+    plus the setting shared by all points (suite, tasks, init states, renderer, hardware), and
+    ``pending``, the N not yet measured (empty when done). ``on_point`` gets that partial curve
+    after each N: a LIBERO curve takes hours on a CPU, and a crash must not cost finished points.
     """
     best_of_values = sorted({int(n) for n in best_of_values})
     if not best_of_values or best_of_values[0] < 1:
@@ -234,12 +236,19 @@ def evaluate_scaling(policy, env_cfg: EnvConfig, best_of_values: Sequence[int], 
                                    vector_env=envs, progress=progress, best_of=n, scorer=scorer)
             per_n[n] = dict(last["overall"], per_task=last["per_task"], wall_s=last["wall_s"],
                             env_steps_per_s=last["env_steps_per_s"])
+            if on_point is not None:
+                on_point(_curve(last, best_of_values, per_n))
     finally:
         if vector_env is None:
             envs.close()
+    return _curve(last, best_of_values, per_n)
+
+
+def _curve(last: dict, best_of_values: list[int], per_n: dict) -> dict:
     shared = ("backend", "suite", "task_ids", "seeds", "init_state_ids", "uses_training_init_states",
               "num_envs", "renderer", "hardware")
-    return dict({key: last[key] for key in shared}, best_of=best_of_values, per_n=per_n)
+    return dict({key: last[key] for key in shared}, best_of=best_of_values, per_n=dict(per_n),
+                pending=[n for n in best_of_values if n not in per_n])
 
 
 def _write_video(video_dir: str | Path, episode: dict, frames: list[np.ndarray]) -> str:
