@@ -1,5 +1,8 @@
 """Test-time best-of-N in evaluation: candidate choice, ``vla-rl eval --best-of/--scaling``, PRM checks."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from vla_rl_ros.core.envs.toy import ToyVectorEnv, toy_instruction, toy_task_cou
 from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, policy_actor
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
+from vla_rl_ros.core.rl.scaling_pool import pool_curves
 from vla_rl_ros.core.rl.test_time import best_of_n_decode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -206,3 +210,40 @@ def test_cli_rejects_n_below_one(saved, capsys, option):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "N must be >= 1" in err or "not an integer" in err
+
+
+def test_pooled_curve_counts_every_seeds_episodes(saved, tmp_path):
+    policy, _ = saved
+    cfg = EnvConfig(backend="toy", task_ids=[0, 1], num_envs=2, image_size=32, max_episode_steps=3)
+    provenance = dict(policy="p", adapters=None, scorer="likelihood", prm=None, temperature=1.0)
+    curves = [dict(evaluate_scaling(policy, cfg, [1, 2], seeds=[seed], episodes_per_task=2, progress=False),
+                   **provenance) for seed in (0, 1)]
+    pooled = pool_curves(curves)
+    assert pooled["seeds"] == [0, 1] and pooled["per_n"].keys() == {"1", "2"}
+    for n in (1, 2):
+        point, parts = pooled["per_n"][str(n)], [curve["per_n"][n] for curve in curves]
+        assert point["episodes"] == 8 and point["successes"] == sum(p["successes"] for p in parts)
+        assert point["ci95"][0] <= point["success_rate"] <= point["ci95"][1]
+        assert sum(task["episodes"] for task in point["per_task"].values()) == 8
+        assert point["wall_s"] == pytest.approx(sum(p["wall_s"] for p in parts), abs=0.1)
+    with pytest.raises(ValueError, match="seeds overlap"):
+        pool_curves([curves[0], curves[0]])
+    with pytest.raises(ValueError, match="differs in temperature"):
+        pool_curves([curves[0], dict(curves[1], temperature=0.5)])
+    with pytest.raises(ValueError, match="unfinished"):
+        pool_curves([curves[0], dict(curves[1], pending=[2])])
+    # the tool: pooled JSON and plot from files; a corrupt input is a one-line error, exit 2
+    tool = Path(__file__).resolve().parents[1] / "tools" / "experiments" / "pool_scaling.py"
+    files = []
+    for index, curve in enumerate(curves):
+        files.append(tmp_path / f"c{index}.json")
+        files[-1].write_text(json.dumps(curve))
+    done = subprocess.run([sys.executable, str(tool), "--out", str(tmp_path / "pooled"), *map(str, files)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "pooled" / "scaling.json").read_text())["per_n"] == pooled["per_n"]
+    assert (tmp_path / "pooled" / "scaling.png").stat().st_size > 0
+    files[1].write_text("{not json")
+    done = subprocess.run([sys.executable, str(tool), "--out", str(tmp_path / "bad"), *map(str, files)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "pool_scaling:" in done.stderr and "Traceback" not in done.stderr
