@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
 
+from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 from vla_rl_ros.core.rl.scaling_pool import pool_curves  # noqa: E402
 from vla_rl_ros.core.rl.test_time import plot_success_vs_n  # noqa: E402
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{suite} tasks {pooled['task_ids']}: best-of-N, seeds {pooled['seeds']}"
     pooled["plot"] = str(plot_success_vs_n({int(n): p for n, p in pooled["per_n"].items()},
                                            out / "scaling.png", title))
-    (out / "scaling.json").write_text(json.dumps(pooled, indent=1) + "\n")
+    write_json_atomic(out / "scaling.json", pooled)
     for n, point in pooled["per_n"].items():
         low, high = point["ci95"]
         print(f"N={n:>3}: {point['successes']}/{point['episodes']} = {100 * point['success_rate']:.1f} % "

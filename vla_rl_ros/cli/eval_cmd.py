@@ -12,6 +12,7 @@ from pathlib import Path
 from vla_rl_ros.cli.main import add_config_arguments
 from vla_rl_ros.core.config import load_config
 from vla_rl_ros.core.config_io import ConfigError
+from vla_rl_ros.core.rl.results import write_json_atomic
 
 
 def candidate_count(text: str) -> int:
@@ -96,19 +97,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             result, json_path = _single(args, cfg, policy, scorer, options)
     result.update(provenance)
-    text = json.dumps(result, indent=1)
-    if json_path:
-        _write_json(json_path, text)
-    print(text)
+    if json_path:  # through a temporary file: a kill mid-write must not corrupt the last good result
+        write_json_atomic(json_path, result)
+    print(json.dumps(result, indent=1))
     return 0
-
-
-def _write_json(json_path: Path, text: str) -> None:
-    """Write through a temporary file: a kill mid-write must not corrupt the last good result."""
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = json_path.with_name(json_path.name + ".tmp")
-    partial.write_text(text)
-    partial.replace(json_path)
 
 
 def _load_adapters(policy, directory: str) -> int:
@@ -144,7 +136,7 @@ def _scaling(args: argparse.Namespace, cfg, policy, named_scorer: tuple, options
 
     def save_point(curve: dict) -> None:
         if curve["pending"]:  # the finished curve is written once, by run()
-            _write_json(json_path, json.dumps(dict(plotted(curve), **provenance), indent=1))
+            write_json_atomic(json_path, dict(plotted(curve), **provenance))
 
     curve = evaluate_scaling(policy, cfg.env, args.scaling, scorer, on_point=save_point, **options)
     return plotted(curve), json_path

@@ -181,6 +181,13 @@ def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), epi
     return result
 
 
+def success_counts(successes: int, episodes: int, aborted: int = 0) -> dict:
+    """The success record every evaluation reports: counts, rate and its Wilson 95 % interval."""
+    low, high = wilson_interval(successes, episodes)
+    return dict(successes=successes, episodes=episodes, aborted=aborted,
+                success_rate=successes / episodes if episodes else 0.0, ci95=[round(low, 4), round(high, 4)])
+
+
 def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wall_s: float, steps: int,
               greedy: bool, init_state_ids: Sequence[int], videos: list[str]) -> dict:
     """Per-task, per-seed and overall success with Wilson intervals, plus throughput and hardware."""
@@ -188,11 +195,7 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
 
     def rate(subset: list[dict]) -> dict:
         counted = [e for e in subset if not e["aborted"]]
-        wins = sum(e["success"] for e in counted)
-        low, high = wilson_interval(wins, len(counted))
-        return dict(successes=wins, episodes=len(counted), aborted=len(subset) - len(counted),
-                    success_rate=wins / len(counted) if counted else 0.0,
-                    ci95=[round(low, 4), round(high, 4)])
+        return success_counts(sum(e["success"] for e in counted), len(counted), len(subset) - len(counted))
     per_task = {str(t): rate([e for e in episodes if e["task_id"] == t]) for t in env_cfg.task_ids}
     per_seed = {str(s): rate([e for e in episodes if e["seed"] == s]) for s in seeds}
     seed_rates = [v["success_rate"] for v in per_seed.values() if v["episodes"]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vla_rl_ros.core.evaluation import wilson_interval
+from vla_rl_ros.core.evaluation import success_counts
 
 # What every piece must share for the pooled curve to describe one setting.
 MUST_MATCH = ("backend", "suite", "task_ids", "best_of", "policy", "adapters", "scorer", "prm", "temperature")
@@ -47,8 +47,6 @@ def _pool_point(points: list[dict]) -> dict:
 
 
 def _counts(points: list[dict]) -> dict:
-    wins = sum(point["successes"] for point in points)
-    episodes = sum(point["episodes"] for point in points)
-    low, high = wilson_interval(wins, episodes)
-    return dict(successes=wins, episodes=episodes, aborted=sum(point.get("aborted", 0) for point in points),
-                success_rate=wins / episodes if episodes else 0.0, ci95=[round(low, 4), round(high, 4)])
+    return success_counts(sum(point["successes"] for point in points),
+                          sum(point["episodes"] for point in points),
+                          sum(point.get("aborted", 0) for point in points))
