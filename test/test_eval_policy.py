@@ -18,6 +18,12 @@ def test_wilson_interval_known_values():
         wilson_interval(11, 10)
 
 
+def test_training_log_interval_is_the_evaluation_interval_but_nan_without_episodes():
+    from vla_rl_ros.core.rl.results import wilson_interval as training_interval
+    assert training_interval(8, 10) == wilson_interval(8, 10)
+    assert all(np.isnan(bound) for bound in training_interval(0, 0))
+
+
 def test_plan_uses_held_out_states_and_seeds_draw_subsets():
     plan = plan_evaluation([0, 1], list(range(40, 50)), seeds=[0, 1], episodes_per_task=3)
     assert len(plan) == 12 and all(40 <= state < 50 for _, state, _ in plan)

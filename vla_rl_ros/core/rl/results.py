@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (robust at 0 and 1)."""
+    """The evaluation's 95 % Wilson interval, but NaN without trials: a training log shows a gap there."""
+    from vla_rl_ros.core.evaluation import wilson_interval as interval  # lazy: numpy only when needed
     if trials == 0:
         return (float("nan"), float("nan"))
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return interval(successes, trials, z)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
