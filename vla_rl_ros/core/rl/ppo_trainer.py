@@ -80,7 +80,11 @@ class PPOTrainer:
         if not all(torch.isfinite(t).all() for t in (batch.advantages, batch.returns, batch.rewards)):
             return self._skip(metrics, "non-finite reward or advantage")
         use_ref = cfg.kl_coef > 0 and not warmup
-        ref_all = self.reference_log_probs(batch) if use_ref else batch.log_probs
+        # The batch is built on the CPU; the loss meets the policy's outputs on the policy's device.
+        device = self.policy.device
+        ref_all = (self.reference_log_probs(batch) if use_ref else batch.log_probs).to(device)
+        old_log_probs, old_values, advantages, returns = (
+            t.to(device) for t in (batch.log_probs, batch.old_values, batch.advantages, batch.returns))
         snapshot = self._snapshot()
         sums: dict[str, list[float]] = {}
         steps, stopped_early = 0, False
@@ -93,9 +97,9 @@ class PPOTrainer:
                 idx = index.numpy()
                 ev = self.policy.evaluate(batch.images[idx], [batch.instructions[i] for i in idx],
                                           batch.tokens[index], proprio=batch.proprio[idx])
-                terms = ppo_loss(ev.log_probs.float(), batch.log_probs[index], ref_all[index],
-                                 ev.entropy.float(), ev.values.float().reshape(-1), batch.old_values[index],
-                                 batch.advantages[index], batch.returns[index], clip_range=cfg.clip_range,
+                terms = ppo_loss(ev.log_probs.float(), old_log_probs[index], ref_all[index],
+                                 ev.entropy.float(), ev.values.float().reshape(-1), old_values[index],
+                                 advantages[index], returns[index], clip_range=cfg.clip_range,
                                  value_clip_range=cfg.value_clip_range,
                                  kl_coef=cfg.kl_coef if use_ref else 0.0,
                                  entropy_coef=cfg.entropy_coef, value_coef=cfg.value_coef,
