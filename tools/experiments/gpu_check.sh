@@ -11,6 +11,7 @@
 #   toy_*.jsonl       - `vla-rl train` on the GPU: 4 iterations straight, and 2 then resumed to 4;
 #                       the last lines are compared, because exact resume is a promise of `train`
 #   toy_scaling.json  - best-of-N scored by a PRM, on the GPU (then PRM-rewarded training, rc only)
+#   toy_train_prm.json - `vla-rl train-prm` on the GPU (collect, label, train, measure)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:?set OUT to a results folder}
@@ -62,6 +63,11 @@ timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir=/tmp/toy_prm/tr
     --set policy.model_path=/tmp/toy_prm/policy --set reward.prm_path=/tmp/toy_prm/prm --set reward.prm_weight=0.1 \
     >/dev/null
 echo "toy train with the PRM: rc=$?"
+timeout 100 "${VLA[@]}" train-prm --no-progress --out /tmp/toy_prm/trained --set env.backend=toy \
+    --set "env.task_ids=[0]" --set env.num_envs=2 --set env.image_size=32 --set env.max_episode_steps=10 \
+    --set policy.size=tiny --set policy.image_size=32 --set policy.device=cuda \
+    --set reward.prm_rollout_episodes=4 --set reward.prm_epochs=1 --set train.torch_threads=1 >"$OUT/toy_train_prm.json"
+echo "toy train-prm: rc=$?"
 cp /tmp/toy_resumed/metrics.jsonl "$OUT/toy_resumed.jsonl"
 "$PY" - "$OUT" <<'EOF'
 import json, sys

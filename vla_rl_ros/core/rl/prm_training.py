@@ -42,6 +42,8 @@ def train_prm(prm: ProcessRewardModel, episodes: Sequence[Episode], epochs: int 
         chosen = outcome == flag
         if chosen.any() and (~chosen).any():
             weights[chosen] = 0.5 * len(targets) / float(chosen.sum())
+    # Labels are built on the CPU; the loss meets the scores on the PRM's device.
+    targets, weights = targets.to(prm.backbone.device), weights.to(prm.backbone.device)
     optimizer = torch.optim.Adam(prm.parameters(), lr=lr)
     history = []
     steps = range(epochs)
