@@ -60,7 +60,7 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def reference_log_probs(self, batch: RolloutBatch) -> torch.Tensor:
-        """Reference-policy log-probs ``[M, K]`` of the batch's tokens, in no-grad chunks."""
+        """Reference-policy log-probs ``[M, K]`` of the batch's tokens (no-grad chunks, policy's device)."""
         chunks = []
         with torch.no_grad():
             for start in range(0, batch.size, REF_CHUNK):
@@ -68,7 +68,7 @@ class PPOTrainer:
                 ref = self.policy.reference_log_probs(batch.images[start:end], batch.instructions[start:end],
                                                       batch.tokens[start:end],
                                                       proprio=batch.proprio[start:end])
-                chunks.append(torch.as_tensor(ref, dtype=torch.float32).detach().cpu())
+                chunks.append(torch.as_tensor(ref, dtype=torch.float32).detach())
         return torch.cat(chunks)
 
     def update(self, batch: RolloutBatch, generator: torch.Generator | None = None) -> dict[str, float]:
@@ -82,9 +82,9 @@ class PPOTrainer:
         use_ref = cfg.kl_coef > 0 and not warmup
         # The batch is built on the CPU; the loss meets the policy's outputs on the policy's device.
         device = self.policy.device
-        ref_all = (self.reference_log_probs(batch) if use_ref else batch.log_probs).to(device)
         old_log_probs, old_values, advantages, returns = (
             t.to(device) for t in (batch.log_probs, batch.old_values, batch.advantages, batch.returns))
+        ref_all = self.reference_log_probs(batch) if use_ref else old_log_probs
         snapshot = self._snapshot()
         sums: dict[str, list[float]] = {}
         steps, stopped_early = 0, False
