@@ -1,6 +1,6 @@
 """Experiment (not a test): where one batched decode's time goes, stage by stage, on a GPU.
 
-`vla-rl bench policy` gives the whole decode; this splits it into the vision towers plus
+`vla-rl bench policy` gives the whole decode; this splits it into the vision towers, the
 projector, the language model's prefill and each cached token step, and prints the top ops of a
 torch.profiler trace, so a slow shape shows whether it waits on the GPU or on Python::
 
@@ -9,6 +9,7 @@ torch.profiler trace, so a slow shape shows whether it waits on the GPU or on Py
 Random weights (the shape only): timing does not depend on the values.
 """
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -20,38 +21,49 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
 
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy  # noqa: E402
-from vla_rl_ros.core.policy.decoding import _positions  # noqa: E402
 
 
 def stages(policy: VLAPolicy, frames: np.ndarray, texts: list[str], proprio: np.ndarray) -> dict[str, float]:
-    """Milliseconds of each stage of one greedy decode, synchronised around every stage."""
-    device, lm = policy.device, policy.model.language_model
+    """Milliseconds per stage of one greedy ``policy.decode``, timed by hooks on its own modules.
+
+    Hooks rather than a copy of the decode loop, so the profile measures the path rollouts run.
+    Each hook synchronises the device, so the stages add up to slightly more than a plain decode.
+    """
+    device, model = policy.device, policy.model
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times, mark = {}, [time.perf_counter()]
+    times: dict[str, float] = {}
 
-    def lap(name: str) -> None:
-        sync()
-        now = time.perf_counter()
-        times[name] = 1000 * (now - mark[0])
-        mark[0] = now
+    def timed(module: torch.nn.Module, names) -> list:
+        begun: list[float] = []
 
-    with torch.no_grad():
+        def before(_module, _args) -> None:
+            sync()
+            begun.append(time.perf_counter())
+
+        def after(_module, _args, output) -> None:
+            sync()
+            times[names(output)] = 1000 * (time.perf_counter() - begun.pop())
+        return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+
+    calls = itertools.count()
+
+    def language_model_call(output) -> str:
+        index, length = next(calls), output.last_hidden_state.shape[1]
+        return f"prefill ({length} tokens)" if index == 0 else f"token step {index}"
+
+    handles = (timed(model.vision_backbone, lambda _: "vision towers")
+               + timed(model.projector, lambda _: "projector")
+               + timed(model.language_model.model, language_model_call))
+    try:
         sync()
-        mark[0] = time.perf_counter()
-        pixels, input_ids, mask = policy._inputs(frames, texts, proprio)
-        lap("inputs")
-        embeds, mask = policy.model.multimodal_embeddings(pixels, input_ids, mask)
-        lap("vision+embed")
-        positions = _positions(mask)
-        out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-        lap(f"prefill ({embeds.shape[1]} tokens)")
-        cache, token = out.past_key_values, out.last_hidden_state[:, -1:].argmax(-1) % 100
-        for step in range(policy.num_action_tokens - 1):
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            out = lm.model(input_ids=token, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True)
-            lap(f"token step {step + 1}")
+        begun = time.perf_counter()
+        policy.decode(frames, texts, greedy=True, proprio=proprio)
+        sync()
+        total = 1000 * (time.perf_counter() - begun)
+    finally:
+        for handle in handles:
+            handle.remove()
+    times["the rest (inputs, embedding, sampling)"] = total - sum(times.values())
     return times
 
 
@@ -80,8 +92,8 @@ def main() -> None:
     merged = ", adapters merged" if args.merged else ""
     print(f"{args.size}, batch {args.batch}, {args.device}{merged}: median ms per stage, {args.repeats} runs")
     for name in runs[0]:
-        print(f"  {name:>24}: {statistics.median(r[name] for r in runs):8.2f}")
-    print(f"  {'total':>24}: {statistics.median(sum(r.values()) for r in runs):8.2f}")
+        print(f"  {name:>40}: {statistics.median(r[name] for r in runs):8.2f}")
+    print(f"  {'total':>40}: {statistics.median(sum(r.values()) for r in runs):8.2f}")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if policy.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
