@@ -7,6 +7,7 @@
 # is not needed, so the RL loop runs on the toy env. Writes under $OUT:
 #   bench_small.json  - the small (CPU default) policy on the GPU: decode and PPO fwd+bwd per batch
 #   bench_7b.json     - the openvla-7b shape in bf16 (random weights): decode per batch
+#   bench_7b_compiled.json - the same with policy.compile_decode (static cache, CUDA graphs)
 #   bench_7b_ppo.json - the same shape's PPO fwd+bwd at small batches
 #   toy_*.jsonl       - `vla-rl train` on the GPU: 4 iterations straight, and 2 then resumed to 4;
 #                       the last lines are compared, because exact resume is a promise of `train`
@@ -28,6 +29,11 @@ echo "small: rc=$?"
 SEVEN=(--set policy.device=cuda --set policy.size=openvla-7b --set policy.dtype=bfloat16 --set policy.image_size=224)
 timeout 200 "${VLA[@]}" bench policy "${SEVEN[@]}" --batch-sizes 1,8,64 --repeats 5 --no-update --out "$OUT/bench_7b.json" >/dev/null
 echo "7b decode: rc=$?"
+# policy.compile_decode: static KV cache + CUDA graphs of the token step (the batch-1 fix); the
+# first call per batch size compiles, and the JSON's first_call_ms shows what that costs.
+timeout 300 "${VLA[@]}" bench policy "${SEVEN[@]}" --set policy.compile_decode=true --batch-sizes 1,8 --repeats 10 \
+    --no-update --out "$OUT/bench_7b_compiled.json" >/dev/null
+echo "7b compiled decode: rc=$?"
 timeout 150 "${VLA[@]}" bench policy "${SEVEN[@]}" --batch-sizes 1,8 --repeats 3 --out "$OUT/bench_7b_ppo.json" >/dev/null
 echo "7b ppo: rc=$?"
 
@@ -73,7 +79,7 @@ cp /tmp/toy_resumed/metrics.jsonl "$OUT/toy_resumed.jsonl"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("bench_small", "bench_7b", "bench_7b_ppo"):
+for name in ("bench_small", "bench_7b", "bench_7b_compiled", "bench_7b_ppo"):
     path = out / f"{name}.json"
     if path.exists():
         data = json.loads(path.read_text())

@@ -65,10 +65,11 @@ def bench_policy(cfg: PolicyConfig, batch_sizes: Sequence[int], repeats: int = 1
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         decode = lambda: policy.decode(frames, texts, generator=generator, proprio=proprio)  # noqa: E731
-        _timed(decode, warmup, device)
+        first = _timed(decode, warmup, device)  # the first call of a batch size compiles (compile_decode)
         times = _timed(decode, repeats, device)
         median = statistics.median(times)
-        row = {"batch": batch, "latency_ms_median": round(1000 * median, 2),
+        row = {"batch": batch, "first_call_ms": round(1000 * first[0], 2) if first else None,
+               "latency_ms_median": round(1000 * median, 2),
                "latency_ms_min": round(1000 * min(times), 2), "latency_ms_max": round(1000 * max(times), 2),
                "actions_per_s": round(batch / median, 2),
                "tokens_per_s": round(batch * policy.num_action_tokens / median, 1)}
@@ -88,6 +89,7 @@ def bench_policy(cfg: PolicyConfig, batch_sizes: Sequence[int], repeats: int = 1
     by_batch = {r["batch"]: r for r in rows}
     result = {
         "target": "policy", "size": cfg.size, "dtype": cfg.dtype, "device": str(device),
+        "compile_decode": cfg.compile_decode,
         "image_size": cfg.image_size, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -50,6 +50,11 @@ class PolicyConfig:
     """New models only: the prompt ends with the gripper opening and hand height as words, read from
     proprio (measured: image-only SFT of the small model scored 0/30 held out, with the state 7/30).
     A loaded model keeps what it was trained with (stored in its config.json)."""
+    compile_decode: bool = False
+    """Decode the token steps after the prefill with a static KV cache and a ``torch.compile``d step
+    (CUDA graphs on a GPU): built for the 7B shape's batch-1 speed, where kernel launches from
+    Python take most of the time. Each new (batch size, prompt-length bucket) compiles once, which
+    takes seconds to a minute; tokens and log-probs equal the eager decode's."""
     center_crop_area: float = 1.0
     """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop
     augmentation are evaluated with 0.9); 1.0 = no crop."""

@@ -8,12 +8,15 @@ The value estimate is read from the last prompt token's hidden state in both pat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vla_rl_ros.core.policy.model import OpenVLAModel
+from vla_rl_ros.core.policy.static_decoding import StaticCacheStepper
 
 
 @dataclass(frozen=True)
@@ -56,24 +59,41 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def _dynamic_start(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                   num_tokens: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Eager prefill into a cache that grows by one column per token; same contract as
+    :meth:`StaticCacheStepper.start` (``num_tokens`` is unused: the cache grows as needed)."""
+    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    state = {"mask": mask, "positions": positions[:, -1:], "cache": out.past_key_values}
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(state["mask"].shape[0], 1)], dim=1)
+        state["positions"] = state["positions"] + 1
+        stepped = lm.model(input_ids=tokens.unsqueeze(-1), attention_mask=state["mask"],
+                           position_ids=state["positions"], past_key_values=state["cache"], use_cache=True)
+        return stepped.last_hidden_state[:, -1]
+    return out.last_hidden_state[:, -1], step
+
+
 @torch.no_grad()
 def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: torch.Tensor,
                    input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int,
-                   space: ActionSpace, greedy: bool = False, generator: torch.Generator | None = None
+                   space: ActionSpace, greedy: bool = False, generator: torch.Generator | None = None,
+                   stepper: StaticCacheStepper | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample (or argmax) ``num_tokens`` tokens for B prompts with one prefill and a KV cache.
 
+    ``stepper`` runs the token steps with a static cache and a compiled step (``policy.compile_decode``);
+    without it the cache grows eagerly. Both give the same tokens and log-probs (a test checks).
     Returns token ids [B, K], their log-probs under ``space`` [B, K] (float32) and values [B].
     """
     lm = model.language_model
     embeds, mask = model.multimodal_embeddings(pixel_values, input_ids, attention_mask)
-    positions = _positions(mask)
-    out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
+    start = stepper.start if stepper is not None else partial(_dynamic_start, lm)
+    hidden, step = start(embeds, mask, _positions(mask), num_tokens)
     values = value_head(hidden.float()).squeeze(-1)
-    cache = out.past_key_values
     tokens, log_probs = [], []
-    for step in range(num_tokens):
+    for index in range(num_tokens):
         logp = space.log_probs(hidden, lm.lm_head)
         if greedy:
             choice = logp.argmax(dim=-1)
@@ -84,13 +104,8 @@ def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: tor
             choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logp.device)
         tokens.append(space.token_id(choice))
         log_probs.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
-        if step == num_tokens - 1:
-            break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        out = lm.model(input_ids=tokens[-1].unsqueeze(-1), attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state[:, -1]
+        if index < num_tokens - 1:
+            hidden = step(tokens[-1])
     return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1), values
 
 

@@ -22,6 +22,7 @@ from vla_rl_ros.core.policy.architecture import VLAArchitecture, preset
 from vla_rl_ros.core.policy.checkpoint import load_model, read_tensors, save_model_dir
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import ActionSpace, decode_actions, evaluate_actions, sft_cross_entropy
+from vla_rl_ros.core.policy.static_decoding import StaticCacheStepper
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
 from vla_rl_ros.core.policy.processor import (STATE_VOCABULARY, Processor, build_word_tokenizer,
                                               libero_instructions, load_tokenizer)
@@ -82,6 +83,7 @@ class VLAPolicy:
                                      cfg.lora_alpha, cfg.lora_dropout, cfg.seed)
         self.model = model  # the same object, adapters injected in place
         self.model.eval()
+        self._stepper: StaticCacheStepper | None = None  # built on the first compiled decode
 
     @property
     def space(self) -> ActionSpace:
@@ -168,8 +170,12 @@ class VLAPolicy:
         required when :attr:`reads_state`, ignored otherwise (the same holds for every method below).
         """
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
+        if self.cfg.compile_decode and self._stepper is None:
+            self._stepper = StaticCacheStepper(self.model.language_model, self.device)
+        stepper = self._stepper if self.cfg.compile_decode else None
         tokens, log_probs, values = decode_actions(self.model, self.value_head, pixels, input_ids, mask,
-                                                   self.num_action_tokens, self.space, greedy, generator)
+                                                   self.num_action_tokens, self.space, greedy, generator,
+                                                   stepper)
         tokens = tokens.cpu()
         actions = self.action_tokenizer.decode(tokens.numpy())
         return DecodeOutput(tokens, actions, log_probs.cpu(), values.cpu())

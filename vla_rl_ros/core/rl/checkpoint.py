@@ -22,7 +22,8 @@ from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
 
 STATE_FILE = "state.pt"
 RESUMABLE_CHANGES = ("train.iterations", "train.output_dir", "train.torch_threads", "train.eval_every",
-                     "train.eval_episodes", "train.time_budget_s", "policy.device")
+                     "train.eval_episodes", "train.time_budget_s", "policy.device",
+                     "policy.compile_decode")
 """Config keys a resume may change; any other difference would silently change the experiment."""
 
 
