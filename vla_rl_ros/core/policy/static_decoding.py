@@ -15,6 +15,7 @@ new weights; a test checks that a compiled decode after ``load_adapters`` matche
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +27,8 @@ PROMPT_BUCKET = 64
 compiled graph instead of compiling once per instruction length."""
 MAX_SLOTS = 16
 """Distinct (batch, cache length) shapes kept. Each holds a KV cache and its own compiled graph;
-an unbounded number would fill GPU memory in a node whose batch size varies with traffic."""
+an unbounded number would fill GPU memory in a node whose batch size varies with traffic, so
+further shapes decode eagerly (with a warning) rather than fail."""
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StaticCacheStepper:
         if compile_options is None:
             compile_options = {"mode": "reduce-overhead"} if device.type == "cuda" else {}
         self._slots: dict[tuple[int, int], _Slot] = {}
+        self._warned_full = False
         self._compiled_step = torch.compile(self._token_step, fullgraph=True, **compile_options)
 
     def _token_step(self, cache: StaticCache, mask: torch.Tensor, tokens: torch.Tensor,
@@ -57,16 +60,23 @@ class StaticCacheStepper:
                             past_key_values=cache, cache_position=cache_position, use_cache=True)
         return out.last_hidden_state[:, -1]
 
-    def _slot(self, batch: int, length: int, dtype: torch.dtype) -> _Slot:
+    def _slot(self, batch: int, length: int, dtype: torch.dtype) -> tuple[_Slot, Callable[..., torch.Tensor]]:
+        """The slot of this shape and the step to run on it: compiled for kept slots; beyond
+        ``MAX_SLOTS`` shapes, a throwaway slot stepped eagerly (same numbers, launch cost back)."""
         key = (batch, length)
-        if key not in self._slots:
-            if len(self._slots) >= MAX_SLOTS:
-                raise RuntimeError(f"compiled decode: more than {MAX_SLOTS} (batch, cache length) shapes; "
-                                   "pass steadier batch sizes or turn policy.compile_decode off")
-            cache = StaticCache(config=self.lm.config, max_cache_len=length)
-            mask = torch.zeros(batch, length, dtype=dtype, device=self.lm.device)
-            self._slots[key] = _Slot(cache, mask)
-        return self._slots[key]
+        if key in self._slots:
+            return self._slots[key], self._compiled_step
+        slot = _Slot(StaticCache(config=self.lm.config, max_cache_len=length),
+                     torch.zeros(batch, length, dtype=dtype, device=self.lm.device))
+        if len(self._slots) < MAX_SLOTS:
+            self._slots[key] = slot
+            return slot, self._compiled_step
+        if not self._warned_full:
+            self._warned_full = True
+            warnings.warn(f"compiled decode keeps {MAX_SLOTS} (batch, cache length) shapes; new shapes "
+                          f"such as {key} decode eagerly (steadier batch sizes keep them compiled)",
+                          RuntimeWarning)
+        return slot, self._token_step
 
     def start(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
               num_tokens: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -75,7 +85,7 @@ class StaticCacheStepper:
         The cache holds at least ``L + num_tokens - 1`` positions."""
         batch, prompt = mask.shape
         needed = prompt + num_tokens - 1
-        slot = self._slot(batch, -(-needed // PROMPT_BUCKET) * PROMPT_BUCKET, mask.dtype)
+        slot, token_step = self._slot(batch, -(-needed // PROMPT_BUCKET) * PROMPT_BUCKET, mask.dtype)
         slot.cache.reset()  # zeros in place (nothing before the first prefill): graphs keep their addresses
         slot.mask.zero_()
         slot.mask[:, :prompt] = mask
@@ -89,8 +99,8 @@ class StaticCacheStepper:
             state["positions"] = state["positions"] + 1
             cache_position = torch.tensor([state["written"]], device=mask.device)
             state["written"] += 1
-            hidden = self._compiled_step(slot.cache, slot.mask, tokens.unsqueeze(-1), state["positions"],
-                                         cache_position)
+            hidden = token_step(slot.cache, slot.mask, tokens.unsqueeze(-1), state["positions"],
+                                cache_position)
             return hidden.clone()  # a CUDA graph's output buffer is overwritten by its next replay
         return out.last_hidden_state[:, -1], step
 
