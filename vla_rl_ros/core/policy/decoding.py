@@ -61,8 +61,10 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 def _dynamic_start(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                    num_tokens: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Eager prefill into a cache that grows by one column per token; same contract as
-    :meth:`StaticCacheStepper.start` (``num_tokens`` is unused: the cache grows as needed)."""
+    """Eager prefill into a cache that grows by one column per token.
+
+    Same contract as :meth:`StaticCacheStepper.start` (``num_tokens`` is unused: the cache grows).
+    """
     out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
     state = {"mask": mask, "positions": positions[:, -1:], "cache": out.past_key_values}
 

@@ -61,8 +61,11 @@ class StaticCacheStepper:
         return out.last_hidden_state[:, -1]
 
     def _slot(self, batch: int, length: int, dtype: torch.dtype) -> tuple[_Slot, Callable[..., torch.Tensor]]:
-        """The slot of this shape and the step to run on it: compiled for kept slots; beyond
-        ``MAX_SLOTS`` shapes, a throwaway slot stepped eagerly (same numbers, launch cost back)."""
+        """The slot of this shape and the step to run on it.
+
+        Kept slots get the compiled step; beyond ``MAX_SLOTS`` shapes, a throwaway slot is
+        stepped eagerly (the same numbers, with the launch cost back).
+        """
         key = (batch, length)
         if key in self._slots:
             return self._slots[key], self._compiled_step
@@ -82,7 +85,8 @@ class StaticCacheStepper:
               num_tokens: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """Prefill ``embeds`` [B, L]; returns the last hidden state [B, H] and ``step(tokens [B]) -> hidden``.
 
-        The cache holds at least ``L + num_tokens - 1`` positions."""
+        The cache holds at least ``L + num_tokens - 1`` positions.
+        """
         batch, prompt = mask.shape
         needed = prompt + num_tokens - 1
         slot, token_step = self._slot(batch, -(-needed // PROMPT_BUCKET) * PROMPT_BUCKET, mask.dtype)
