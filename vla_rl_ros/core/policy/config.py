@@ -54,7 +54,8 @@ class PolicyConfig:
     """Decode the token steps after the prefill with a static KV cache and a ``torch.compile``d step
     (CUDA graphs on a GPU): built for the 7B shape's batch-1 speed, where kernel launches from
     Python take most of the time. Each new (batch size, prompt-length bucket) compiles once, which
-    takes seconds to a minute; tokens and log-probs equal the eager decode's."""
+    takes seconds to a minute; tokens and log-probs equal the eager decode's. Inductor needs a C++
+    compiler on a CPU (set-up's g++) and Triton on a GPU (in CUDA builds of torch)."""
     center_crop_area: float = 1.0
     """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop
     augmentation are evaluated with 0.9); 1.0 = no crop."""
