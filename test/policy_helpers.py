@@ -33,6 +33,10 @@ def tiny_policy(**overrides) -> VLAPolicy:
     return VLAPolicy.create(tiny_cfg(**overrides), instructions=INSTRUCTIONS)
 
 
+# Prompts of different lengths, so batches of them are left-padded.
+PADDED_TEXTS = [INSTRUCTIONS[0], "open the drawer", INSTRUCTIONS[2], "pick up the bowl", INSTRUCTIONS[1]]
+
+
 def images(batch: int, size: int = 32, seed: int = 0) -> np.ndarray:
     """Random uint8 camera frames [B, size, size, 3]."""
     return np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -53,6 +57,14 @@ def randomize_base(policy: VLAPolicy, seed: int = 0, std: float = 0.02) -> None:
         for name, param in policy.peft.named_parameters():
             if "lora_" not in name:
                 param.add_(torch.randn(param.shape, generator=gen).to(param.dtype) * std)
+
+
+def varied_policy() -> VLAPolicy:
+    """Tiny policy with non-trivial base, LoRA and value weights, sampling at temperature 1.5."""
+    policy = tiny_policy(temperature=1.5)
+    randomize_base(policy, std=0.05)
+    randomize_adapters(policy, std=0.05)
+    return policy
 
 
 def unused_openvla_tensors(model: OpenVLAModel) -> dict[str, torch.Tensor]:

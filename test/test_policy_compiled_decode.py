@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from policy_helpers import INSTRUCTIONS, images, randomize_adapters, randomize_base, tiny_policy
+from policy_helpers import PADDED_TEXTS, images, randomize_adapters, tiny_policy, varied_policy
 
 from vla_rl_ros.core.policy import static_decoding
 from vla_rl_ros.core.policy.decoding import decode_actions
@@ -16,8 +16,7 @@ from vla_rl_ros.core.policy.static_decoding import StaticCacheStepper
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Prompts of different lengths, so batches are left-padded.
-TEXTS = [INSTRUCTIONS[0], "open the drawer", INSTRUCTIONS[2], "pick up the bowl"]
+TEXTS = PADDED_TEXTS  # prompts of different lengths, so batches are left-padded
 
 
 def _decode(policy, batch: int, stepper: StaticCacheStepper | None, greedy: bool, seed: int):
@@ -28,10 +27,7 @@ def _decode(policy, batch: int, stepper: StaticCacheStepper | None, greedy: bool
 
 @pytest.fixture(scope="module")
 def policy():
-    policy = tiny_policy(temperature=1.5)
-    randomize_base(policy, std=0.05)
-    randomize_adapters(policy, std=0.05)
-    return policy
+    return varied_policy()
 
 
 def test_static_cache_steps_give_the_eager_tokens_log_probs_and_values(policy):

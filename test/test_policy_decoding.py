@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from policy_helpers import INSTRUCTIONS, images, randomize_adapters, randomize_base, tiny_policy
+from policy_helpers import PADDED_TEXTS, images, randomize_base, tiny_policy, varied_policy
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -13,14 +13,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def policy():
     """Tiny policy with non-trivial base, LoRA and value weights, sampling over the action ids."""
-    policy = tiny_policy(temperature=1.5)
-    randomize_base(policy, std=0.05)
-    randomize_adapters(policy, std=0.05)
-    return policy
+    return varied_policy()
 
 
-# Prompts of different lengths, so batches are left-padded.
-TEXTS = [INSTRUCTIONS[0], "open the drawer", INSTRUCTIONS[2], "pick up the bowl", INSTRUCTIONS[1]]
+TEXTS = PADDED_TEXTS  # prompts of different lengths, so batches are left-padded
 
 
 @pytest.mark.parametrize("batch", [1, 3, 5])
