@@ -94,14 +94,16 @@ class StaticCacheStepper:
         slot.mask.zero_()
         slot.mask[:, :prompt] = mask
         slot.mask[:, prompt:needed] = 1
-        written = torch.arange(prompt, device=mask.device)
+        # Every cache slot this decode writes, made on the device once: the prefill's, then one per step.
+        cache_positions = torch.arange(needed, device=mask.device)
         out = self.lm.model(inputs_embeds=embeds, attention_mask=slot.mask, position_ids=positions,
-                            past_key_values=slot.cache, cache_position=written, use_cache=True)
+                            past_key_values=slot.cache, cache_position=cache_positions[:prompt],
+                            use_cache=True)
         state = {"written": prompt, "positions": positions[:, -1:]}
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
             state["positions"] = state["positions"] + 1
-            cache_position = torch.tensor([state["written"]], device=mask.device)
+            cache_position = cache_positions[state["written"]:state["written"] + 1]
             state["written"] += 1
             hidden = token_step(slot.cache, slot.mask, tokens.unsqueeze(-1), state["positions"],
                                 cache_position)
