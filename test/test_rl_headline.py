@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from vla_rl_ros.core.evaluation import fisher_exact_p
+from vla_rl_ros.core.rl.headline_summary import aggregate
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOY = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_size=32",
             "env.max_episode_steps=4", "policy.size=tiny", "policy.image_size=32",
@@ -53,6 +56,10 @@ def test_two_arms_two_seeds_summary_and_resume(tmp_path, headline, one_torch_thr
     paired = summary["arms"]["no_curriculum"]["end_minus_rl_end_points"]
     assert paired["per_seed"] == [100 * (a["end"]["rate"] - b["end"]["rate"])
                                   for a, b in zip(summary["runs"]["no_curriculum"], summary["runs"]["rl"])]
+    rl_end = [r["end"] for r in summary["runs"]["rl"]]
+    own_end = [r["end"] for r in summary["runs"]["no_curriculum"]]
+    assert paired["fisher_p_pooled"] == pytest.approx(fisher_exact_p(
+        sum(e["wins"] for e in own_end), 4, sum(e["wins"] for e in rl_end), 4))
     assert "rl_gain_at_least_15_points" in summary["claims"]
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["arms"] == json.loads(json.dumps(summary["arms"]))
@@ -103,10 +110,8 @@ def test_bad_arms_are_refused(tmp_path, headline):
         headline.main(arguments(tmp_path, arms="rl,bogus"))
 
 
-def test_t_interval(headline):
-    assert headline.t_interval([1.0]) is None
-    low, high = headline.t_interval([10.0, 20.0, 30.0])  # mean 20, sd 10, t(2) = 4.303
-    assert (low, high) == pytest.approx((20 - 4.303 * 10 / 3 ** 0.5, 20 + 4.303 * 10 / 3 ** 0.5))
+def test_runnable_arms_are_the_reported_ones(headline):
+    assert headline.ARMS == (*headline.RL_ARMS, "more_data")
 
 
 def test_judge_evaluates_other_protocols_again_once_as_in_run(tmp_path, headline, one_torch_thread,
@@ -154,7 +159,7 @@ def test_judge_evaluates_other_protocols_again_once_as_in_run(tmp_path, headline
     assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
     # Mixed protocols are labelled as such; lost adapters are a clear refusal, not a traceback.
-    assert headline.aggregate([as_run, fresh])["protocol"].startswith("mixed: greedy, sampled")
+    assert aggregate([as_run, fresh])["protocol"].startswith("mixed: greedy, sampled")
     other = json.loads(result_file.read_text())
     other["judged"].clear()
     result_file.write_text(json.dumps(other))
