@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demos": ("vla_rl_ros.cli.demos_cmd", "record scripted-expert LIBERO demonstrations as MCAP bags"),
     "sft": ("vla_rl_ros.cli.sft_cmd", "imitation (SFT) of the small VLA on recorded demonstrations"),
     "train-prm": ("vla_rl_ros.cli.train_prm_cmd", "train the process reward model on pseudo progress labels"),
+    "eval-prm": ("vla_rl_ros.cli.eval_prm_cmd", "measure a PRM on fresh held-out rollouts of the policy"),
     "train": ("vla_rl_ros.cli.train_cmd", "VLA-RL: trajectory-level PPO with critic, PRM and curriculum"),
     "eval": ("vla_rl_ros.cli.eval_cmd", "success rates on held-out init states with confidence intervals"),
     "bench": ("vla_rl_ros.cli.bench_cmd", "benchmarks (policy, env, graph) printed as JSON"),

@@ -1,7 +1,8 @@
 """Training and measuring the process reward model on pseudo progress labels.
 
 Quality is reported two ways on held-out trajectories: ``prm/auc`` (does the final progress
-score separate successful from failed trajectories?) and ``prm/rank_corr`` (within a
+score separate successful from failed trajectories? ``prm/auc_mean_progress`` ranks by the
+mean instead) and ``prm/rank_corr`` (within a
 trajectory, does the score order the steps like the pseudo labels? Spearman, averaged).
 """
 from __future__ import annotations
@@ -95,18 +96,31 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
+def separation(episodes: Sequence[Episode]) -> dict[str, float]:
+    """How the progress already on ``episodes`` separates successes from failures.
+
+    ``prm/auc`` ranks by the final progress; ``prm/auc_mean_progress`` by the mean over the
+    episode, which also credits a failure that got far and then stalled. NaN when one outcome
+    is missing (an AUC needs both).
+    """
+    scored = [e for e in episodes if e.length > 0 and e.progress is not None]
+    wins = [e for e in scored if e.success]
+    losses = [e for e in scored if not e.success]
+    return {"prm/auc": roc_auc([float(e.progress[-1]) for e in wins],
+                               [float(e.progress[-1]) for e in losses]),
+            "prm/auc_mean_progress": roc_auc([float(np.mean(e.progress[1:])) for e in wins],
+                                             [float(np.mean(e.progress[1:])) for e in losses]),
+            "prm/episodes": float(len(scored)), "prm/successes": float(len(wins))}
+
+
 def evaluate_prm(prm: ProcessRewardModel, episodes: Sequence[Episode]) -> dict[str, float]:
     """``prm/auc``, ``prm/rank_corr``, ``prm/label_mse`` and counts on (held-out) trajectories."""
     episodes = [e for e in episodes if e.length > 0]
     labels = label_episodes(episodes)
     prm.score_episodes(episodes)
-    final = [float(e.progress[-1]) for e in episodes]
-    auc = roc_auc([f for f, e in zip(final, episodes) if e.success],
-                  [f for f, e in zip(final, episodes) if not e.success])
     corrs = [spearman(e.progress[1:], lab[1:]) for e, lab in zip(episodes, labels)]
     corrs = [c for c in corrs if np.isfinite(c)]
     errors = [(e.progress[1:] - lab[1:]) ** 2 for e, lab in zip(episodes, labels)]
     mse = float(np.mean(np.concatenate(errors)))
-    return {"prm/auc": auc, "prm/rank_corr": float(np.mean(corrs)) if corrs else float("nan"),
-            "prm/label_mse": mse, "prm/episodes": float(len(episodes)),
-            "prm/successes": float(sum(e.success for e in episodes))}
+    return {**separation(episodes), "prm/rank_corr": float(np.mean(corrs)) if corrs else float("nan"),
+            "prm/label_mse": mse}
