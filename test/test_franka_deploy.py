@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from file_modules import load_file_module  # noqa: E402
 from vla_rl_ros.core.config import load_config  # noqa: E402
 from vla_rl_ros.core.config_io import ConfigError  # noqa: E402
 from vla_rl_ros.graph.deploy_franka import DEPLOY_ARGUMENTS, build_deploy_graph  # noqa: E402
@@ -88,10 +89,7 @@ def test_launch_file_and_vla_rl_launch_start_the_same_deploy_graph(launch_stand_
     import types
 
     from vla_rl_ros.cli.main import main as cli_main
-    path = ROOT / "launch" / "deploy_franka.launch.py"
-    spec = importlib.util.spec_from_file_location("deploy_franka_launch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file_module("launch/deploy_franka.launch.py", "deploy_franka_launch")
     entities = module.generate_launch_description().args[0]
     declared = {e.args[0]: e.kwargs for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert set(declared) == set(DEPLOY_ARGUMENTS)

@@ -1,10 +1,11 @@
 """tools/experiments/headline_records.py: committed LIBERO records, the summary made of them, bad files."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from file_modules import load_file_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "docs" / "results" / "headline" / "records.json"
@@ -13,11 +14,7 @@ RUNS = ROOT / "docs" / "results" / "headline" / "kept_runs"
 
 @pytest.fixture(scope="module")
 def records_tool():
-    path = ROOT / "tools" / "experiments" / "headline_records.py"
-    spec = importlib.util.spec_from_file_location("headline_records", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("tools/experiments/headline_records.py", "headline_records")
 
 
 def test_committed_records_give_the_figures_the_readme_quotes(records_tool):

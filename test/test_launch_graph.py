@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from file_modules import load_file_module
 from vla_rl_ros.cli.main import main as cli_main
 from vla_rl_ros.graph.description import LAUNCH_ARGUMENTS, build_graph
 
@@ -52,10 +53,7 @@ def launch_modules(monkeypatch):
 
 
 def _load_launch_file(graph: str):
-    spec = importlib.util.spec_from_file_location(f"{graph}_launch", ROOT / "launch" / f"{graph}.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.generate_launch_description()
+    return load_file_module(f"launch/{graph}.launch.py", f"{graph}_launch").generate_launch_description()
 
 
 def _launch_route(graph: str, arguments: dict) -> set:

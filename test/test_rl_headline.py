@@ -1,11 +1,11 @@
 """tools/experiments/rl_headline.py on the toy backend: arms x seeds, summary numbers, resume, skips."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from file_modules import load_file_module
 from vla_rl_ros.core.evaluation import fisher_exact_p
 from vla_rl_ros.core.rl.headline_summary import aggregate
 
@@ -18,11 +18,7 @@ TINY_TOY = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.imag
 
 @pytest.fixture(scope="module")
 def headline():
-    path = ROOT / "tools" / "experiments" / "rl_headline.py"
-    spec = importlib.util.spec_from_file_location("rl_headline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("tools/experiments/rl_headline.py", "rl_headline")
 
 
 def arguments(out, arms="rl,no_curriculum"):
