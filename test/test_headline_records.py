@@ -32,6 +32,7 @@ def test_committed_records_give_the_figures_the_readme_quotes(records_tool):
     assert no_prm["end"]["wins"] == 28 and no_prm["gain_points"]["mean"] == pytest.approx(-1.11, abs=0.01)
     assert no_prm["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.75, abs=5e-3)
     assert sampled["claims"] == {"rl_gain_at_least_15_points": False, "more_data_below_rl": False}
+    assert sampled["sizing"]["episodes_per_side"] == 166 and sampled["sizing"]["episodes_per_side_now"] == 90
     greedy = records_tool.summarize(records, "greedy")
     assert greedy["arms"]["rl"]["gain_points"]["ci95_t"] == pytest.approx([-11.1, 42.2], abs=0.05)
     assert "more_data" not in greedy["arms"] and "more_data seed 0" in greedy["left_out"]
@@ -89,6 +90,16 @@ def test_bad_records_are_refused_with_the_record_named(records_tool, tmp_path, d
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message):
         records_tool.load_records(path)
+
+
+def test_episodes_for_power():
+    from vla_rl_ros.core.rl.headline_summary import episodes_for_power
+    # 50 % -> 60 %: mean 0.55; (1.96 sqrt(2 x 0.55 x 0.45) + 0.8416 sqrt(0.25 + 0.24))^2 / 0.1^2 = 387.3.
+    assert episodes_for_power(0.5, 10) == 388
+    assert episodes_for_power(29 / 90, 15) == 166  # the headline's start; its seeds have 90 a side
+    assert episodes_for_power(29 / 90, 15, power=0.9) > 166 > episodes_for_power(29 / 90, 20)
+    with pytest.raises(ValueError, match="rate"):
+        episodes_for_power(0.9, 15)
 
 
 def test_t_interval():

@@ -112,6 +112,13 @@ def markdown_table(summary: dict) -> str:
                      f"| {_percent(end['mean'])} {_interval(end['ci95_wilson_pooled'], 100)} "
                      f"| {gain['mean']:+.1f} {_interval(gain['ci95_t'])} | {seeds} | {against} "
                      f"| {entry['env_steps']['mean']:.0f} | {wall} |")
+    size = summary.get("sizing")
+    if size:
+        lines += ["", f"Resolving a true +{size['gain_points']:.0f}-point gain from rl's start "
+                      f"({100 * size['start_rate']:.1f} %) with {100 * size['power']:.0f} % power at the "
+                      f"5 % level needs about {size['episodes_per_side']} held-out episodes at the start "
+                      f"and as many at the end, pooled over seeds; these seeds have "
+                      f"{size['episodes_per_side_now']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +153,7 @@ def summarize_arms(per_arm: dict[str, list[dict] | str], rl_results: list[dict])
     arms = {arm: ({"skipped": value} if isinstance(value, str) else aggregate(value, rl_results))
             for arm, value in per_arm.items()}
     runs = {arm: value for arm, value in per_arm.items() if not isinstance(value, str)}
-    return {"arms": arms, "runs": runs, "claims": claims(arms)}
+    return {"arms": arms, "runs": runs, "claims": claims(arms), "sizing": sizing(arms)}
 
 
 def write_summary(out: Path, summary: dict, stem: str = "summary", more_markdown: str = "") -> None:
@@ -158,11 +165,45 @@ def write_summary(out: Path, summary: dict, stem: str = "summary", more_markdown
     print(table)
 
 
+def episodes_for_power(rate: float, gain_points: float, power: float = 0.8) -> int:
+    """Held-out episodes per side that a two-sided 5 % test needs to see ``gain_points`` from ``rate``.
+
+    The normal approximation for two proportions (no continuity correction): a start and an end
+    evaluation of this many episodes each, pooled over seeds, detect a true gain of that size
+    with probability ``power``. It sizes an experiment; the verdict is still the exact test.
+    """
+    from statistics import NormalDist
+    after = rate + gain_points / 100.0
+    if not (0 < rate < 1 and 0 < after < 1 and 0 < power < 1):
+        raise ValueError(f"episodes_for_power: need 0 < rate ({rate}) and rate + gain ({after}) < 1, "
+                         f"0 < power ({power}) < 1")
+    z_alpha, z_power = NormalDist().inv_cdf(0.975), NormalDist().inv_cdf(power)
+    mean = (rate + after) / 2
+    spread = (z_alpha * math.sqrt(2 * mean * (1 - mean))
+              + z_power * math.sqrt(rate * (1 - rate) + after * (1 - after)))
+    return math.ceil((spread / (after - rate)) ** 2)
+
+
+TARGET_GAIN_POINTS = 15.0
+"""The issue's headline: held-out success rises by at least this much (mean of the seeds)."""
+
+
+def sizing(arms: dict) -> dict | None:
+    """What the rl arm's evaluation would need to resolve the target gain (None without rl)."""
+    start = arms.get("rl", {}).get("start")
+    if not start or not 0 < start["wins"] < start["episodes"]:
+        return None
+    rate = start["wins"] / start["episodes"]
+    return {"start_rate": rate, "gain_points": TARGET_GAIN_POINTS, "power": 0.8,
+            "episodes_per_side": episodes_for_power(rate, TARGET_GAIN_POINTS),
+            "episodes_per_side_now": start["episodes"]}
+
+
 def claims(arms: dict) -> dict:
     """The two headline checks, where their arms ran: rl gain >= 15 points; more_data below rl."""
     claims = {}
     if "gain_points" in arms.get("rl", {}):
-        claims["rl_gain_at_least_15_points"] = arms["rl"]["gain_points"]["mean"] >= 15.0
+        claims["rl_gain_at_least_15_points"] = arms["rl"]["gain_points"]["mean"] >= TARGET_GAIN_POINTS
     if "end_minus_rl_end_points" in arms.get("more_data", {}):
         claims["more_data_below_rl"] = arms["more_data"]["end_minus_rl_end_points"]["mean"] < 0.0
     return claims
