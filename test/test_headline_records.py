@@ -31,6 +31,9 @@ def test_committed_records_give_the_figures_the_readme_quotes(records_tool):
     assert more_data["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.035, abs=5e-4)
     assert no_prm["end"]["wins"] == 28 and no_prm["gain_points"]["mean"] == pytest.approx(-1.11, abs=0.01)
     assert no_prm["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.75, abs=5e-3)
+    no_curriculum = sampled["arms"]["no_curriculum"]
+    assert no_curriculum["seeds"] == [0, 1] and no_curriculum["end"]["wins"] == 18
+    assert no_curriculum["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.70, abs=5e-3)
     assert sampled["claims"] == {"rl_gain_at_least_15_points": False, "more_data_below_rl": False}
     assert sampled["sizing"]["episodes_per_side"] == 166 and sampled["sizing"]["episodes_per_side_now"] == 90
     greedy = records_tool.summarize(records, "greedy")
@@ -42,14 +45,15 @@ def test_committed_records_give_the_figures_the_readme_quotes(records_tool):
 def test_collect_reads_a_real_run_folder_and_replaces_its_record(records_tool, tmp_path):
     # The committed no_prm seed 2 folder is rl_headline.py's own output of the twelfth LIBERO run.
     records = {"records": []}
-    assert records_tool.collect(records, RUNS) == [("no_prm", 2)]
-    (record,) = records["records"]
+    collected = records_tool.collect(records, RUNS)
+    assert ("no_prm", 2) in collected and len(records["records"]) == len(collected)
+    (record,) = [r for r in records["records"] if (r["arm"], r["seed"]) == ("no_prm", 2)]
     result = json.loads((RUNS / "no_prm" / "seed2" / "arm_result.json").read_text())
     assert record["start"]["wins"] == result["start"]["wins"] == 11
     assert record["end"] == {"wins": 7, "episodes": 30, "per_task": {"1": 3, "5": 0, "6": 4}}
     assert record["env_steps"] == 54972 and record["iterations"] == 34
     records_tool.collect(records, RUNS)  # again: replaced, not duplicated
-    assert len(records["records"]) == 1
+    assert len(records["records"]) == len(collected)
 
     # The command line: collect into a copy of the committed records, write both summaries.
     copy = tmp_path / "records.json"
@@ -63,10 +67,11 @@ def test_collect_reads_a_real_run_folder_and_replaces_its_record(records_tool, t
     original = RUNS / "no_prm" / "seed2" / "arm_result.json"
     assert (kept / "arm_result.json").read_bytes() == original.read_bytes()
     assert (kept / "train" / "metrics.jsonl").is_file()
-    sources = [r["source"] for r in after if r["arm"] == "no_prm" and r["seed"] == 2]
-    assert sources == [f"collected from {kept}"]
-    assert [r for r in after if r["seed"] != 2 or r["arm"] != "no_prm"] == \
-        [r for r in before if r["seed"] != 2 or r["arm"] != "no_prm"]
+    for old, new in zip(before, after):  # same order, same measurements; collected ones name the copy
+        arm, seed = new["arm"], new["seed"]
+        assert (old["arm"], old["seed"]) == (arm, seed) and {**old, "source": ""} == {**new, "source": ""}
+        copied = tmp_path / "kept_runs" / arm / f"seed{seed}"
+        assert new["source"] == (f"collected from {copied}" if (arm, seed) in collected else old["source"])
     records_tool.main([str(copy), "--protocol", "greedy"])
     for stem in ("summary_sampled", "summary_greedy"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000
