@@ -17,6 +17,8 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:?set OUT to a results folder}
 mkdir -p "$OUT"
+# Runs, checkpoints and PRMs the results do not keep; a fresh folder, so reruns never mix.
+SCRATCH=${SCRATCH:-$(mktemp -d)}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PYTHON:-python3}
 VLA=("$PY" -m vla_rl_ros.cli.main)  # an array, not a function: timeout runs programs only
@@ -41,40 +43,42 @@ TOY=(--no-progress --set env.backend=toy --set "env.task_ids=[0,1]" --set env.nu
      --set env.max_episode_steps=4 --set policy.size=tiny --set policy.image_size=32 --set policy.device=cuda
      --set train.episodes_per_iter=4 --set train.eval_every=2 --set train.eval_episodes=2 --set ppo.minibatch_size=4
      --set ppo.critic_warmup_iters=1 --set reward.prm_weight=0 --set train.torch_threads=1)
-rm -rf /tmp/toy_straight /tmp/toy_resumed
-timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir=/tmp/toy_straight --set train.iterations=4 >/dev/null
+rm -rf "$SCRATCH/toy_straight" "$SCRATCH/toy_resumed"
+timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir="$SCRATCH/toy_straight" --set train.iterations=4 >/dev/null
 echo "toy straight: rc=$?"
-timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir=/tmp/toy_resumed --set train.iterations=2 >/dev/null
-timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir=/tmp/toy_resumed --set train.iterations=4 >/dev/null
+timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir="$SCRATCH/toy_resumed" --set train.iterations=2 >/dev/null
+timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir="$SCRATCH/toy_resumed" --set train.iterations=4 >/dev/null
 echo "toy resumed: rc=$?"
-cp /tmp/toy_straight/metrics.jsonl "$OUT/toy_straight.jsonl"
+cp "$SCRATCH/toy_straight/metrics.jsonl" "$OUT/toy_straight.jsonl"
 
 # The PRM on the GPU: a saved tiny policy and a PRM matching it, then best-of-N evaluation scored
 # by the PRM, and training with the PRM's dense reward.
-rm -rf /tmp/toy_prm && "$PY" - <<'EOF_PY'
+rm -rf "$SCRATCH/toy_prm" && "$PY" - "$SCRATCH/toy_prm" <<'EOF_PY'
+import sys
+
 from vla_rl_ros.core.envs.toy import toy_instruction, toy_task_count
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
 words = [toy_instruction(i) for i in range(toy_task_count())]
 tiny = lambda: VLAPolicy.create(PolicyConfig(size="tiny", image_size=32), instructions=words)  # noqa: E731
-tiny().save("/tmp/toy_prm/policy")
-ProcessRewardModel(tiny()).save("/tmp/toy_prm/prm")
+tiny().save(f"{sys.argv[1]}/policy")
+ProcessRewardModel(tiny()).save(f"{sys.argv[1]}/prm")
 EOF_PY
-timeout 100 "${VLA[@]}" eval --policy /tmp/toy_prm/policy --prm /tmp/toy_prm/prm --scaling 1,4 \
+timeout 100 "${VLA[@]}" eval --policy "$SCRATCH/toy_prm/policy" --prm "$SCRATCH/toy_prm/prm" --scaling 1,4 \
     --set env.backend=toy --set "env.task_ids=[0,1]" --set env.num_envs=2 --set env.image_size=32 \
     --set env.max_episode_steps=4 --set policy.image_size=32 --set policy.device=cuda --seeds 0 \
     --episodes-per-task 2 --no-progress --output "$OUT/toy_scaling.json" >/dev/null
 echo "toy best-of-N with the PRM: rc=$?"
-timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir=/tmp/toy_prm/train --set train.iterations=2 \
-    --set policy.model_path=/tmp/toy_prm/policy --set reward.prm_path=/tmp/toy_prm/prm --set reward.prm_weight=0.1 \
+timeout 100 "${VLA[@]}" train "${TOY[@]}" --set train.output_dir="$SCRATCH/toy_prm/train" --set train.iterations=2 \
+    --set policy.model_path="$SCRATCH/toy_prm/policy" --set reward.prm_path="$SCRATCH/toy_prm/prm" --set reward.prm_weight=0.1 \
     >/dev/null
 echo "toy train with the PRM: rc=$?"
-timeout 100 "${VLA[@]}" train-prm --no-progress --out /tmp/toy_prm/trained --set env.backend=toy \
+timeout 100 "${VLA[@]}" train-prm --no-progress --out "$SCRATCH/toy_prm/trained" --set env.backend=toy \
     --set "env.task_ids=[0]" --set env.num_envs=2 --set env.image_size=32 --set env.max_episode_steps=10 \
     --set policy.size=tiny --set policy.image_size=32 --set policy.device=cuda \
     --set reward.prm_rollout_episodes=4 --set reward.prm_epochs=1 --set train.torch_threads=1 >"$OUT/toy_train_prm.json"
 echo "toy train-prm: rc=$?"
-cp /tmp/toy_resumed/metrics.jsonl "$OUT/toy_resumed.jsonl"
+cp "$SCRATCH/toy_resumed/metrics.jsonl" "$OUT/toy_resumed.jsonl"
 "$PY" - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path

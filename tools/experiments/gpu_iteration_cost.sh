@@ -13,18 +13,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:?set OUT to a results folder}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
+SCRATCH=${SCRATCH:-$(mktemp -d)}  # the training runs themselves; only their metrics are kept
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PYTHON:-python3}
 for envs in 2 8; do
-  rm -rf "/tmp/iteration_envs$envs"
+  rm -rf "$SCRATCH/iteration_envs$envs"
   timeout 280 "$PY" -m vla_rl_ros.cli.main train --no-progress --no-tensorboard \
       --set env.backend=toy --set "env.task_ids=[0,1,2]" --set env.num_envs=$envs --set env.image_size=128 \
       --set env.max_episode_steps=220 --set policy.size=small --set policy.image_size=128 \
       --set policy.device="$DEVICE" --set policy.temperature=0.5 --set train.episodes_per_iter=8 \
       --set train.iterations=3 --set train.eval_every=0 --set ppo.critic_warmup_iters=1 \
-      --set reward.prm_weight=0 --set train.output_dir="/tmp/iteration_envs$envs" >/dev/null
+      --set reward.prm_weight=0 --set train.output_dir="$SCRATCH/iteration_envs$envs" >/dev/null
   echo "num_envs=$envs: rc=$?"
-  cp "/tmp/iteration_envs$envs/metrics.jsonl" "$OUT/metrics_envs$envs.jsonl"
+  cp "$SCRATCH/iteration_envs$envs/metrics.jsonl" "$OUT/metrics_envs$envs.jsonl"
   "$PY" - "$OUT/metrics_envs$envs.jsonl" <<'EOF_PY'
 import json, sys
 for line in open(sys.argv[1]):
