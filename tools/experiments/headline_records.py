@@ -27,6 +27,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
 
@@ -46,12 +47,18 @@ def _check_counts(where: str, counts: dict) -> None:
 
 
 def load_records(path: str | Path) -> dict:
-    """The records file, checked: known arms, one record per arm and seed, consistent counts."""
+    """The records file, checked (:func:`check_records`)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable records file ({error})") from error
+    check_records(data, path)
+    return data
+
+
+def check_records(data: Any, path: Path) -> None:
+    """Known arms, one record per arm and seed, consistent counts; else ValueError naming the record."""
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise ValueError(f"{path}: expected an object with a 'records' list")
     seen = set()
@@ -67,7 +74,6 @@ def load_records(path: str | Path) -> dict:
         for protocol, counts in [(record["protocol"], record)] + list(record.get("judged", {}).items()):
             for key in ("start", "end"):
                 _check_counts(f"{where} {protocol} {key}", counts.get(key, {}))
-    return data
 
 
 def as_result(record: dict, protocol: str) -> dict | None:
@@ -184,15 +190,16 @@ def per_task_table(per_arm: dict[str, list[dict]], tasks: dict[str, str]) -> str
 
 def summarize(records: dict, protocol: str) -> dict:
     """The summary of every record judged by ``protocol``, in ``rl_headline.py``'s shape."""
-    results = [r for r in (as_result(record, protocol) for record in records["records"]) if r is not None]
+    judged = [(record, as_result(record, protocol)) for record in records["records"]]
+    results = [result for _, result in judged if result is not None]
     per_arm = {arm: [r for r in results if r["arm"] == arm] for arm in headline.ARMS}
     per_arm = {arm: runs for arm, runs in per_arm.items() if runs}
     if not per_arm:
         raise ValueError(f"no record was evaluated {protocol!r}")
     summary = {"hours": records.get("hours"), "seeds": sorted({r["seed"] for r in results}),
                "judge": protocol, "records": len(results),
-               "left_out": [f"{r['arm']} seed {r['seed']}" for r in records["records"]
-                            if as_result(r, protocol) is None],
+               "left_out": [f"{record['arm']} seed {record['seed']}" for record, result in judged
+                            if result is None],
                **headline.summarize_arms(per_arm, per_arm.get("rl", []))}
     summary["per_task_md"] = per_task_table(per_arm, records.get("tasks", {}))
     return summary
@@ -215,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not added:
             raise SystemExit(f"headline_records: no finished seed ({headline.RESULT_FILE}) "
                              f"under {args.collect}")
+        check_records(records, path)  # before it replaces the file: a bad collect loses nothing
         write_json_atomic(path, records)
-        load_records(path)  # what was written must read back
         print(f"[headline_records] collected {added}", file=sys.stderr)
     summary = summarize(records, args.protocol)
     out = Path(args.out) if args.out else path.parent
