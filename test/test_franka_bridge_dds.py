@@ -31,6 +31,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Bool, Float64  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from dds_domains import isolate_dds  # noqa: E402
 from fake_franka_driver import FakeFrankaDriver  # noqa: E402
 from vla_rl_ros.msg import ActionBatch, ObservationBatch  # noqa: E402
 from vla_rl_ros.nodes import convert, qos  # noqa: E402
@@ -91,7 +92,7 @@ class PolicyHarness(Node):
 def graph(monkeypatch):
     """Fake driver + policy harness spinning here, and a function that starts the bridge process."""
     # A private DDS domain: other test runs on this machine also publish 'observations' and 'actions'.
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    isolate_dds(monkeypatch)
     rclpy.init()
     driver, harness = FakeFrankaDriver(), PolicyHarness()
     executor = SingleThreadedExecutor()

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from dds_domains import isolate_dds  # noqa: E402
 from file_modules import load_file_module  # noqa: E402
 from vla_rl_ros.core.config import load_config  # noqa: E402
 from vla_rl_ros.core.config_io import ConfigError  # noqa: E402
@@ -158,7 +159,7 @@ def fake_driver(monkeypatch):
     from rclpy.executors import SingleThreadedExecutor
 
     from fake_franka_driver import FakeFrankaDriver
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() + 37) % 100))  # private: parallel runs
+    isolate_dds(monkeypatch)
     rclpy.init()
     driver = FakeFrankaDriver()
     executor = SingleThreadedExecutor()

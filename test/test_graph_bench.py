@@ -1,11 +1,10 @@
 """``vla-rl bench graph`` measures both loops on the same environments and model and reports the ratio."""
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 
+from dds_domains import isolate_dds
 from vla_rl_ros.cli import bench_cmd
 from vla_rl_ros.core.config import load_config
 from vla_rl_ros.nodes.graph_bench import bench_graph
@@ -15,8 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_graph_reports_both_throughputs_and_their_ratio(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
-    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
+    isolate_dds(monkeypatch)
     cfg = load_config(None, ["env.backend=toy", "env.task_ids=[0,1]", "env.image_size=32", "policy.size=tiny",
                              "policy.image_size=32", "train.torch_threads=1"])
     result = bench_graph(cfg, steps=6, warmup=1, rounds=1)

@@ -12,7 +12,8 @@ import yaml
 from vla_rl_ros.cli.launch_cmd import Supervisor
 from vla_rl_ros.graph.description import build_graph
 
-from test_graph_toy import Watcher, isolate_dds  # the same watcher node as the toy graph test
+from dds_domains import isolate_dds
+from test_graph_toy import Watcher  # the same watcher node as the toy graph test
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO not installed")]
@@ -29,7 +30,7 @@ def test_libero_training_iteration_advances_the_policy_version(tmp_path, monkeyp
         "train": {"episodes_per_iter": 1, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
         "graph": {"action_timeout_s": 120.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
     supervisor = Supervisor(build_graph("train_sim", config=str(config)), log_dir=str(tmp_path / "logs"))
-    watcher = Watcher()
+    watcher = Watcher(tmp_path / "logs")
     supervisor.start()
     started = time.monotonic()
     try:

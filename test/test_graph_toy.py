@@ -7,6 +7,7 @@ NaN actions, unknown task id) are rejected with a logged reason and the graph ke
 a killed policy is reported and, once restarted, the graph carries on with the latest version;
 a restarted learner resumes from its last version.
 """
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+import torch
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
+from dds_domains import fresh_domain_id, isolate_dds
 from vla_rl_ros.cli.launch_cmd import Supervisor
 from vla_rl_ros.graph import topics
 from vla_rl_ros.graph.description import build_graph
@@ -35,7 +38,8 @@ pytestmark = pytest.mark.slow
 class Watcher:
     """A test node recording what the graph publishes."""
 
-    def __init__(self):
+    def __init__(self, log_dir: Path | None = None):
+        self.log_dir = log_dir  # the graph's node logs, quoted when a wait times out
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = Node("graph_watcher", context=self.context)
@@ -59,7 +63,15 @@ class Watcher:
             if predicate():
                 return
             self.executor.spin_once(timeout_sec=0.1)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}{self.log_tails()}")
+
+    def log_tails(self, lines: int = 12) -> str:
+        """The last lines of every node log: what a timed-out wait needs to be diagnosed."""
+        if self.log_dir is None:
+            return ""
+        tails = [f"\n--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                 for log in sorted(self.log_dir.glob("*.log"))]
+        return "".join(tails) or f"\n(no node logs in {self.log_dir})"
 
     def close(self):
         self.executor.shutdown()
@@ -67,22 +79,13 @@ class Watcher:
         rclpy.shutdown(context=self.context)
 
 
-def isolate_dds(monkeypatch) -> None:
-    """A DDS domain of this test's own: other suites on the machine use the same topic names."""
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
-    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", profile)
-
-
 def _log(log_dir: Path, name: str) -> str:
     path = log_dir / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-@pytest.fixture()
-def toy_graph(tmp_path, monkeypatch):
-    isolate_dds(monkeypatch)
+def toy_training_graph(tmp_path: Path):
+    """The train_sim graph on the toy env with the tiny policy: 2 envs, 4-step episodes, 2 per bag."""
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
@@ -91,9 +94,14 @@ def toy_graph(tmp_path, monkeypatch):
         "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
         "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
         "graph": {"action_timeout_s": 3.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
-    graph = build_graph("train_sim", config=str(config))
-    supervisor = Supervisor(graph, log_dir=str(tmp_path / "logs"))
-    watcher = Watcher()
+    return build_graph("train_sim", config=str(config))
+
+
+@pytest.fixture()
+def toy_graph(tmp_path, monkeypatch):
+    isolate_dds(monkeypatch)
+    supervisor = Supervisor(toy_training_graph(tmp_path), log_dir=str(tmp_path / "logs"))
+    watcher = Watcher(tmp_path / "logs")
     supervisor.start()
     try:
         yield supervisor, watcher, tmp_path
@@ -173,7 +181,7 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
     from rclpy.parameter import Parameter
 
     from vla_rl_ros.nodes.learner_node import LearnerNode
-    os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 50) % 100 + 1)
+    os.environ["ROS_DOMAIN_ID"] = fresh_domain_id()
     offline_context = rclpy.Context()
     rclpy.init(context=offline_context)
     overrides = [Parameter("offline_bag_dir", value=str(offline_bags)),
@@ -190,6 +198,39 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
         rclpy.shutdown(context=offline_context)
 
 
+def test_a_learner_that_starts_late_trains_on_bags_announced_before_it_joined(tmp_path, monkeypatch):
+    """A 7B learner loads for minutes while rollouts already run: the bags recorded meanwhile
+    must not be lost to it. Here the learner starts only after the bridge has stopped, so every
+    bag it can hear of was announced before it existed."""
+    isolate_dds(monkeypatch)
+    graph = toy_training_graph(tmp_path)
+    without_learner = dataclasses.replace(graph, nodes=[n for n in graph.nodes if n.role != "learner"])
+    learner_only = dataclasses.replace(graph, nodes=[n for n in graph.nodes if n.role == "learner"])
+    rollouts = Supervisor(without_learner, log_dir=str(tmp_path / "logs"))
+    learner = Supervisor(learner_only, log_dir=str(tmp_path / "logs"))
+    watcher = Watcher(tmp_path / "logs")
+    rollouts.start()
+    try:
+        watcher.wait_for(lambda: len(watcher.bags) >= 2, 180, "two bags announced")
+        _, bridge = rollouts.processes["/sim_bridge"]
+        bridge.send_signal(signal.SIGINT)
+        bridge.wait(timeout=30)
+        watcher.executor.spin_once(timeout_sec=1.0)
+        announced = {b.bag_path for b in watcher.bags}
+        assert all(b.policy_version == 0 for b in watcher.bags)
+
+        learner.start()
+        watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 180,
+                         "policy version 1 from a bag announced before the learner started")
+        state = torch.load(tmp_path / "run" / "learner_state.pt", weights_only=False)
+        assert state["processed"] and set(state["processed"]) <= announced, (state["processed"], announced)
+        assert "learner ready at policy version 0" in _log(tmp_path / "logs", "learner")
+    finally:
+        learner.stop(grace_s=10.0)
+        rollouts.stop(grace_s=10.0)
+        watcher.close()
+
+
 def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):
     isolate_dds(monkeypatch)
     config = tmp_path / "toy.yaml"
@@ -201,7 +242,7 @@ def test_two_namespaced_bridges_share_one_policy(tmp_path, monkeypatch):
         "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
     graph = build_graph("eval_sim", config=str(config), num_bridges="2")
     supervisor = Supervisor(graph, log_dir=str(tmp_path / "logs"))
-    watcher = Watcher()
+    watcher = Watcher(tmp_path / "logs")
     supervisor.start()
     try:
         def both_bridges_finished_two():

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from dds_domains import loopback_dds_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,13 +22,6 @@ def _config(tmp_path: Path, **policy) -> Path:
         "train": {"output_dir": str(tmp_path / "run")},
         "graph": {"bag_dir": str(tmp_path / "run" / "bags")}}}}))
     return path
-
-
-def _env() -> dict:
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_DOMAIN_ID=str(1 + (os.getpid() + time.monotonic_ns()) % 100))
-    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
-    return env
 
 
 def _alive(pid: int) -> bool:
@@ -41,7 +36,7 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_stops_every_node(tmp_path):
     launcher = subprocess.Popen(
         [sys.executable, "-m", "vla_rl_ros.cli.main", "launch", "eval_sim", f"config:={_config(tmp_path)}"],
-        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=loopback_dds_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids, lines = [], []
     for line in launcher.stderr:
         lines.append(line)
@@ -60,7 +55,7 @@ def test_a_dead_required_node_stops_the_graph(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vla_rl_ros.cli.main", "launch", "eval_sim",
          f"config:={_config(tmp_path, model_path=str(tmp_path / 'no_such_model'))}", "--duration", "120"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+        cwd=ROOT, env=loopback_dds_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     assert re.search(r"required node /policy exited with code [1-9]", result.stderr), result.stderr[-3000:]
     assert "duration 120 s reached" not in result.stderr

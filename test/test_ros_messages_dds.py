@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dds_domains import isolate_dds
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,8 +88,7 @@ def _wait(predicate, node, timeout: float) -> bool:
 
 @pytest.fixture()
 def ros_node(monkeypatch):
-    # A domain of our own: other suites on this machine publish on the same topic names.
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (os.getpid() + time.monotonic_ns()) % 100))
+    isolate_dds(monkeypatch)
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node

@@ -8,6 +8,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from dds_domains import isolate_dds
 from vla_rl_ros.core.envs.base import Observation
 from vla_rl_ros.core.envs.toy import toy_instruction
 from vla_rl_ros.graph import topics
@@ -19,7 +20,7 @@ from vla_rl_ros.nodes.policy_node import PolicyNode
 
 @pytest.fixture()
 def graph(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (time.monotonic_ns() % 100)))
+    isolate_dds(monkeypatch)
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [Parameter("env.backend", value="toy"), Parameter("env.image_size", value=32),

@@ -13,6 +13,7 @@ from vla_rl_ros.core.envs.base import Observation
 from vla_rl_ros.core.envs.toy import toy_instruction
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
 from vla_rl_ros.core.rl.train_loop import build_policy
+from dds_domains import isolate_dds
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, StepRewardBatch
 from vla_rl_ros.nodes import convert, qos
@@ -30,7 +31,7 @@ def _step(seq, episode_ids, tokens_rng):
 
 
 def test_prm_node_scores_answered_steps_and_shapes_rewards_per_episode(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (time.monotonic_ns() % 100)))
+    isolate_dds(monkeypatch)
     cfg = load_config(None, ["env.backend=toy", "env.image_size=32", "env.task_ids=[0,1]", "policy.size=tiny",
                              "policy.image_size=32"])
     prm = ProcessRewardModel(build_policy(cfg))  # untrained head: progress 0.5 everywhere

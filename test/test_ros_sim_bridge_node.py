@@ -9,6 +9,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
+from dds_domains import isolate_dds
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
 from vla_rl_ros.nodes import convert, qos
@@ -17,7 +18,7 @@ from vla_rl_ros.nodes.sim_bridge_node import SimBridgeNode
 
 @pytest.fixture()
 def bridge(monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (time.monotonic_ns() % 100)))
+    isolate_dds(monkeypatch)
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [Parameter(name, value=value) for name, value in (

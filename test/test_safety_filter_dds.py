@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from dds_domains import isolate_dds
 from vla_rl_ros.graph.processes import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,7 @@ def driver(monkeypatch):
     from rclpy.executors import SingleThreadedExecutor
 
     from fake_franka_driver import FakeFrankaDriver
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + (os.getpid() + 61) % 100))  # private: parallel runs
+    isolate_dds(monkeypatch)
     rclpy.init()
     fake = FakeFrankaDriver()
     executor = SingleThreadedExecutor()

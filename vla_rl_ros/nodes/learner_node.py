@@ -73,9 +73,11 @@ class LearnerNode(Node):
 
         self.version_pub = self.create_publisher(PolicyVersion, topics.POLICY_VERSION, qos.LATCHED)
         self.assign_pub = self.create_publisher(TaskAssignment, topics.TASK_ASSIGNMENTS, qos.COMMAND)
-        self.create_subscription(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, self._on_bag, qos.COMMAND)
+        self.create_subscription(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, self._on_bag,
+                                 qos.BAG_NOTICES)
         self.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, self._on_episode, qos.BATCH)
         self._announce()
+        self.get_logger().info(f"learner ready at policy version {self.version}")
         offline = self.params.extra_values["offline_bag_dir"]
         if offline:
             complete = [b for b in sorted(Path(offline).glob("iter_*")) if (b / "metadata.yaml").is_file()]

@@ -3,7 +3,9 @@
 - Visualisation (per-env camera images, joint states): best effort, shallow; a slow viewer must
   never slow the control loop.
 - Batches and commands (observations, actions, step rewards, episode results, task
-  assignments, trajectory-bag notices): reliable; a lost batch would stall or bias training.
+  assignments): reliable; a lost batch would stall or bias training.
+- Trajectory-bag notices: reliable and transient-local with a short history, so a learner that
+  subscribes late still hears of the bags recorded before it joined.
 - Current policy version: reliable, transient-local, depth 1 ("latched"), so a policy node that
   (re)starts late still learns which adapters to load.
 """
@@ -26,3 +28,11 @@ COMMAND = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
 LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """Transient-local depth 1: late joiners receive the last PolicyVersion."""
+
+BAG_NOTICES = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""Transient-local keep-last 10: the learner loads its model for seconds (minutes at 7B) while the
+bridge and policy already roll out, and a volatile notice sent before it subscribed would be lost
+with the bag's training data. A late or restarted learner receives the last ten notices and skips
+the bags it already trained on or that are too old for ``max_policy_lag``. Volatile subscribers
+(viewers, tests) stay compatible."""

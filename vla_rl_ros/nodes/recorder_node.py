@@ -49,7 +49,7 @@ class RecorderNode(Node):
         self.current_version = 0
         self.versions: set[int] = set()
         self._reset_counts()
-        self.info_pub = self.create_publisher(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, qos.COMMAND)
+        self.info_pub = self.create_publisher(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, qos.BAG_NOTICES)
         recorded = ((topics.OBSERVATIONS, ObservationBatch), (topics.ACTIONS, ActionBatch),
                     (topics.STEP_REWARDS, StepRewardBatch), (topics.EPISODE_RESULTS, EpisodeResult))
         for topic, msg_type in recorded:
