@@ -22,10 +22,9 @@ def fresh_domain_id() -> str:
     return str(1 + next(_ids) % MAX_DOMAIN_ID)
 
 
-def loopback_dds_env(base: dict | None = None) -> dict:
-    """``base`` (default: this process's environment) set for a fresh, loopback-only domain."""
-    env = dict(os.environ if base is None else base, ROS_DOMAIN_ID=fresh_domain_id(),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+def loopback_dds_env() -> dict:
+    """This process's environment, set for a fresh, loopback-only domain (for child processes)."""
+    env = dict(os.environ, ROS_DOMAIN_ID=fresh_domain_id(), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_local.xml"))
     return env
 

@@ -8,12 +8,12 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from dds_domains import isolate_dds
 from vla_rl_ros.core.config import load_config
 from vla_rl_ros.core.envs.base import Observation
 from vla_rl_ros.core.envs.toy import toy_instruction
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
 from vla_rl_ros.core.rl.train_loop import build_policy
-from dds_domains import isolate_dds
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, ObservationBatch, StepRewardBatch
 from vla_rl_ros.nodes import convert, qos
