@@ -34,6 +34,9 @@ def test_committed_records_give_the_figures_the_readme_quotes(records_tool):
     no_curriculum = sampled["arms"]["no_curriculum"]
     assert no_curriculum["seeds"] == [0, 1, 2] and no_curriculum["end"]["wins"] == 25
     assert no_curriculum["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.42, abs=5e-3)
+    no_warmup = sampled["arms"]["no_warmup"]
+    assert no_warmup["seeds"] == [0, 1] and (no_warmup["start"]["wins"], no_warmup["end"]["wins"]) == (20, 13)
+    assert no_warmup["end_minus_rl_end_points"]["fisher_p_pooled"] == pytest.approx(0.16, abs=5e-3)
     assert sampled["claims"] == {"rl_gain_at_least_15_points": False, "more_data_below_rl": False}
     assert sampled["sizing"]["episodes_per_side"] == 166 and sampled["sizing"]["episodes_per_side_now"] == 90
     greedy = records_tool.summarize(records, "greedy")
