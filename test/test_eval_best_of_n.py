@@ -15,7 +15,7 @@ from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, policy
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
 from vla_rl_ros.core.rl.scaling_pool import pool_curves
-from vla_rl_ros.core.rl.test_time import best_of_n_decode
+from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]

@@ -54,6 +54,16 @@ def test_importing_every_core_module_loads_no_ros_module():
     assert out.stdout.strip().splitlines()[-1] == "ROS:", out.stdout
 
 
+def test_pytest_collects_nothing_outside_test():
+    """Product and tools modules are never named like tests: pytest would import and collect them."""
+    named_like_tests = [str(p.relative_to(ROOT)) for folder in (PACKAGE, ROOT / "tools")
+                        for pattern in ("test_*.py", "*_test.py") for p in folder.rglob(pattern)]
+    assert not named_like_tests, f"rename these (pytest collects them as tests): {named_like_tests}"
+    out = subprocess.run([sys.executable, "-m", "pytest", "vla_rl_ros", "tools", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_package_xml_is_format_3_with_real_dependencies():
     root = ET.parse(ROOT / "package.xml").getroot()
     assert root.tag == "package" and root.get("format") == "3"

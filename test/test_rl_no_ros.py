@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 MODULES = ["ppo_math", "curriculum", "segmentation", "rollout", "buffer", "ppo_trainer", "prm",
-           "prm_training", "prm_data", "test_time", "checkpoint", "results", "train_loop", "config"]
+           "prm_training", "prm_data", "best_of_n", "checkpoint", "results", "train_loop", "config"]
 
 
 def test_rl_core_imports_no_ros():

@@ -13,7 +13,7 @@ from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl import prm_data
 from vla_rl_ros.core.rl.prm import PRMError, ProcessRewardModel, label_episodes
 from vla_rl_ros.core.rl.prm_training import evaluate_prm, roc_auc, spearman, train_prm
-from vla_rl_ros.core.rl.test_time import best_of_n_decode, likelihood_scorer, prm_scorer
+from vla_rl_ros.core.rl.best_of_n import best_of_n_decode, likelihood_scorer, prm_scorer
 
 torch.set_num_threads(1)
 INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 from vla_rl_ros.core.rl.scaling_pool import pool_curves  # noqa: E402
-from vla_rl_ros.core.rl.test_time import plot_success_vs_n  # noqa: E402
+from vla_rl_ros.core.rl.best_of_n import plot_success_vs_n  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

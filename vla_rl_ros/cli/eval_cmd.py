@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vla_rl_ros.core.policy import VLAPolicy
-    from vla_rl_ros.core.rl.test_time import choose_scorer
+    from vla_rl_ros.core.rl.best_of_n import choose_scorer
     cfg = load_config(args.config, args.overrides)
     if args.scaling and args.videos:
         raise ConfigError("--videos records single evaluations; leave it out with --scaling")
@@ -123,7 +123,7 @@ def _scaling(args: argparse.Namespace, cfg, policy, named_scorer: tuple, options
              provenance: dict) -> tuple[dict, Path]:
     """The curve, its JSON and plot rewritten after every N so that a crash keeps the points done."""
     from vla_rl_ros.core.evaluation import evaluate_scaling
-    from vla_rl_ros.core.rl.test_time import plot_success_vs_n
+    from vla_rl_ros.core.rl.best_of_n import plot_success_vs_n
     output = Path(args.output or Path(cfg.sft.output_dir) / "scaling")
     json_path = output if output.suffix == ".json" else output / "scaling.json"
     scorer, scorer_name = named_scorer

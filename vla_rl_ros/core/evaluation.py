@@ -93,7 +93,7 @@ def policy_actor(policy, greedy: bool = True, best_of: int = 1,
         return lambda observations, seed: np.asarray(policy(observations), dtype=np.float32)
     import torch
 
-    from vla_rl_ros.core.rl.test_time import best_of_n_decode
+    from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
     sampling = best_of > 1 or not greedy
     generators: dict[int, torch.Generator] = {}
 

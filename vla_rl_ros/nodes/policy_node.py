@@ -54,7 +54,7 @@ class PolicyNode(Node):
             raise ConfigError(f"best_of_n={self.best_of_n}: must be >= 1")
         self.scorer = None
         if self.best_of_n > 1 and cfg.reward.prm_path:
-            from vla_rl_ros.core.rl.test_time import prm_scorer
+            from vla_rl_ros.core.rl.best_of_n import prm_scorer
             from vla_rl_ros.core.rl.train_loop import load_prm
             self.scorer = prm_scorer(load_prm(cfg, self.policy))
         self.version = 0
@@ -121,7 +121,7 @@ class PolicyNode(Node):
         greedy = bool(self.params.extra_values["greedy"])
         started = time.perf_counter()
         if self.best_of_n > 1 and not greedy:
-            from vla_rl_ros.core.rl.test_time import best_of_n_decode
+            from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
             out = best_of_n_decode(self.policy, images, instructions, self.best_of_n, self.scorer,
                                    proprio=proprio)
         else:

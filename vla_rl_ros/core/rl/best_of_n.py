@@ -1,4 +1,7 @@
-"""Test-time scaling: sample N candidate actions per observation, keep the best-scored one.
+"""Best-of-N decoding: sample N candidate actions per observation, execute the best-scored one.
+
+This is test-time scaling (more compute at inference, no training); the module is not named
+``test_time.py`` because pytest collects a package's ``test_*.py`` files as tests.
 
 Candidates come from one batched decode of the N-times repeated observations. A scorer maps
 ``(images, instructions, decode output, proprio or None) -> scores [B*N]``. The PRM scores (observation,
