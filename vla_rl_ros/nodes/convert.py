@@ -15,6 +15,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation
+from vla_rl_ros.core.envs.splits import LIBERO_INIT_STATES_PER_TASK
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch
 
 RGB8 = "rgb8"
@@ -252,8 +253,9 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     return msg
 
 
-def task_assignments_from_msg(msg, num_envs: int, known_task_ids: Collection[int],
-                              num_init_states: int = 50) -> list[tuple[int, int, int]]:
+def task_assignments_from_msg(
+        msg, num_envs: int, known_task_ids: Collection[int],
+        num_init_states: int = LIBERO_INIT_STATES_PER_TASK) -> list[tuple[int, int, int]]:
     """``[(env_id, task_id, init_state_id)]`` of a TaskAssignment, checked against the bridge's envs."""
     count = len(msg.env_ids)
     _require(len(msg.task_ids) == count and len(msg.init_state_ids) == count,

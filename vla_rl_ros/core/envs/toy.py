@@ -17,12 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
+from vla_rl_ros.core.envs.splits import LIBERO_INIT_STATES_PER_TASK
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40),
            "magenta": (210, 50, 200), "cyan": (40, 210, 210), "orange": (240, 140, 30),
            "purple": (130, 60, 200)}
-NUM_INIT_STATES = 50
-"""Like LIBERO: init states 0..49 per task (the first ones train, the rest are held out)."""
 OPEN_FINGER = 0.04
 
 
@@ -53,9 +52,10 @@ def check_task(task_id: int) -> None:
 def toy_start(task_id: int, init_state_id: int, spread: float = 0.15) -> np.ndarray:
     """Deterministic start position of an init state (a small offset around the centre)."""
     check_task(task_id)
-    if not 0 <= init_state_id < NUM_INIT_STATES:
+    # As many init states per task as LIBERO, so one split (splits.py) serves both backends.
+    if not 0 <= init_state_id < LIBERO_INIT_STATES_PER_TASK:
         raise ValueError(f"toy init state {init_state_id} out of range: "
-                         f"valid ids are 0..{NUM_INIT_STATES - 1}")
+                         f"valid ids are 0..{LIBERO_INIT_STATES_PER_TASK - 1}")
     rng = np.random.default_rng([task_id, init_state_id, 7])
     return rng.uniform(-spread, spread, size=2)
 
