@@ -222,7 +222,7 @@ def test_a_learner_that_starts_late_trains_on_bags_announced_before_it_joined(tm
         learner.start()
         watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 180,
                          "policy version 1 from a bag announced before the learner started")
-        state = torch.load(tmp_path / "run" / "learner_state.pt", weights_only=False)
+        state = torch.load(tmp_path / "run" / "learner_state.pt", weights_only=True)
         assert state["processed"] and set(state["processed"]) <= announced, (state["processed"], announced)
         assert "learner ready at policy version 0" in _log(tmp_path / "logs", "learner")
     finally:

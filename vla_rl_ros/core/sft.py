@@ -88,7 +88,7 @@ def train_sft(cfg: ExperimentConfig, progress: bool = True, max_steps: int | Non
     torch.manual_seed(sft.seed)
     if (checkpoint / TRAINER_FILE).is_file():
         policy = VLAPolicy.load(str(checkpoint / "policy"), cfg.policy)
-        state = torch.load(checkpoint / TRAINER_FILE, weights_only=False)
+        state = torch.load(checkpoint / TRAINER_FILE, weights_only=True)  # no pickled code runs
         start_step = int(state["step"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])

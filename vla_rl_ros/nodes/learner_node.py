@@ -19,6 +19,7 @@ import torch
 from rclpy.node import Node
 from std_msgs.msg import Header
 
+from vla_rl_ros.core.rl.checkpoint import load_state_file, plain_state
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import EpisodeResult, PolicyVersion, TaskAssignment, TrajectoryBagInfo
 from vla_rl_ros.nodes import qos
@@ -95,7 +96,7 @@ class LearnerNode(Node):
         self.policy.load_adapters(str(path))
         self.version, self.version_path, self.version_sha = version, str(path), weights_checksum(path)
         if state_path.is_file():
-            state = torch.load(state_path, weights_only=False)
+            state = load_state_file(state_path)  # weights_only: a crafted file cannot run code
             if int(state["version"]) == version:
                 self.trainer.load_state_dict(state["trainer"])
                 self.curriculum.load_state_dict(state["curriculum"])
@@ -109,7 +110,7 @@ class LearnerNode(Node):
                  "curriculum": self.curriculum.state_dict(), "processed": self.processed,
                  "history": self.history}
         tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
+        torch.save(plain_state(state), tmp)
         tmp.replace(self.out / STATE_FILE)  # atomic: a crash leaves the previous state intact
 
     def _announce(self) -> None:
