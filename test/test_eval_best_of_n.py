@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from file_modules import experiments_module
 from vla_rl_ros.cli.main import main
 from vla_rl_ros.core.envs.config import EnvConfig
 from vla_rl_ros.core.envs.toy import ToyVectorEnv, toy_instruction, toy_task_count
 from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, policy_actor
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
-from vla_rl_ros.core.rl.prm import ProcessRewardModel
-from vla_rl_ros.core.rl.scaling_pool import pool_curves
 from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
+from vla_rl_ros.core.rl.prm import ProcessRewardModel
+
+pool_curves = experiments_module("analysis.scaling_pool").pool_curves
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 INSTRUCTIONS = [toy_instruction(i) for i in range(toy_task_count())]

@@ -6,7 +6,7 @@ import pytest
 
 from vla_rl_ros.cli.main import main
 from vla_rl_ros.core.envs.config import EnvConfig
-from vla_rl_ros.core.evaluation import evaluate_policy, fisher_exact_p, plan_evaluation, wilson_interval
+from vla_rl_ros.core.evaluation import evaluate_policy, plan_evaluation, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -16,17 +16,6 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
-
-
-def test_fisher_exact_p_known_values():
-    # Fisher's tea-tasting table and the textbook 1/10 against 11/14 table (R: fisher.test).
-    assert fisher_exact_p(3, 4, 1, 4) == pytest.approx(0.4857, abs=1e-4)
-    assert fisher_exact_p(1, 10, 11, 14) == pytest.approx(0.002759, abs=1e-6)
-    assert fisher_exact_p(11, 14, 1, 10) == fisher_exact_p(1, 10, 11, 14)  # symmetric in the sides
-    assert fisher_exact_p(10, 30, 10, 30) == pytest.approx(1.0) and fisher_exact_p(0, 30, 0, 30) == 1.0
-    assert fisher_exact_p(7, 30, 0, 30) == pytest.approx(0.0105, abs=1e-4)
-    with pytest.raises(ValueError, match="wins"):
-        fisher_exact_p(31, 30, 0, 30)
 
 
 def test_training_log_interval_is_the_evaluation_interval_but_nan_without_episodes():

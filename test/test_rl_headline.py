@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from file_modules import load_file_module
-from vla_rl_ros.core.evaluation import fisher_exact_p
-from vla_rl_ros.core.rl.headline_summary import aggregate
+from file_modules import experiments_module, load_file_module
+
+fisher_exact_p = experiments_module("analysis.stats").fisher_exact_p
+aggregate = experiments_module("analysis.headline").aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOY = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_size=32",

@@ -29,10 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
+# The repository root (for vla_rl_ros) and this folder (for analysis), whoever runs or loads the script.
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
 from vla_rl_ros.core.evaluation import wilson_interval  # noqa: E402
-from vla_rl_ros.core.rl import headline_summary as headline  # noqa: E402
+from analysis import headline  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 
 

@@ -14,10 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
+# The repository root (for vla_rl_ros) and this folder (for analysis), whoever runs or loads the script.
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
+from analysis.scaling_pool import pool_curves  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
-from vla_rl_ros.core.rl.scaling_pool import pool_curves  # noqa: E402
 from vla_rl_ros.core.rl.best_of_n import plot_success_vs_n  # noqa: E402
 
 

@@ -24,7 +24,8 @@ Writes ``<out>/summary.json``, ``<out>/summary.md`` (a table) and ``<out>/summar
     .venv/bin/python tools/experiments/rl_headline.py --sft-policy runs/sft/policy \\
         --prm runs/train/prm --demos data/demos/default --seeds 0,1,2 --hours 2
 
-The script puts the repository root on ``sys.path``, so it runs from any directory.
+The script puts the repository root and its own folder (for ``analysis``) on ``sys.path``, so it
+runs from any directory.
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for vla_rl_ros
+# The repository root (for vla_rl_ros) and this folder (for analysis), whoever runs or loads the script.
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
-from vla_rl_ros.core.rl.headline_summary import ARMS, RESULT_FILE, summarize_arms, write_summary  # noqa: E402
+from analysis.headline import ARMS, RESULT_FILE, summarize_arms, write_summary  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 
 RL_ARMS = {"rl": [], "no_prm": ["reward.prm_weight=0"], "no_curriculum": ["curriculum.enabled=false"],

@@ -32,31 +32,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def fisher_exact_p(wins_a: int, episodes_a: int, wins_b: int, episodes_b: int) -> float:
-    """Two-sided Fisher exact p value that two success counts share one rate.
-
-    Conditioning on the total wins, the tables as likely as the observed one or less are summed
-    (the usual two-sided rule, as in R and SciPy). Exact, so it stays valid at 30 episodes per
-    side, where a normal approximation to two proportions does not.
-    """
-    for wins, episodes in ((wins_a, episodes_a), (wins_b, episodes_b)):
-        if episodes < 0 or not 0 <= wins <= episodes:
-            raise ValueError(f"fisher_exact_p: need 0 <= wins ({wins}) <= episodes ({episodes})")
-    total = wins_a + wins_b
-    episodes = episodes_a + episodes_b
-    if episodes_a == 0 or episodes_b == 0 or total in (0, episodes):
-        return 1.0  # nothing can differ
-    ways = math.comb(episodes, total)
-
-    def probability(k: int) -> float:  # k of the wins in a, hypergeometric
-        return math.comb(episodes_a, k) * math.comb(episodes_b, total - k) / ways
-
-    observed = probability(wins_a)
-    support = range(max(0, total - episodes_b), min(total, episodes_a) + 1)
-    # The relative tolerance keeps tables that tie the observed one in exact arithmetic.
-    return min(1.0, sum(p for p in map(probability, support) if p <= observed * (1 + 1e-7)))
-
-
 def hardware_description() -> dict:
     """CPU, core count, torch version and GPU (if any) of this machine."""
     cpu = platform.processor()

@@ -1,4 +1,4 @@
-"""Pool inference-scaling curves measured under different evaluation seeds into one curve.
+"""Pool inference-scaling curves (``vla-rl eval --scaling``) measured under different seeds into one.
 
 A LIBERO curve costs about 45 min per 15 episodes per N on a CPU, so its points are measured
 in pieces (one seed per run, or per machine) and pooled. Pooling is only sound when the pieces

@@ -1,4 +1,4 @@
-"""Statistics and report of the headline experiment: arms of held-out success across seeds.
+"""The headline experiment's statistics and report: arms of held-out success across seeds.
 
 Each seed of an arm is one result record (``arm_result.json``'s shape: ``arm``, ``seed``,
 ``protocol``, ``start`` and ``end`` with ``rate``/``wins``/``episodes``, ``gain_points``,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from vla_rl_ros.core.evaluation import fisher_exact_p
+from analysis.stats import episodes_for_power, fisher_exact_p, t_interval
 from vla_rl_ros.core.rl.results import wilson_interval, write_json_atomic
 
 ARMS = ("rl", "no_prm", "no_curriculum", "no_warmup", "more_data")
@@ -19,23 +19,8 @@ ARMS = ("rl", "no_prm", "no_curriculum", "no_warmup", "more_data")
 RESULT_FILE = "arm_result.json"
 """One finished seed's record, in its run folder; its presence makes a rerun skip that seed."""
 
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-"""Two-sided 95 % Student-t quantiles for 1..10 degrees of freedom (more seeds use 1.96 + a margin)."""
-
 
 # ---------------------------------------------------------------------------------------- statistics
-def t_interval(values: list[float]) -> list[float] | None:
-    """95 % Student-t interval of the mean of ``values`` (None for fewer than 2)."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    quantile = T_975[n - 2] if n - 1 <= len(T_975) else 1.96 + 2.5 / (n - 1)
-    half = quantile * sd / math.sqrt(n)
-    return [mean - half, mean + half]
-
-
 def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict:
     """One arm across seeds: mean and per-seed rates, pooled Wilson intervals, gain t-interval."""
     def pooled(key: str) -> dict:
@@ -163,25 +148,6 @@ def write_summary(out: Path, summary: dict, stem: str = "summary", more_markdown
     (out / f"{stem}.md").write_text(table)
     plot_summary(summary, out / f"{stem}.png")
     print(table)
-
-
-def episodes_for_power(rate: float, gain_points: float, power: float = 0.8) -> int:
-    """Held-out episodes per side that a two-sided 5 % test needs to see ``gain_points`` from ``rate``.
-
-    The normal approximation for two proportions (no continuity correction): a start and an end
-    evaluation of this many episodes each, pooled over seeds, detect a true gain of that size
-    with probability ``power``. It sizes an experiment; the verdict is still the exact test.
-    """
-    from statistics import NormalDist
-    after = rate + gain_points / 100.0
-    if not (0 < rate < 1 and 0 < after < 1 and 0 < power < 1):
-        raise ValueError(f"episodes_for_power: need 0 < rate ({rate}) and rate + gain ({after}) < 1, "
-                         f"0 < power ({power}) < 1")
-    z_alpha, z_power = NormalDist().inv_cdf(0.975), NormalDist().inv_cdf(power)
-    mean = (rate + after) / 2
-    spread = (z_alpha * math.sqrt(2 * mean * (1 - mean))
-              + z_power * math.sqrt(rate * (1 - rate) + after * (1 - after)))
-    return math.ceil((spread / (after - rate)) ** 2)
 
 
 TARGET_GAIN_POINTS = 15.0
