@@ -7,7 +7,7 @@ import pytest
 from dds_domains import isolate_dds
 from vla_rl_ros.cli import bench_cmd
 from vla_rl_ros.core.config import load_config
-from vla_rl_ros.nodes.graph_bench import bench_graph
+from vla_rl_ros.bench.graph_bench import bench_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -28,13 +28,13 @@ def bench_policy_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict
 
 def bench_graph_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
     """Env steps/s of the ROS graph vs the in-process loop (``--repeats`` steps after ``--warmup``)."""
-    from vla_rl_ros.nodes.graph_bench import bench_graph
+    from vla_rl_ros.bench.graph_bench import bench_graph
     return bench_graph(cfg, steps=args.repeats, warmup=args.warmup)
 
 
 def bench_latency_target(args: argparse.Namespace, cfg: ExperimentConfig) -> dict:
     """Observation -> safe command latency (p50/p99) through policy + franka_bridge (``--repeats`` steps)."""
-    from vla_rl_ros.nodes.franka_latency import bench_latency_target as measure
+    from vla_rl_ros.bench.franka_latency import bench_latency_target as measure
     return measure(args, cfg)
 
 

@@ -7,7 +7,7 @@ franka_bridge stamps each command with the stamp of the observation it answers, 
 measures ``receipt time - stamp`` per step on one clock, and splits it at the ActionBatch's
 arrival into the policy part (DDS + decoding) and the bridge part (safety filter + DDS).
 
-    python -m vla_rl_ros.nodes.franka_latency --steps 100 --policy-size small
+    python -m vla_rl_ros.bench.franka_latency --steps 100 --policy-size small
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import os
 import random
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_DOMAIN_ID = 101
 _ids = itertools.count(random.SystemRandom().randrange(MAX_DOMAIN_ID))
 
