@@ -146,30 +146,32 @@ def xyz(v) -> np.ndarray:
     return np.array([v.x, v.y, v.z])
 
 
-def test_dry_run_never_reaches_the_driver_until_armed_by_parameter(graph):
+def test_dry_run_never_reaches_the_driver_and_cannot_be_armed_remotely(graph):
     driver, harness, start_bridge = graph
     harness.action_fn = random_actions(0)
     start_bridge(armed=False)
     wait_for(lambda: sum(isinstance(m, PoseStamped) for _, m in harness.dry_run) >= 15, 20,
              "dry-run commands")
+    assert harness.param_client.wait_for_service(timeout_sec=10)
+
+    def set_parameter(name, value):
+        future = harness.param_client.call_async(SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        wait_for(future.done, 10, "set_parameters reply")
+        return future.result().results[0]
+
+    # Arming is a local act (the node's start-up parameters), never a set_parameters call.
+    armed = set_parameter("safety.armed", True)
+    assert not armed.successful and "safety.armed: arming" in armed.reason
+    rejected = set_parameter("safety.max_linear_speed_m_s", -1.0)
+    assert not rejected.successful and "safety.max_linear_speed_m_s" in rejected.reason
+    rate = set_parameter("safety.control_rate_hz", 50.0)
+    assert not rate.successful and "restarting the node" in rate.reason
+    dry_before = len(harness.dry_run)
+    wait_for(lambda: len(harness.dry_run) >= dry_before + 15, 10, "dry-run commands after the attempts")
     assert all(driver.commands(kind) == [] for kind in ("pose", "twist", "gripper"))
     for topic in ("/command/pose", "/command/twist", "/command/gripper"):
         assert harness.count_publishers(topic) == 0, f"{topic} has a publisher in dry run"
-    assert harness.param_client.wait_for_service(timeout_sec=10)
-    future = harness.param_client.call_async(SetParameters.Request(
-        parameters=[Parameter("safety.armed", value=True).to_parameter_msg()]))
-    wait_for(future.done, 10, "set_parameters reply")
-    assert future.result().results[0].successful
-    wait_for(lambda: len(driver.commands("pose")) >= 5, 10, "commands at the driver after arming")
-    rejected = harness.param_client.call_async(SetParameters.Request(
-        parameters=[Parameter("safety.max_linear_speed_m_s", value=-1.0).to_parameter_msg()]))
-    wait_for(rejected.done, 10, "set_parameters reply")
-    assert not rejected.result().results[0].successful
-    assert "safety.max_linear_speed_m_s" in rejected.result().results[0].reason
-    rate = harness.param_client.call_async(SetParameters.Request(
-        parameters=[Parameter("safety.control_rate_hz", value=50.0).to_parameter_msg()]))
-    wait_for(rate.done, 10, "set_parameters reply")
-    assert not rate.result().results[0].successful and "restart" in rate.result().results[0].reason
 
 
 def test_adversarial_actions_keep_driver_commands_inside_limits(graph):

@@ -6,6 +6,8 @@ and applies the matching ActionBatch. Toward the driver (franka_ros2 / ros2_cont
 standard messages: a Cartesian pose target, a twist and a gripper width. Every action goes
 through :class:`vla_rl_ros.core.safety.SafetyFilter`; until ``safety.armed`` is true the
 commands go only to ``dry_run/command/*`` (the driver topics do not even have a publisher).
+Arming happens only at start-up, and at runtime the safety parameters can only be tightened
+(:mod:`vla_rl_ros.nodes.safety_io` says why).
 docs/franka.md lists every topic, type, QoS and parameter.
 """
 from __future__ import annotations

@@ -4,10 +4,19 @@
 to a node: the e-stop topic and reset service, the watchdog timer, the command publishers (dry
 run or driver: the driver topics get a publisher only while armed), the measured end-effector
 pose, logging of every clamp and stop, and ``/diagnostics``. docs/franka.md lists the topics.
+
+Runtime parameter changes may only tighten the layer: disarm, shrink the workspace box, lower a
+step or speed limit, shorten a timeout. Arming, any loosening, a new control rate and switching
+``use_sim_time`` are refused (counted, logged, in ``/diagnostics``). The parameter services
+answer any DDS participant that can reach the node, and ROS 2 without SROS2 access control has
+no notion of who the caller is; so the one act that proves an operator at the robot is starting
+the process there, and arming is ``safety.armed:=true`` on its command line or params file
+(``ros2 launch ... armed:=true``). Disarming stays a remote action, because it is always safe.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 
 import numpy as np
@@ -15,14 +24,27 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float64, Header
 from std_srvs.srv import Trigger
 
-from vla_rl_ros.core.safety import EefPose, SafeCommand, SafetyConfig, SafetyFilter
+from vla_rl_ros.core.config_io import ConfigError, from_dict, to_dict
+from vla_rl_ros.core.safety import EefPose, SafeCommand, SafetyConfig, SafetyFilter, loosened_fields
 from vla_rl_ros.nodes import qos
 
 COMMAND_TOPICS = ("command/pose", "command/twist", "command/gripper")
 DRY_RUN_PREFIX = "dry_run/"
+SAFETY_PREFIX = "safety."
+ESTOP_ANY_PUBLISHER = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                                 reliability=ReliabilityPolicy.BEST_EFFORT,
+                                 durability=DurabilityPolicy.VOLATILE)
+"""Matches reliable and best-effort, volatile and transient-local e-stop publishers alike: a
+QoS-incompatible e-stop button is only a warning at discovery, while the arm keeps moving."""
+
+
+def _plain(value):
+    """Parameter arrays come back as array.array or tuples; the config wants lists."""
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "array" else value
 
 
 def pose_from_msg(msg: PoseStamped) -> EefPose:
@@ -63,9 +85,15 @@ class SafetyLayer:
         self.pose: EefPose | None = None
         self.last_command: SafeCommand | None = None
         self.events_total = 0
+        self.refused_parameter_changes = 0
+        self.rejected_poses = 0
         self.last_events: collections.deque = collections.deque(maxlen=5)
         node.create_subscription(PoseStamped, "eef_pose", self._on_pose, qos.SENSOR_VIZ)
+        # A best-effort subscription matches every publisher, but it would also take a reliable
+        # publisher's messages best-effort; the reliable one keeps those reliable. A message from
+        # a reliable publisher then arrives twice, which a latch does not mind.
         node.create_subscription(Bool, "estop", self._on_estop, qos.COMMAND)
+        node.create_subscription(Bool, "estop", self._on_estop, ESTOP_ANY_PUBLISHER)
         node.create_service(Trigger, "estop_reset", self._on_estop_reset)
         self.diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", qos.COMMAND)
         self.dry_run_pubs = self._command_publishers(DRY_RUN_PREFIX)
@@ -73,15 +101,35 @@ class SafetyLayer:
         self.set_armed(config.armed)
         node.create_timer(config.control_period_s, self._on_watchdog_tick)
         node.create_timer(1.0, self.publish_diagnostics)
-        node.add_on_set_parameters_callback(self._refuse_rate_change)
+        node.add_on_set_parameters_callback(self._refuse_loosening)
 
-    @staticmethod
-    def _refuse_rate_change(parameters) -> SetParametersResult:
-        # The watchdog timer runs at the rate the node started with; a live change would desynchronise it.
-        if any(p.name == "safety.control_rate_hz" for p in parameters):
-            return SetParametersResult(successful=False, reason="safety.control_rate_hz applies at start: "
-                                                                "restart the node to change it")
-        return SetParametersResult(successful=True)
+    def _refuse_loosening(self, parameters) -> SetParametersResult:
+        """Let a runtime parameter change only tighten the layer (see the module docstring)."""
+        current = self._current_config()
+        changes = {p.name[len(SAFETY_PREFIX):]: _plain(p.value) for p in parameters
+                   if p.name.startswith(SAFETY_PREFIX)}
+        why = [f"{p.name}: the watchdog and control timers run on this clock (sim time without "
+               "/clock stops them)" for p in parameters if p.name == "use_sim_time"
+               and bool(p.value) != bool(self.node.get_parameter("use_sim_time").value)]
+        if changes:
+            try:
+                proposed = from_dict(SafetyConfig, {**to_dict(current), **changes})
+            except ConfigError as err:
+                return SetParametersResult(successful=False, reason=str(err))
+            why += loosened_fields(current, proposed)
+        if not why:
+            return SetParametersResult(successful=True)
+        self.refused_parameter_changes += 1
+        reason = (f"refused: a running safety layer can only be tightened ({'; '.join(why)}); arm or loosen "
+                  "it by restarting the node with the new values, on the robot's machine")
+        self.record([f"refused parameter change #{self.refused_parameter_changes}: {'; '.join(why)}"])
+        self.publish_diagnostics()
+        return SetParametersResult(successful=False, reason=reason)
+
+    def _current_config(self) -> SafetyConfig:
+        names = [f.name for f in dataclasses.fields(SafetyConfig)]
+        return from_dict(SafetyConfig, {n: _plain(self.node.get_parameter(SAFETY_PREFIX + n).value)
+                                        for n in names})
 
     @property
     def armed(self) -> bool:
@@ -123,8 +171,15 @@ class SafetyLayer:
     # ------------------------------------------------------------------ inputs
     def _on_pose(self, msg: PoseStamped) -> None:
         pose = pose_from_msg(msg)
-        if not pose.is_finite():
-            self.record(["ignored non-finite end-effector pose"])
+        if not pose.is_finite() or not np.linalg.norm(pose.quaternion) > 1e-9:
+            # Ignored, so the last good pose goes stale and the filter stops; a driver streaming
+            # bad poses at 1 kHz is logged once a second, counted every time.
+            self.rejected_poses += 1
+            self.events_total += 1
+            self.last_events.append(f"ignored end-effector pose {pose.position.tolist()} "
+                                    f"{pose.quaternion.tolist()} (non-finite or zero quaternion)")
+            self.node.get_logger().warning(f"safety: {self.last_events[-1]}; {self.rejected_poses} so far",
+                                           throttle_duration_sec=1.0)
             return
         self.pose = pose
         self.filter.update_state(pose, time.monotonic())
@@ -196,6 +251,8 @@ class SafetyLayer:
         values += [KeyValue(key="armed", value=str(self.armed).lower()),
                    KeyValue(key="estop_latched", value=str(self.filter.estop_latched).lower()),
                    KeyValue(key="events_total", value=str(self.events_total)),
+                   KeyValue(key="refused_parameter_changes", value=str(self.refused_parameter_changes)),
+                   KeyValue(key="rejected_eef_poses", value=str(self.rejected_poses)),
                    KeyValue(key="last_events", value=" | ".join(self.last_events))]
         status = DiagnosticStatus(level=level, name=f"{self.node.get_name()}: safety", message=message,
                                   hardware_id=self.hardware_id, values=values)
