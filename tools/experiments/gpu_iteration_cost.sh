@@ -3,9 +3,10 @@
 #
 #   OUT=runs/gpu_iteration bash tools/experiments/gpu_iteration_cost.sh
 #
-# The LIBERO runs' iterations (docs/rl.md) hold 8 episodes of about 220 steps, 128 px frames, the
-# small policy and 2 environments. The toy env keeps those sizes and costs almost nothing to step,
-# so time/rollout_s here is decoding plus Python, and time/update_s is the PPO update.
+# The LIBERO runs' iterations (docs/results/headline/README.md) hold 8 episodes of about 220
+# steps, 128 px frames, the small policy and 2 environments. The toy env keeps those sizes and
+# costs almost nothing to step, so time/rollout_s here is decoding plus Python, and time/update_s
+# is the PPO update.
 # The PRM is off: it is the policy's architecture again, so it would add about one more forward
 # pass per step.
 set -uo pipefail

@@ -1,7 +1,8 @@
 """Every finished seed of the headline experiment in one committed file, and the summary made from it.
 
 ``rl_headline.py`` keeps each arm's seed in a run folder (``<out>/<arm>/seed<k>``) on the machine
-that ran it, and machines are not kept, so the figures in docs/rl.md would otherwise rest on prose.
+that ran it, and machines are not kept, so the figures in docs/results/headline/README.md would
+otherwise rest on prose.
 This tool keeps them as data (``docs/results/headline/records.json``):
 
 - ``--collect OUT`` adds the finished seeds under an ``rl_headline.py`` output folder to the

@@ -1,13 +1,13 @@
 """Experiment (not a test): what one rendered LIBERO frame costs, by MuJoCo render setting.
 
-Rendering bounds every LIBERO rollout on a CPU (docs/envs.md), so this measures which of MuJoCo's
-visual settings pay for themselves on Mesa's llvmpipe: multisampling (``vis.quality.offsamples``),
-shadows and reflections, and how much of a frame the visual meshes' triangles take (the last
-setting hides geom group 1, where robosuite puts the visual geoms: a lower bound for what
-decimated meshes could save, not an image anyone would train on). It renders the default set's
-first scene from the agentview camera with MuJoCo's own ``mujoco.Renderer`` (one fresh GL context
-per setting) and prints the scene's triangle count, milliseconds per frame and how far each
-setting's pixels move from the default's::
+Rendering bounds every LIBERO rollout on a CPU (docs/results/libero_env/README.md), so this
+measures which of MuJoCo's visual settings pay for themselves on Mesa's llvmpipe: multisampling
+(``vis.quality.offsamples``), shadows and reflections, and how much of a frame the visual meshes'
+triangles take (the last setting hides geom group 1, where robosuite puts the visual geoms: a
+lower bound for what decimated meshes could save, not an image anyone would train on). It renders
+the default set's first scene from the agentview camera with MuJoCo's own ``mujoco.Renderer`` (one
+fresh GL context per setting) and prints the scene's triangle count, milliseconds per frame and
+how far each setting's pixels move from the default's::
 
     MUJOCO_GL=egl .venv/bin/python tools/experiments/render_cost.py [--task 1] [--size 128] [--frames 40]
 

@@ -1,6 +1,6 @@
 """Experiment (not a test): SFT warm start, then `vla-rl train`'s loop on the toy env; success before/after.
 
-Reproduces the trajectory-level toy measurements quoted in docs/rl.md, e.g.::
+Reproduces the trajectory-level toy measurements quoted in docs/results/toy/README.md, e.g.::
 
     ORACLE=1 .venv/bin/python tools/experiments/toy_learning_probe.py --sft-steps 60 \\
         --set policy.temperature=1.5 --set ppo.policy_lr=1e-3 --set ppo.kl_coef=0.05 \\
