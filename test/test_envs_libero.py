@@ -77,7 +77,7 @@ def test_bad_actions_never_crash_and_are_counted(object_env):
     assert result.info["nonfinite_actions"] == 1 and not result.done
     result = object_env.step(np.full(7, 5.0))
     assert result.info["clipped_actions"] == 1 and result.observation.step == 2
-    with pytest.raises(TaskError, match="init state 50 out of range for libero_object task 0: valid ids"):
+    with pytest.raises(TaskError, match="libero_object task 0: init state 50 does not exist: ids are 0..49"):
         object_env.reset(0, 50)
     with pytest.raises(TaskError, match="task 12 does not exist"):
         object_env.reset(12, 0)
@@ -124,17 +124,74 @@ def test_scripted_expert_fits_the_cap_for_a_bowl_on_the_cabinet():
     assert result.success and env.step_count < 180 and expert.retries == 0
 
 
-def test_rendered_frames_are_upright_rgb():
+def test_frames_render_on_demand_upright_and_as_robosuite_would():
+    """Only observed frames are rendered: a reset (settle steps included) renders one frame, a
+    chunk of 8 actions one more; and each equals robosuite's own camera observable, turned upright."""
+    from libero.libero.envs import OffScreenRenderEnv
     env = LiberoEnv("libero_object", image_size=64, render=True)
     try:
         obs = env.reset(0, 0)
-        raw = env.raw_obs["agentview_image"]
-        np.testing.assert_array_equal(obs.image, raw[::-1, ::-1])
-        # Upright: the floor (bottom rows) is nearer and brighter-textured than the far wall.
+        assert env.frames_rendered == 1 and obs.wrist_image is None
         assert obs.image.shape == (64, 64, 3) and obs.image.dtype == np.uint8 and obs.image.std() > 5
-        assert obs.wrist_image is None
+        reference = OffScreenRenderEnv(bddl_file_name=env.task.bddl_file, camera_heights=64, camera_widths=64,
+                                       camera_names=["agentview"])
+        try:
+            reference.env.hard_reset = False
+            reference.seed(0)
+            reference.reset()
+            raw = reference.set_init_state(env.init_states(0)[0])
+            for _ in range(env.settle_steps):
+                raw, _, _, _ = reference.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        finally:
+            reference.close()
+        # robosuite samples its camera inside the last physics substep: a handful of pixels differ.
+        difference = np.abs(obs.image.astype(int) - raw["agentview_image"][::-1, ::-1].astype(int))
+        assert difference.mean() < 1.0, difference.mean()
+        result = env.step_chunk(np.zeros((8, 7)))
+        assert env.frames_rendered == 2 and result.info["executed"] == 8 and result.observation.step == 8
+        assert result.info["actions"].shape == (8, 7)
     finally:
         env.close()
+
+
+def test_a_chunk_runs_like_its_single_steps_and_stops_at_the_end(object_env):
+    chunk = np.tile([[0.3, 0.0, -0.2, 0, 0, 0, -1.0]], (5, 1))
+    object_env.reset(0, 2)
+    for action in chunk:
+        single = object_env.step(action)
+    object_env.reset(0, 2)
+    chunked = object_env.step_chunk(chunk)
+    # Soft resets keep the controller's warm state: proprio agrees to < 3e-4 (libero_env._build).
+    np.testing.assert_allclose(chunked.observation.proprio, single.observation.proprio, atol=5e-4)
+    bad = chunk.copy()
+    bad[1] = np.nan
+    assert object_env.step_chunk(bad).info["nonfinite_actions"] == 1
+    garbage = object_env.step_chunk("garbage").info  # not a [K, 7] chunk: one counted no-op
+    assert garbage["executed"] == 1 and garbage["nonfinite_actions"] == 1 and not garbage["actions"].any()
+    object_env.max_episode_steps = 14
+    try:
+        object_env.reset(0, 2)
+        first = object_env.step_chunk(chunk[:4].repeat(2, 0))
+        second = object_env.step_chunk(chunk.repeat(2, 0))
+    finally:
+        object_env.max_episode_steps = episode_cap("libero_object")
+    assert first.info["executed"] == 8 and second.info["executed"] == 6 and second.done and second.truncated
+
+
+def test_fresh_layouts_are_seeded_scenes_apart_from_the_init_states(object_env):
+    from vla_rl_ros.core.envs.splits import HELDOUT_LAYOUT_BASE, TRAIN_LAYOUT_BASE
+    positions = {}
+    for layout in (TRAIN_LAYOUT_BASE + 7, TRAIN_LAYOUT_BASE + 7, TRAIN_LAYOUT_BASE + 8, HELDOUT_LAYOUT_BASE):
+        object_env.reset(1, layout)
+        positions.setdefault(layout, []).append(object_env.sim.sim.data.qpos.copy())
+    # Same id, same scene (the gripper fingers keep the controller's warm state: < 3e-4).
+    np.testing.assert_allclose(*positions[TRAIN_LAYOUT_BASE + 7], atol=5e-4)
+    assert np.abs(positions[TRAIN_LAYOUT_BASE + 7][0] - positions[TRAIN_LAYOUT_BASE + 8][0]).max() > 1e-3
+    object_env.reset(1, 0)
+    fixed = object_env.sim.sim.data.qpos.copy()
+    assert np.abs(fixed - positions[HELDOUT_LAYOUT_BASE][0]).max() > 1e-3
+    with pytest.raises(TaskError, match="does not exist"):
+        object_env.reset(1, 999)
 
 
 def test_libero_config_never_prompts(tmp_path, monkeypatch):

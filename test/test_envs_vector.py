@@ -67,7 +67,7 @@ def test_hung_worker_times_out_and_is_restarted(vector_env):
 
 
 def test_bad_task_or_init_state_raises_in_the_caller(vector_env):
-    with pytest.raises(TaskError, match="init state 77 out of range"):
+    with pytest.raises(TaskError, match="init state 77 does not exist"):
         vector_env.reset([(0, 0), (0, 77)])
     with pytest.raises(TaskError, match="task 40 does not exist"):
         vector_env.reset([(40, 0)], env_ids=[0])

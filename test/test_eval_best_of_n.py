@@ -12,7 +12,7 @@ from file_modules import experiments_module
 from vla_rl_ros.cli.main import main
 from vla_rl_ros.core.envs.config import EnvConfig
 from vla_rl_ros.core.envs.toy import ToyVectorEnv, toy_instruction, toy_task_count
-from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, policy_actor
+from vla_rl_ros.core.evaluation import evaluate_policy, evaluate_scaling, evaluation_decoder
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
 from vla_rl_ros.core.rl.prm import ProcessRewardModel
@@ -53,13 +53,13 @@ def proprio_of(observations):
 
 
 class RecordingScorer:
-    """Scores each candidate by its first action dimension and keeps what it was shown."""
+    """Scores each candidate chunk by its first action's first dimension and keeps what it was shown."""
 
     def __init__(self) -> None:
         self.candidates = None
 
     def __call__(self, images, instructions, out, proprio=None):
-        self.candidates = np.asarray(out.actions)
+        self.candidates = np.asarray(out.actions)[:, 0]  # chunks of K = 1: [rows, 7]
         return self.candidates[:, 0].astype(np.float64)
 
 
@@ -71,11 +71,11 @@ def test_best_of_n_executes_the_candidate_the_scorer_ranks_highest(saved):
                             proprio_of(observations))
     per_observation = scorer.candidates.reshape(8, 2, 7)  # candidate j of observation b is row j * B + b
     assert len(np.unique(per_observation[:, 0, 0])) > 1  # the candidates really differ
-    assert np.array_equal(best.actions[:, 0], per_observation[:, :, 0].max(0))
+    assert np.array_equal(best.actions[:, 0, 0], per_observation[:, :, 0].max(0))
     # the evaluation actor executes exactly that choice for the same seed
     observations, _, _ = toy_batch()
-    acted = policy_actor(policy, best_of=8, scorer=scorer)(observations, 0)
-    assert np.allclose(acted[:, 0], scorer.candidates.reshape(8, 2, 7)[:, :, 0].max(0))
+    acted = evaluation_decoder(policy, 0, best_of=8, scorer=scorer)(observations).actions
+    assert np.allclose(acted[:, 0, 0], scorer.candidates.reshape(8, 2, 7)[:, :, 0].max(0))
 
 
 def test_best_of_n_never_picks_a_non_finite_score(saved):
@@ -98,10 +98,10 @@ def test_best_of_one_keeps_greedy_decoding_and_n_below_one_is_rejected(saved):
     policy, _ = saved
     observations, images, texts = toy_batch()
     greedy = policy.decode(images, texts, greedy=True, proprio=proprio_of(observations)).actions
-    assert np.allclose(policy_actor(policy)(observations, 0), greedy)
-    assert np.allclose(policy_actor(policy, best_of=1)(observations, 5), greedy)
+    assert np.allclose(evaluation_decoder(policy, 0)(observations).actions, greedy)
+    assert np.allclose(evaluation_decoder(policy, 5, best_of=1)(observations).actions, greedy)
     with pytest.raises(ValueError, match="N >= 1"):
-        policy_actor(policy, best_of=0)
+        evaluation_decoder(policy, 0, best_of=0)
     cfg = EnvConfig(backend="toy", task_ids=[0], num_envs=1, image_size=32, max_episode_steps=2)
     with pytest.raises(ValueError, match="N >= 1"):
         evaluate_policy(policy, cfg, best_of=0, progress=False)

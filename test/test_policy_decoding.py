@@ -24,7 +24,7 @@ def test_rollout_log_probs_equal_teacher_forced_ones(policy, batch):
     frames, texts = images(batch, seed=batch), TEXTS[:batch]
     out = policy.decode(frames, texts, generator=torch.Generator().manual_seed(batch))
     assert out.tokens.shape == (batch, 7) and out.tokens.dtype == torch.long
-    assert out.actions.shape == (batch, 7) and out.actions.dtype == np.float32
+    assert out.actions.shape == (batch, 1, 7) and out.actions.dtype == np.float32  # one chunk of K = 1
     assert out.log_probs.shape == (batch, 7) and out.values.shape == (batch,)
     ev = policy.evaluate(frames, texts, out.tokens)
     assert ev.log_probs.requires_grad
@@ -78,7 +78,7 @@ def test_greedy_is_deterministic_and_sampling_follows_the_generator(policy):
     b = policy.decode(frames, TEXTS[:3], generator=torch.Generator().manual_seed(9))
     c = policy.decode(frames, TEXTS[:3], generator=torch.Generator().manual_seed(10))
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
-    assert np.array_equal(a.actions, policy.action_tokenizer.decode(a.tokens))
+    assert np.array_equal(a.actions[:, 0], policy.action_tokenizer.decode(a.tokens))
 
 
 def test_temperature_is_applied_at_rollout_and_update():

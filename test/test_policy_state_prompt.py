@@ -106,7 +106,7 @@ def test_imitation_uses_the_state_to_tell_identical_frames_apart():
     student.model.eval()
     out = student.decode(frames, texts, greedy=True, proprio=state)
     assert torch.equal(out.tokens, target)
-    assert out.actions[0, 2] < 0 < out.actions[1, 2]
+    assert out.actions[0, 0, 2] < 0 < out.actions[1, 0, 2]
 
 
 def test_proprio_layout_constant_matches_the_simulator_and_franka_conventions():

@@ -105,7 +105,8 @@ def changed(before, after):
 
 
 def test_warmup_updates_only_the_value_head_then_both(policy):
-    cfg = PPOConfig(critic_warmup_iters=1, minibatch_size=8, policy_lr=1e-3, value_lr=1e-2)
+    cfg = PPOConfig(advantage_estimator="critic", critic_warmup_iters=1, minibatch_size=8, policy_lr=1e-3,
+                    value_lr=1e-2)
     trainer = PPOTrainer(policy, cfg)
     batch = rollout_batch(policy)
     lora0, value0 = params(trainer)

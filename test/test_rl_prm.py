@@ -104,7 +104,7 @@ def test_best_of_n_picks_the_top_scored_candidate(trajectories):
     prm = ProcessRewardModel(tiny(seed=2))
     scored = best_of_n_decode(policy, images, texts, 4, prm_scorer(prm), torch.Generator().manual_seed(0),
                               proprio)
-    assert scored.actions.shape == (2, 7)
+    assert scored.actions.shape == (2, 1, 7)  # one chunk of K = 1 action per observation
     with pytest.raises(ValueError, match="n >= 1"):
         best_of_n_decode(policy, images, texts, 0)
     with pytest.raises(ValueError, match="reads the robot state"):

@@ -17,7 +17,8 @@ BASE = ["env.backend=toy", "env.task_ids=[0,1]", "env.num_envs=2", "env.image_si
         "env.max_episode_steps=4",
         "policy.size=tiny", "policy.image_size=32", "train.episodes_per_iter=2", "train.eval_every=2",
         "train.eval_episodes=2", "train.torch_threads=1", "ppo.minibatch_size=4", "ppo.critic_warmup_iters=1",
-        "ppo.policy_lr=1e-2", "ppo.epochs=2"]
+        "ppo.policy_lr=1e-2", "ppo.epochs=2", "ppo.advantage_estimator=critic"]
+"""The critic estimator: its value head, warm-up and bootstrap state are the most there is to resume."""
 
 
 def config(tmp_path, name, *extra):

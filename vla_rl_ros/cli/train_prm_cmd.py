@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = policy.action_tokenizer
     episodes = []
     for directory in args.demos:
-        episodes += prm_data.load_demo_episodes(directory, tokenizer, list(cfg.env.task_ids))
+        episodes += prm_data.load_demo_episodes(directory, tokenizer, list(cfg.env.task_ids),
+                                                policy.chunk_size)
     rng = np.random.default_rng(cfg.train.seed)
     env = make_env(cfg.env)
     try:

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vla_rl_ros.core.envs.base import ACTION_DIM, Observation
+from vla_rl_ros.core.envs.base import Observation
 from vla_rl_ros.core.envs.config import EnvConfig
-from vla_rl_ros.core.envs.splits import eval_init_states
+from vla_rl_ros.core.envs.splits import eval_init_states, is_held_out
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -51,42 +51,51 @@ def hardware_description() -> dict:
     return description
 
 
-def policy_actor(policy, greedy: bool = True, best_of: int = 1,
-                 scorer=None) -> Callable[[list[Observation], int], np.ndarray]:
-    """Wrap a :class:`VLAPolicy` (batched ``decode``) or a plain callable as ``act(observations, seed)``.
+class _Actions:
+    """A plain actor's reply in the decoder shape: its actions, and no tokens, log-probs or values."""
 
-    ``best_of`` > 1 samples that many candidates per observation at the policy's temperature in
-    one batched decode and executes the one ``scorer`` rates highest (default: likelihood);
-    ``best_of`` = 1 decodes greedily unless ``greedy`` is False. Sampling draws from one
-    generator per seed, so a seed replays the same actions.
+    def __init__(self, actions: np.ndarray) -> None:
+        self.actions = actions
+        self.tokens = np.zeros((len(actions), 0), dtype=np.int64)
+        self.log_probs = np.zeros((len(actions), 0), dtype=np.float32)
+        self.values = np.zeros(len(actions), dtype=np.float32)
+
+
+def evaluation_decoder(policy, seed: int, greedy: bool = True, best_of: int = 1, scorer=None):
+    """The decode of one evaluation seed for :func:`~vla_rl_ros.core.rl.rollout.collect_episodes`.
+
+    ``policy`` is a :class:`VLAPolicy` (batched ``decode``) or a plain callable
+    ``observations -> actions`` ([B, 7] or chunks [B, K, 7]). ``best_of`` > 1 samples that many
+    candidate chunks per observation at the policy's temperature in one batched decode and executes
+    the one ``scorer`` rates highest (default: likelihood); ``best_of`` = 1 decodes greedily unless
+    ``greedy`` is False. Sampling draws from a generator seeded with ``seed``, so a seed replays
+    the same actions.
     """
     if best_of < 1:
         raise ValueError(f"best-of-N needs N >= 1, got {best_of}")
     if not hasattr(policy, "decode"):
         if best_of > 1:
             raise ValueError("best-of-N needs a policy with a batched decode (a VLAPolicy)")
-        return lambda observations, seed: np.asarray(policy(observations), dtype=np.float32)
+
+        def act(observations: list[Observation]) -> _Actions:
+            return _Actions(np.asarray(policy(observations), dtype=np.float32))
+        act.wants_observations = True  # type: ignore[attr-defined]
+        return act
     import torch
 
     from vla_rl_ros.core.rl.best_of_n import best_of_n_decode
     sampling = best_of > 1 or not greedy
-    generators: dict[int, torch.Generator] = {}
+    generator = torch.Generator(device=policy.device).manual_seed(seed) if sampling else None
 
-    def act(observations: list[Observation], seed: int) -> np.ndarray:
-        generator = None
-        if sampling:
-            if seed not in generators:
-                generators[seed] = torch.Generator(device=policy.device).manual_seed(seed)
-            generator = generators[seed]
+    def decode(observations: list[Observation]):
         images = np.stack([o.image for o in observations])
         instructions = [o.instruction for o in observations]
         proprio = np.stack([o.proprio for o in observations])
         if best_of > 1:
-            output = best_of_n_decode(policy, images, instructions, best_of, scorer, generator, proprio)
-        else:
-            output = policy.decode(images, instructions, greedy=greedy, generator=generator, proprio=proprio)
-        return np.asarray(output.actions, dtype=np.float32)
-    return act
+            return best_of_n_decode(policy, images, instructions, best_of, scorer, generator, proprio)
+        return policy.decode(images, instructions, greedy=greedy, generator=generator, proprio=proprio)
+    decode.wants_observations = True  # type: ignore[attr-defined]
+    return decode
 
 
 def plan_evaluation(task_ids: Sequence[int], init_state_ids: Sequence[int], seeds: Sequence[int],
@@ -113,64 +122,39 @@ def evaluate_policy(policy, env_cfg: EnvConfig, seeds: Sequence[int] = (0,), epi
                     best_of: int = 1, scorer=None) -> dict:
     """Success per task and overall on held-out init states, with 95 % Wilson intervals.
 
-    ``policy`` is a VLAPolicy or a callable ``observations -> actions [B, 7]``. Init states default
+    ``policy`` is a VLAPolicy or a callable ``observations -> actions``. Init states default
     to the held-out ids (``>= env.num_train_init_states``); training ids are never used unless
     passed explicitly. Aborted episodes (crashed workers) are counted apart, not as failures.
-    ``best_of``/``scorer``: test-time best-of-N action selection (see :func:`policy_actor`).
-    The environment is ``env.backend``'s (LIBERO or toy) unless ``vector_env`` is given.
+    ``best_of``/``scorer``: test-time best-of-N action selection (see :func:`evaluation_decoder`).
+    The environment is ``env.backend``'s (LIBERO or toy) unless ``vector_env`` is given. The
+    episodes run through the training rollout loop (``collect_episodes``), one pass per seed.
     """
     from tqdm import tqdm
 
     from vla_rl_ros.core.envs.vector import make_vector_env
+    from vla_rl_ros.core.rl.rollout import collect_episodes
     held_out = eval_init_states(env_cfg.num_train_init_states)
     init_state_ids = held_out if init_state_ids is None else list(init_state_ids)
-    queue = plan_evaluation(env_cfg.task_ids, init_state_ids, seeds, episodes_per_task)
-    act = policy_actor(policy, greedy, best_of, scorer)
+    plan = plan_evaluation(env_cfg.task_ids, init_state_ids, seeds, episodes_per_task)
     envs = vector_env or make_vector_env(env_cfg)
-    episodes, videos, frames = [], [], {}
-    bar = tqdm(total=len(queue), desc="eval", unit="ep", disable=not progress)
+    episodes, videos = [], []
+    bar = tqdm(total=len(plan), desc="eval", unit="ep", disable=not progress)
     start, steps = time.time(), 0
-    videos_started = [0]
     try:
-        slots: list[dict | None] = [None] * envs.num_envs
-
-        def begin(slot: int) -> None:
-            slots[slot] = None
-            if queue:
-                task, state, seed = queue.pop(0)
-                obs = envs.reset([(task, state)], env_ids=[slot])[0]
-                record = video_dir is not None and videos_started[0] < num_videos
-                videos_started[0] += record
-                slots[slot] = dict(task_id=task, init_state_id=state, seed=seed, observation=obs,
-                                   video=record)
-                if record:
-                    frames[slot] = [obs.image]
-        for slot in range(envs.num_envs):
-            begin(slot)
-        while any(slots):
-            active = [i for i, s in enumerate(slots) if s]
-            actions = np.zeros((envs.num_envs, ACTION_DIM), dtype=np.float32)
-            by_seed: dict[int, list[int]] = {}
-            for i in active:
-                by_seed.setdefault(slots[i]["seed"], []).append(i)
-            for seed, members in by_seed.items():
-                actions[members] = act([slots[i]["observation"] for i in members], seed)
-            results = envs.step(actions)
-            steps += len(active)
-            for i in active:
-                result, episode = results[i], slots[i]
-                episode["observation"] = result.observation
-                if episode["video"]:
-                    frames[i].append(result.observation.image)
-                if not result.done:
-                    continue
-                episodes.append(dict(task_id=episode["task_id"], init_state_id=episode["init_state_id"],
-                                     seed=episode["seed"], success=bool(result.success),
-                                     aborted=bool(result.aborted), steps=result.observation.step))
-                if episode["video"]:
-                    videos.append(_write_video(video_dir, episodes[-1], frames.pop(i)))
-                bar.update(1)
-                begin(i)
+        for seed in seeds:
+            assignments = [(task, state) for task, state, s in plan if s == seed]
+            keep = video_dir is not None and len(videos) < num_videos
+            finished = collect_episodes(envs, evaluation_decoder(policy, seed, greedy, best_of, scorer),
+                                        assignments, keep_observations=keep, seed=seed,
+                                        on_episode=lambda _: bar.update(1))
+            for episode in sorted(finished, key=lambda e: (e.task_id, e.init_state_id)):
+                steps += episode.env_steps
+                record = dict(task_id=episode.task_id, init_state_id=episode.init_state_id, seed=seed,
+                              success=bool(episode.success), aborted=bool(episode.aborted),
+                              steps=episode.env_steps, decisions=episode.length)
+                episodes.append(record)
+                if keep and len(videos) < num_videos:
+                    videos.append(_write_video(video_dir, record, episode.images))
     finally:
         bar.close()
         if vector_env is None:
@@ -199,10 +183,10 @@ def summarize(episodes: list[dict], env_cfg: EnvConfig, seeds: Sequence[int], wa
     per_task = {str(t): rate([e for e in episodes if e["task_id"] == t]) for t in env_cfg.task_ids}
     per_seed = {str(s): rate([e for e in episodes if e["seed"] == s]) for s in seeds}
     seed_rates = [v["success_rate"] for v in per_seed.values() if v["episodes"]]
-    held_out = set(eval_init_states(env_cfg.num_train_init_states))
     return dict(backend=env_cfg.backend, suite=env_cfg.suite, task_ids=list(env_cfg.task_ids),
                 seeds=list(seeds), greedy=greedy, init_state_ids=list(init_state_ids),
-                uses_training_init_states=any(i not in held_out for i in init_state_ids),
+                uses_training_init_states=any(not is_held_out(i, env_cfg.num_train_init_states)
+                                              for i in init_state_ids),
                 overall=rate(episodes), per_task=per_task, per_seed=per_seed,
                 seed_std=float(np.std(seed_rates)) if seed_rates else 0.0,
                 wall_s=round(wall_s, 1), episodes_per_hour=round(3600 * len(episodes) / max(wall_s, 1e-9), 1),
@@ -261,5 +245,5 @@ def _write_video(video_dir: str | Path, episode: dict, frames: list[np.ndarray])
     outcome = "success" if episode["success"] else "failure"
     path = directory / (f"task{episode['task_id']:02d}_init{episode['init_state_id']:02d}"
                         f"_seed{episode['seed']}_{outcome}.gif")
-    imageio.mimsave(path, frames[::2], duration=0.1, loop=0)  # every other frame at 10 fps = real time
+    imageio.mimsave(path, frames, duration=0.1, loop=0)  # one frame per decision
     return str(path)

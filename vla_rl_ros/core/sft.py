@@ -100,7 +100,8 @@ def train_sft(cfg: ExperimentConfig, progress: bool = True, max_steps: int | Non
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     writer = SummaryWriter(str(output / "tb"))
-    tokens_all = policy.action_tokenizer.encode(dataset.actions)
+    # Row t's label is the chunk the policy should emit at frame t: K actions from t on.
+    tokens_all = policy.chunk_tokens(dataset.action_chunks(policy.chunk_size))
     end_step = sft.steps if max_steps is None else min(sft.steps, start_step + max_steps)
     bar = tqdm(total=sft.steps, initial=start_step, desc="sft", unit="step", disable=not progress)
     started, losses = time.time(), []

@@ -65,6 +65,23 @@ class DemoDataset(Dataset):
                 "instruction": self.instruction_of_episode[self.episode_ids[index]],
                 "task_id": int(self.task_ids[index])}
 
+    def action_chunks(self, size: int) -> np.ndarray:
+        """Imitation labels of a policy that emits ``size`` actions per call: float32 [N, size, 7].
+
+        Row t holds frame t's action and the next ``size - 1`` of the same episode; past the end
+        of the episode the last action repeats (the expert holds still once the task is done), so
+        a chunk never mixes two episodes.
+        """
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
+        last_of_episode = np.zeros(len(self), dtype=np.int64)
+        ends = np.flatnonzero(np.diff(self.episode_ids, append=-1) != 0)  # last frame of each episode
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        for start, end in zip(starts, ends):
+            last_of_episode[start:end + 1] = end
+        index = np.minimum(np.arange(len(self))[:, None] + np.arange(size)[None, :], last_of_episode[:, None])
+        return self.actions[index]
+
     @property
     def instructions(self) -> list[str]:
         """Distinct instructions, in task order."""

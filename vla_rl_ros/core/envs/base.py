@@ -71,5 +71,9 @@ class VectorEnvLike(Protocol):
     def step(self, actions: np.ndarray) -> list[StepResult]:
         """Apply ``actions`` float32 [num_envs, 7] and return one result per environment."""
 
+    def step_chunk(self, chunks: np.ndarray) -> list[StepResult]:
+        """Apply ``chunks`` float32 [num_envs, K, 7]: each env runs its K actions (fewer if its
+        episode ends) and observes once, after the last; ``info['executed']`` counts them."""
+
     def close(self) -> None:
         """Stop workers and free simulator resources."""

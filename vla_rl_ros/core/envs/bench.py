@@ -13,7 +13,7 @@ from vla_rl_ros.core.envs.config import EnvConfig
 
 
 def _raw_rate(cfg: EnvConfig, render: bool, steps: int, warmup: int) -> float:
-    """Steps/s of LIBERO's own ``env.step`` in this process (no pipes, no wrapper)."""
+    """Steps/s of one LiberoEnv in this process (no pipes); ``render`` renders a frame per step."""
     from vla_rl_ros.core.envs.libero_env import NOOP_ACTION, LiberoEnv
     from vla_rl_ros.core.envs.rendering import apply_gl_environment
     apply_gl_environment(cfg.renderer, None)
@@ -22,10 +22,12 @@ def _raw_rate(cfg: EnvConfig, render: bool, steps: int, warmup: int) -> float:
     try:
         env.reset(cfg.task_ids[0], 0)
         for _ in range(warmup):
-            env.sim.step(NOOP_ACTION)
+            env.step(NOOP_ACTION)
         start = time.perf_counter()
         for _ in range(steps):
-            env.sim.step(NOOP_ACTION)
+            env.step(NOOP_ACTION)
+            if env.done:
+                env.reset(cfg.task_ids[0], 0)
         return steps / (time.perf_counter() - start)
     finally:
         env.close()

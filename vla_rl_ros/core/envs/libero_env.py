@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
+from vla_rl_ros.core.envs.splits import check_init_state_id, is_fresh_layout
 
 # Standard episode caps of LIBERO evaluation (OpenVLA's scripts); longest prefix wins, so the
 # LIBERO-PRO perturbation suites (e.g. libero_object_swap) inherit their base suite's cap.
@@ -124,6 +125,20 @@ def sanitize_action(action: Any) -> tuple[np.ndarray, dict[str, int]]:
     return clipped.astype(np.float32), counts
 
 
+def chunk_array(actions: Any) -> np.ndarray:
+    """``actions`` as float64 [K, 7]; anything else (wrong shape, not numbers) becomes one NaN action,
+    which :func:`sanitize_action` turns into a counted no-op."""
+    try:
+        chunk = np.asarray(actions, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.full((1, ACTION_DIM), np.nan)
+    if chunk.ndim == 1:
+        chunk = chunk.reshape(1, -1)
+    if chunk.ndim != 2 or chunk.shape[1] != ACTION_DIM or len(chunk) == 0:
+        return np.full((1, ACTION_DIM), np.nan)
+    return chunk
+
+
 def proprio_from_obs(raw: dict) -> np.ndarray:
     """Proprioception float32 [8]: eef position (3), eef axis-angle (3), gripper joint positions (2)."""
     from robosuite.utils import transform_utils
@@ -160,6 +175,8 @@ class LiberoEnv:
         self.init_state_id = -1
         self.step_count = 0
         self.done = True
+        self.frames_rendered = 0
+        """Camera frames rendered so far (rendering dominates a CPU step: benchmarks and tests count it)."""
         self._init_states: dict[int, np.ndarray] = {}
 
     def _build(self, task: TaskSpec) -> None:
@@ -168,12 +185,17 @@ class LiberoEnv:
             self.sim.close()
             self.sim = None
         cameras = ["agentview"] + (["robot0_eye_in_hand"] if self.wrist_camera else [])
+        # No camera observables: robosuite would render every camera on every control step,
+        # settle steps and the unobserved steps inside an action chunk included (a CPU frame of
+        # this scene costs about 4x a physics step). Frames are rendered on demand in
+        # observation(), only when a policy will read them.
         kwargs: dict[str, Any] = dict(bddl_file_name=task.bddl_file, camera_heights=self.image_size,
-                                      camera_widths=self.image_size, camera_names=cameras)
+                                      camera_widths=self.image_size, camera_names=cameras,
+                                      use_camera_obs=False)
         if self.render_gpu is not None:
             kwargs["render_gpu_device_id"] = self.render_gpu
         if not self.render:
-            kwargs.update(use_camera_obs=False, has_offscreen_renderer=False)
+            kwargs.update(has_offscreen_renderer=False)
         self.sim = OffScreenRenderEnv(**kwargs)
         # robosuite rebuilds the whole MuJoCo model and renderer on every reset by default (3-6 s on
         # a CPU). set_init_state overwrites the full simulator state anyway: measured against hard
@@ -191,18 +213,29 @@ class LiberoEnv:
         return self._init_states[task_id]
 
     def reset(self, task_id: int, init_state_id: int) -> Observation:
-        """Start an episode of ``task_id`` from init state ``init_state_id`` after the settle steps."""
+        """Start an episode of ``task_id`` after the settle steps (which render nothing).
+
+        ``init_state_id`` < 50 is one of the task's fixed init states; an id from
+        ``splits.TRAIN_LAYOUT_BASE`` on is a fresh layout, the scene's own random placement seeded
+        by the id (the same id gives the same scene).
+        """
         if not 0 <= task_id < len(self.tasks):
             raise TaskError(f"task {task_id} does not exist in {self.suite}: "
                             f"valid task ids are 0..{len(self.tasks) - 1}")
         task = self.tasks[task_id]
-        if not 0 <= init_state_id < task.num_init_states:
-            raise TaskError(f"init state {init_state_id} out of range for {self.suite} task {task_id}: "
-                            f"valid ids are 0..{task.num_init_states - 1}")
+        try:
+            check_init_state_id(init_state_id, task.num_init_states)
+        except ValueError as err:
+            raise TaskError(f"{self.suite} task {task_id}: {err}") from None
         if self.sim is None or self.task is None or self.task.task_id != task_id:
             self._build(task)
-        self.sim.reset()
-        raw = self.sim.set_init_state(self.init_states(task_id)[init_state_id])
+        if is_fresh_layout(init_state_id):
+            # robosuite's placement sampler draws from numpy's global generator on reset.
+            np.random.seed(int(init_state_id))
+            raw = self.sim.reset()
+        else:
+            self.sim.reset()
+            raw = self.sim.set_init_state(self.init_states(task_id)[init_state_id])
         for _ in range(self.settle_steps):
             raw, _, _, _ = self.sim.step(NOOP_ACTION)
         self.raw_obs = raw
@@ -215,18 +248,27 @@ class LiberoEnv:
         """Build what the policy sees now (frames upright: LIBERO renders them rotated 180 degrees)."""
         raw, task = self.raw_obs, self.task
         if self.render:
-            image = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
+            image = self.render_camera("agentview")
         else:
             image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
         wrist = None
         if self.render and self.wrist_camera:
-            wrist = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
+            wrist = self.render_camera("robot0_eye_in_hand")
         return Observation(image=image, instruction=task.instruction, proprio=proprio_from_obs(raw),
                            task_id=task.task_id, init_state_id=self.init_state_id, step=self.step_count,
                            wrist_image=wrist)
 
-    def step(self, action: Any) -> StepResult:
-        """Apply one (sanitised) action; ends on success or at the episode cap (truncated)."""
+    def render_camera(self, camera: str) -> np.ndarray:
+        """The camera's current frame, uint8 [H, W, 3], upright.
+
+        The same pixels robosuite's camera observable holds, turned by 180 degrees: LIBERO's
+        cameras see the table upside down (OpenVLA's LIBERO scripts rotate them the same way).
+        """
+        frame = self.sim.env.sim.render(camera_name=camera, width=self.image_size, height=self.image_size)
+        self.frames_rendered += 1
+        return np.ascontiguousarray(frame[::-1, ::-1])
+
+    def _physics_step(self, action: Any) -> tuple[np.ndarray, dict[str, int], bool, bool]:
         if self.done:
             raise RuntimeError("LiberoEnv.step called on a finished episode: call reset first")
         safe_action, counts = sanitize_action(action)
@@ -236,7 +278,33 @@ class LiberoEnv:
         success = bool(self.sim.check_success())
         truncated = not success and self.step_count >= self.max_episode_steps
         self.done = success or truncated
+        return safe_action, counts, success, truncated
+
+    def step(self, action: Any) -> StepResult:
+        """Apply one (sanitised) action; ends on success or at the episode cap (truncated)."""
+        safe_action, counts, success, truncated = self._physics_step(action)
         info = dict(counts, action=safe_action)
+        return StepResult(observation=self.observation(), reward=float(success), done=self.done,
+                          success=success, truncated=truncated, info=info)
+
+    def step_chunk(self, actions: Any) -> StepResult:
+        """Apply a chunk of actions [K, 7] back to back, rendering only after the last one.
+
+        Stops early when the episode ends. ``info``: ``executed`` (actions applied),
+        ``actions`` (what ran, [executed, 7]) and the sanitiser's counters summed over the chunk.
+        A chunk that is not [K, 7] of finite values runs as K no-ops, counted, like a bad action.
+        """
+        chunk = chunk_array(actions)
+        executed, counts = [], {"nonfinite_actions": 0, "clipped_actions": 0}
+        success = truncated = False
+        for action in chunk:
+            safe_action, step_counts, success, truncated = self._physics_step(action)
+            executed.append(safe_action)
+            for key, value in step_counts.items():
+                counts[key] += value
+            if self.done:
+                break
+        info = dict(counts, executed=len(executed), actions=np.stack(executed))
         return StepResult(observation=self.observation(), reward=float(success), done=self.done,
                           success=success, truncated=truncated, info=info)
 

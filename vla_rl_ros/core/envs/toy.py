@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
-from vla_rl_ros.core.envs.splits import LIBERO_INIT_STATES_PER_TASK
+from vla_rl_ros.core.envs.splits import check_init_state_id
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40),
            "magenta": (210, 50, 200), "cyan": (40, 210, 210), "orange": (240, 140, 30),
@@ -52,10 +52,8 @@ def check_task(task_id: int) -> None:
 def toy_start(task_id: int, init_state_id: int, spread: float = 0.15) -> np.ndarray:
     """Deterministic start position of an init state (a small offset around the centre)."""
     check_task(task_id)
-    # As many init states per task as LIBERO, so one split (splits.py) serves both backends.
-    if not 0 <= init_state_id < LIBERO_INIT_STATES_PER_TASK:
-        raise ValueError(f"toy init state {init_state_id} out of range: "
-                         f"valid ids are 0..{LIBERO_INIT_STATES_PER_TASK - 1}")
+    # The same ids as LIBERO (fixed init states and fresh layouts), so one split serves both.
+    check_init_state_id(init_state_id)
     rng = np.random.default_rng([task_id, init_state_id, 7])
     return rng.uniform(-spread, spread, size=2)
 
@@ -161,6 +159,38 @@ class ToyVectorEnv:
                                       done=bool(self.done[i]), success=success, truncated=truncated,
                                       info={"nonfinite_actions": int(nonfinite)}))
         return results
+
+    def step_chunk(self, chunks: np.ndarray) -> list[StepResult]:
+        """Apply ``chunks`` [num_envs, K, 7], each env stopping at the end of its episode.
+
+        Same contract as ``VectorEnv.step_chunk``: one result per env, ``info['executed']``.
+        """
+        chunks = np.asarray(chunks, dtype=np.float64)
+        if chunks.ndim != 3 or chunks.shape[0] != self.num_envs or chunks.shape[2] != ACTION_DIM:
+            raise ValueError(f"toy env step_chunk: chunks must be [{self.num_envs}, K, {ACTION_DIM}], "
+                             f"got {chunks.shape}")
+        was_done = self.done.copy()
+        executed = np.zeros(self.num_envs, dtype=np.int64)
+        last: list[StepResult | None] = [None] * self.num_envs
+        nonfinite = np.zeros(self.num_envs, dtype=np.int64)
+        for k in range(chunks.shape[1]):
+            running = ~self.done
+            if not running.any():
+                break
+            results = self.step(np.where(running[:, None], chunks[:, k], 0.0))
+            for i in np.flatnonzero(running):
+                last[i], executed[i] = results[i], executed[i] + 1
+                nonfinite[i] += results[i].info.get("nonfinite_actions", 0)
+        out = []
+        for i in range(self.num_envs):
+            if was_done[i] or last[i] is None:
+                out.append(StepResult(observation=self._observation(i), reward=0.0, done=True,
+                                      info={"inactive": True}))
+                continue
+            result = last[i]
+            result.info = {"executed": int(executed[i]), "nonfinite_actions": int(nonfinite[i])}
+            out.append(result)
+        return out
 
     def close(self) -> None:
         """Nothing to free (kept for the interface)."""

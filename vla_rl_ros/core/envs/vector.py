@@ -68,6 +68,8 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
                 noise_rng = np.random.default_rng([cfg.seed, *payload])
             elif command == "step":
                 reply = env.step(payload)
+            elif command == "step_chunk":
+                reply = env.step_chunk(payload)
             elif command == "expert_step":
                 if expert is None:
                     expert = ScriptedExpert()
@@ -203,6 +205,17 @@ class VectorEnv:
         if actions.shape != (self.num_envs, ACTION_DIM):
             raise ValueError(f"actions shape {actions.shape}, expected ({self.num_envs}, {ACTION_DIM})")
         return self._step_all([("step", actions[i]) for i in range(self.num_envs)])
+
+    def step_chunk(self, chunks: np.ndarray) -> list[StepResult]:
+        """Apply a chunk of actions per env, ``chunks`` [num_envs, K, 7], each worker rendering once.
+
+        Each result's ``info['executed']`` says how many of the K actions ran (fewer when the
+        episode ended inside the chunk); envs not running return ``done=True, info['inactive']``.
+        """
+        chunks = np.asarray(chunks, dtype=np.float32)
+        if chunks.ndim != 3 or chunks.shape[0] != self.num_envs or chunks.shape[2] != ACTION_DIM:
+            raise ValueError(f"chunks shape {chunks.shape}, expected ({self.num_envs}, K, {ACTION_DIM})")
+        return self._step_all([("step_chunk", chunks[i]) for i in range(self.num_envs)])
 
     def step_expert(self, noise_std: float = 0.0) -> list[StepResult]:
         """Step every running env with its worker's scripted expert.

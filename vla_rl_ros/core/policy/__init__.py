@@ -14,6 +14,7 @@ _EXPORTS = {
     "DecodeOutput": "vla_rl_ros.core.policy.policy",
     "EvalOutput": "vla_rl_ros.core.policy.policy",
     "VLAPolicy": "vla_rl_ros.core.policy.policy",
+    "ChunkSizeError": "vla_rl_ros.core.policy.policy",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,6 +16,9 @@ DINO_MEAN = (0.485, 0.456, 0.406)
 DINO_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+ACTION_TOKENS_PER_STEP = 7
+"""OpenVLA: one token per action dimension (end-effector delta xyz, delta rotation, gripper)."""
+CHUNK_DECODINGS = ("autoregressive", "parallel")
 
 
 @dataclass
@@ -69,6 +72,13 @@ class VLAArchitecture:
     """The prompt ends with the robot state as words (gripper opening, hand height; see
     ``processor.state_words``): such a model needs proprio with every observation. False for
     openvla checkpoints, whose config.json has no such key."""
+    chunk_size: int = 1
+    """Actions per policy call (an action chunk). 1 is OpenVLA's one action per call; a model
+    trained with K actions per call only runs with K (``ChunkSizeError`` otherwise)."""
+    chunk_decoding: str = "autoregressive"
+    """How the K x 7 action tokens of a chunk are produced: 'autoregressive' (one token after the
+    other, OpenVLA's rule) or 'parallel' (one forward pass over K x 7 action slots, each slot
+    predicting its token independently given the observation, as OpenVLA-OFT)."""
 
     def __post_init__(self) -> None:
         check(self.featurizer.image_size == self.fused_featurizer.image_size, "fused_featurizer.image_size",
@@ -80,6 +90,19 @@ class VLAArchitecture:
         check(self.n_action_bins <= self.action_vocab_end <= vocab, "action_vocab_end", self.action_vocab_end,
               f"between n_action_bins={self.n_action_bins} and vocab_size={vocab}")
         self.prompt_suffix_ids = tuple(int(i) for i in self.prompt_suffix_ids)
+        check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "must be >= 1")
+        check(self.chunk_decoding in CHUNK_DECODINGS, "chunk_decoding", self.chunk_decoding,
+              f"one of {', '.join(CHUNK_DECODINGS)}")
+        if self.chunk_decoding == "parallel":
+            # The slot queries are the action tokens' input embeddings (see decoding.slot_ids).
+            check(self.chunk_size * ACTION_TOKENS_PER_STEP <= self.n_action_bins, "chunk_size",
+                  self.chunk_size, f"at most {self.n_action_bins // ACTION_TOKENS_PER_STEP} for parallel "
+                  "decoding (one action-token embedding per slot)")
+
+    @property
+    def tokens_per_call(self) -> int:
+        """Action tokens one policy call emits: 7 per action, ``chunk_size`` actions."""
+        return ACTION_TOKENS_PER_STEP * self.chunk_size
 
     @property
     def image_size(self) -> int:
@@ -155,11 +178,13 @@ def small_llm(hidden: int, layers: int, heads: int, vocab_size: int, intermediat
                 eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, hidden_act="silu")
 
 
-def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = False) -> VLAArchitecture:
+def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = False, chunk_size: int = 1,
+           chunk_decoding: str = "autoregressive") -> VLAArchitecture:
     """Named architecture: 'tiny' (tests), 'small' (CPU default), 'base', 'openvla-7b' (shape only).
 
     ``vocab_size`` is the tokenizer's size; its last 256 ids are the action tokens. The embedding
-    table is padded to a multiple of 64 as in OpenVLA. ``state_prompt``: see :class:`VLAArchitecture`.
+    table is padded to a multiple of 64 as in OpenVLA. ``state_prompt``, ``chunk_size`` and
+    ``chunk_decoding``: see :class:`VLAArchitecture`.
     """
     padded = round_up(vocab_size, 64)
     if size == "openvla-7b":
@@ -168,7 +193,8 @@ def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = Fal
         dino = KNOWN_TIMM_VITS["vit_large_patch14_reg4_dinov2.lvd142m"](image_size)
         sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
         return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000,
-                               state_prompt=state_prompt)
+                               state_prompt=state_prompt, chunk_size=chunk_size,
+                               chunk_decoding=chunk_decoding)
     # (vit width, vit depth incl. the unused last block, heads, patch, llm hidden, layers, heads)
     # 'small' sits at the cheap end on purpose: image tokens dominate the cost of every step (decode,
     # SFT, PPO) on a CPU, and a 2-core laptop must train it by imitation in minutes to hours.
@@ -181,7 +207,8 @@ def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = Fal
         featurizer=dino_spec(width, depth, vit_heads, 4 * width, patch, image_size),
         fused_featurizer=siglip_spec(width, depth, vit_heads, 4 * width, patch, image_size),
         llm=small_llm(hidden, layers, heads, padded, intermediate=int(hidden * 8 / 3) // 16 * 16),
-        action_vocab_end=vocab_size, pad_token_id=0, state_prompt=state_prompt)
+        action_vocab_end=vocab_size, pad_token_id=0, state_prompt=state_prompt, chunk_size=chunk_size,
+        chunk_decoding=chunk_decoding)
 
 
 def from_openvla_config(cfg: Mapping[str, Any]) -> VLAArchitecture:

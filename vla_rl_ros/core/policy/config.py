@@ -56,6 +56,17 @@ class PolicyConfig:
     Python take most of the time. Each new (batch size, prompt-length bucket) compiles once, which
     takes seconds to a minute; tokens and log-probs equal the eager decode's. Inductor needs a C++
     compiler on a CPU (set-up's g++) and Triton on a GPU (in CUDA builds of torch)."""
+    chunk_size: int = 1
+    """Actions per policy call (action chunk). 1 = OpenVLA's one action per call, what openvla-7b
+    checkpoints need. A loaded model must have been trained with the same value (a named
+    ``ChunkSizeError`` otherwise); the shipped small-model recipe uses 8 (config/train_sim.yaml:
+    8-step chunks as SimpleVLA-RL and OpenVLA-OFT on LIBERO; a 280-step episode then costs 35
+    decodes and 35 renders instead of 280)."""
+    chunk_decoding: str = "parallel"
+    """New models with ``chunk_size`` > 1: 'parallel' (one forward pass predicts all K x 7 action
+    tokens, each given the observation only, as OpenVLA-OFT) or 'autoregressive' (K x 7 tokens one
+    after the other). Parallel is the default because it is measured faster on the CPU
+    (docs/results/learning/decode_speed.json) and PPO scores it with the same single pass."""
     center_crop_area: float = 1.0
     """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop
     augmentation are evaluated with 0.9); 1.0 = no crop."""
@@ -71,6 +82,9 @@ class PolicyConfig:
         check(0.0 <= self.lora_dropout < 1.0, "policy.lora_dropout", self.lora_dropout, "in [0, 1)")
         check(0.1 <= self.center_crop_area <= 1.0, "policy.center_crop_area", self.center_crop_area,
               "in [0.1, 1]")
+        check(1 <= self.chunk_size <= 36, "policy.chunk_size", self.chunk_size, "between 1 and 36")
+        check(self.chunk_decoding in ("parallel", "autoregressive"), "policy.chunk_decoding",
+              self.chunk_decoding, "'parallel' or 'autoregressive'")
         bad = [m for m in self.lora_target_modules if m not in LORA_TARGETS]
         check(bool(self.lora_target_modules) and not bad, "policy.lora_target_modules",
               self.lora_target_modules, f"a non-empty list drawn from {', '.join(LORA_TARGETS)}")

@@ -97,13 +97,7 @@ def decode_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: tor
     tokens, log_probs = [], []
     for index in range(num_tokens):
         logp = space.log_probs(hidden, lm.lm_head)
-        if greedy:
-            choice = logp.argmax(dim=-1)
-        else:
-            probs = logp.exp()
-            if generator is not None and generator.device != probs.device:
-                probs = probs.to(generator.device)  # e.g. a CPU generator driving a GPU policy
-            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logp.device)
+        choice = _sample(logp, greedy, generator)
         tokens.append(space.token_id(choice))
         log_probs.append(logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
         if index < num_tokens - 1:
@@ -137,6 +131,78 @@ def evaluate_actions(model: OpenVLAModel, value_head: nn.Module, pixel_values: t
     entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
     values = value_head(hidden[:, 0].float()).squeeze(-1)
     return log_probs, entropy, values
+
+
+def slot_hidden(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, slot_start: int, count: int) -> torch.Tensor:
+    """Hidden states [B, 1 + count, H] of parallel decoding: the last prompt token, then ``count`` slots.
+
+    The prompt is followed by ``count`` action slots whose inputs are the token ids
+    ``slot_start .. slot_start + count - 1``: parallel decoding never feeds a chosen action token
+    back, so the action tokens' input embeddings are free to serve as learned slot queries (OFT
+    feeds zero embeddings with bidirectional attention; distinct queries let a causal 2-layer model
+    tell its slots apart with no new parameter). Slot j's hidden state predicts action token j;
+    position 0 is where the critic reads the value, as in :func:`teacher_forced_hidden`.
+    """
+    batch = input_ids.shape[0]
+    slots = torch.arange(slot_start, slot_start + count, device=input_ids.device).expand(batch, count)
+    ids = torch.cat([input_ids, slots], dim=1)
+    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, count)], dim=1)
+    embeds, full_mask = model.multimodal_embeddings(pixel_values, ids, mask)
+    lm = model.language_model.model
+    out = lm(inputs_embeds=embeds, attention_mask=full_mask, position_ids=_positions(full_mask))
+    return out.last_hidden_state[:, -count - 1:]
+
+
+def _sample(logp: torch.Tensor, greedy: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """One choice per row of ``logp`` [..., C]: argmax, or a draw from ``exp(logp)``."""
+    if greedy:
+        return logp.argmax(dim=-1)
+    probs = logp.exp().reshape(-1, logp.shape[-1])
+    if generator is not None and generator.device != probs.device:
+        probs = probs.to(generator.device)  # e.g. a CPU generator driving a GPU policy
+    choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logp.device)
+    return choice.reshape(logp.shape[:-1])
+
+
+@torch.no_grad()
+def decode_parallel(model: OpenVLAModel, value_head: nn.Module, pixel_values: torch.Tensor,
+                    input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int,
+                    space: ActionSpace, slot_start: int, greedy: bool = False,
+                    generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All ``num_tokens`` action tokens from one forward pass (see :func:`slot_hidden`).
+
+    Same return contract as :func:`decode_actions`: tokens [B, K], log-probs [B, K], values [B].
+    """
+    hidden = slot_hidden(model, pixel_values, input_ids, attention_mask, slot_start, num_tokens)
+    values = value_head(hidden[:, 0].float()).squeeze(-1)
+    logp = space.log_probs(hidden[:, 1:], model.language_model.lm_head)
+    choice = _sample(logp, greedy, generator)
+    return space.token_id(choice), logp.gather(-1, choice.unsqueeze(-1)).squeeze(-1), values
+
+
+def evaluate_parallel(model: OpenVLAModel, value_head: nn.Module, pixel_values: torch.Tensor,
+                      input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor,
+                      space: ActionSpace, slot_start: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`evaluate_actions` for parallel decoding: the very forward pass the decode ran, with grad."""
+    hidden = slot_hidden(model, pixel_values, input_ids, attention_mask, slot_start, tokens.shape[1])
+    logp_all = space.log_probs(hidden[:, 1:], model.language_model.lm_head)
+    log_probs = logp_all.gather(-1, space.candidate_index(tokens).unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
+    values = value_head(hidden[:, 0].float()).squeeze(-1)
+    return log_probs, entropy, values
+
+
+def sft_cross_entropy_parallel(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                               attention_mask: torch.Tensor, tokens: torch.Tensor, slot_start: int
+                               ) -> torch.Tensor:
+    """Imitation loss of parallel decoding: mean cross-entropy of every slot's token (no EOS: the
+    length is fixed)."""
+    hidden = slot_hidden(model, pixel_values, input_ids, attention_mask, slot_start, tokens.shape[1])
+    logits = model.language_model.lm_head(hidden[:, 1:]).float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
 
 def sft_cross_entropy(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,

@@ -16,12 +16,14 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import lora
 from vla_rl_ros.core.policy.action_tokenizer import IDENTITY_NORM_STATS, ActionTokenizer, select_norm_stats
-from vla_rl_ros.core.policy.architecture import VLAArchitecture, preset
+from vla_rl_ros.core.policy.architecture import ACTION_TOKENS_PER_STEP, VLAArchitecture, preset
 from vla_rl_ros.core.policy.checkpoint import load_model, read_tensors, save_model_dir
 from vla_rl_ros.core.policy.config import PolicyConfig
-from vla_rl_ros.core.policy.decoding import ActionSpace, decode_actions, evaluate_actions, sft_cross_entropy
+from vla_rl_ros.core.policy.decoding import (ActionSpace, decode_actions, decode_parallel, evaluate_actions,
+                                             evaluate_parallel, sft_cross_entropy, sft_cross_entropy_parallel)
 from vla_rl_ros.core.policy.static_decoding import StaticCacheStepper
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
 from vla_rl_ros.core.policy.processor import (STATE_VOCABULARY, Processor, build_word_tokenizer,
@@ -31,16 +33,20 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+class ChunkSizeError(ConfigError):
+    """A model, PRM, adapter or message made for K actions per call met a consumer expecting another K."""
+
+
 @dataclass
 class DecodeOutput:
-    """One batched rollout step (all on the CPU)."""
+    """One batched rollout decision (all on the CPU): a chunk of K actions per observation."""
 
     tokens: torch.Tensor
-    """Action token ids, int64 [B, 7]."""
+    """Action token ids, int64 [B, K * 7] (action k's 7 tokens at columns 7k..7k+6)."""
     actions: np.ndarray
-    """Un-normalised continuous actions, float32 [B, 7]."""
+    """Un-normalised continuous actions, float32 [B, K, 7]."""
     log_probs: torch.Tensor
-    """Log-prob of each token under the rollout distribution (temperature, restriction), [B, 7]."""
+    """Log-prob of each token under the rollout distribution (temperature, restriction), [B, K * 7]."""
     values: torch.Tensor
     """Critic value of each observation, [B]."""
 
@@ -54,24 +60,40 @@ class EvalOutput:
     values: torch.Tensor
 
 
+def check_chunking(arch: VLAArchitecture, cfg: PolicyConfig) -> None:
+    """A model runs only with the chunk size (and, K > 1, the decoding) it was trained with."""
+    if arch.chunk_size != cfg.chunk_size:
+        raise ChunkSizeError(f"the model emits chunks of {arch.chunk_size} action(s) per call but "
+                             f"policy.chunk_size={cfg.chunk_size}; set policy.chunk_size={arch.chunk_size} "
+                             "(openvla-7b checkpoints: 1) or use a model trained with "
+                             f"{cfg.chunk_size}")
+    if arch.chunk_size > 1 and arch.chunk_decoding != cfg.chunk_decoding:
+        raise ChunkSizeError(f"the model decodes its chunks with {arch.chunk_decoding!r} but "
+                             f"policy.chunk_decoding={cfg.chunk_decoding!r}; set it to "
+                             f"{arch.chunk_decoding!r}")
+
+
 class VLAPolicy:
     """OpenVLA-architecture VLA with LoRA adapters and a critic head; see the module docstring."""
-
-    num_action_tokens = 7
 
     def __init__(self, model: OpenVLAModel, tokenizer: Tokenizer, norm_stats: Mapping[str, Any],
                  cfg: PolicyConfig, value_state: Mapping[str, torch.Tensor] | None = None) -> None:
         self.cfg = cfg
         self.arch: VLAArchitecture = model.arch
+        check_chunking(self.arch, cfg)
+        self.chunk_size = self.arch.chunk_size
+        """Actions per decode (K)."""
+        self.num_action_tokens = self.arch.tokens_per_call
+        """Action tokens per decode: 7 x K."""
         self.device = torch.device(cfg.device)
         self.tokenizer = tokenizer
         self.norm_stats = dict(norm_stats)
         self.action_tokenizer = ActionTokenizer(self.arch.action_vocab_end,
                                                 select_norm_stats(norm_stats, cfg.unnorm_key),
                                                 self.arch.n_action_bins)
-        if self.action_tokenizer.action_dim != self.num_action_tokens:
+        if self.action_tokenizer.action_dim != ACTION_TOKENS_PER_STEP:
             raise ValueError(f"norm_stats describe {self.action_tokenizer.action_dim}-D actions, "
-                             f"the policy emits {self.num_action_tokens}")
+                             f"the policy emits {ACTION_TOKENS_PER_STEP} tokens per action")
         self.processor = Processor(self.arch, tokenizer, cfg.resize_images, cfg.center_crop_area)
         self.value_head = nn.Linear(self.arch.hidden_size, 1).to(self.device)  # float32 whatever the LM dtype
         with torch.no_grad():
@@ -104,7 +126,9 @@ class VLAPolicy:
         if cfg.state_prompt:
             texts.append(STATE_VOCABULARY)
         tokenizer = build_word_tokenizer(texts)
-        arch = preset(cfg.size, cfg.image_size, tokenizer.get_vocab_size(), cfg.state_prompt)
+        decoding = cfg.chunk_decoding if cfg.chunk_size > 1 else "autoregressive"
+        arch = preset(cfg.size, cfg.image_size, tokenizer.get_vocab_size(), cfg.state_prompt, cfg.chunk_size,
+                      decoding)
         model = new_model(arch, DTYPES[cfg.dtype], cfg.device, cfg.seed)
         return cls(model, tokenizer, norm_stats or {"default": IDENTITY_NORM_STATS}, cfg)
 
@@ -157,9 +181,29 @@ class VLAPolicy:
     def _tokens(self, tokens: torch.Tensor | np.ndarray, batch: int) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         if tuple(tokens.shape) != (batch, self.num_action_tokens):
-            raise ValueError(f"tokens must have shape [{batch}, {self.num_action_tokens}], "
-                             f"got {list(tokens.shape)}")
+            raise ChunkSizeError(f"tokens must have shape [{batch}, {self.num_action_tokens}], "
+                                 f"got {list(tokens.shape)}")
         return tokens
+
+    @property
+    def parallel(self) -> bool:
+        """True when a chunk is decoded in one forward pass (``chunk_decoding='parallel'``)."""
+        return self.chunk_size > 1 and self.arch.chunk_decoding == "parallel"
+
+    def chunk_actions(self, tokens: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Token ids [B, K * 7] -> continuous actions float32 [B, K, 7]."""
+        tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+        flat = self.action_tokenizer.decode(tokens.reshape(-1, ACTION_TOKENS_PER_STEP))
+        return flat.reshape(len(tokens), self.chunk_size, ACTION_TOKENS_PER_STEP)
+
+    def chunk_tokens(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous actions [B, K, 7] -> token ids int64 [B, K * 7] (imitation labels)."""
+        actions = np.asarray(actions)
+        if actions.ndim != 3 or actions.shape[1:] != (self.chunk_size, ACTION_TOKENS_PER_STEP):
+            raise ChunkSizeError(f"action chunks must be [B, {self.chunk_size}, {ACTION_TOKENS_PER_STEP}], "
+                                 f"got {list(actions.shape)}")
+        return self.action_tokenizer.encode(actions.reshape(-1, ACTION_TOKENS_PER_STEP)).reshape(
+            len(actions), self.num_action_tokens)
 
     # ------------------------------------------------------------------------------ inference
     def decode(self, images: np.ndarray, instructions: list[str], greedy: bool = False,
@@ -170,23 +214,33 @@ class VLAPolicy:
         required when :attr:`reads_state`, ignored otherwise (the same holds for every method below).
         """
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
-        if self.cfg.compile_decode and self._stepper is None:
-            self._stepper = StaticCacheStepper(self.model.language_model, self.device)
-        stepper = self._stepper if self.cfg.compile_decode else None
-        tokens, log_probs, values = decode_actions(self.model, self.value_head, pixels, input_ids, mask,
-                                                   self.num_action_tokens, self.space, greedy, generator,
-                                                   stepper)
+        if self.parallel:
+            tokens, log_probs, values = decode_parallel(self.model, self.value_head, pixels, input_ids, mask,
+                                                        self.num_action_tokens, self.space,
+                                                        self.arch.action_vocab_start, greedy, generator)
+        else:
+            if self.cfg.compile_decode and self._stepper is None:
+                self._stepper = StaticCacheStepper(self.model.language_model, self.device)
+            stepper = self._stepper if self.cfg.compile_decode else None
+            tokens, log_probs, values = decode_actions(self.model, self.value_head, pixels, input_ids, mask,
+                                                       self.num_action_tokens, self.space, greedy, generator,
+                                                       stepper)
         tokens = tokens.cpu()
-        actions = self.action_tokenizer.decode(tokens.numpy())
-        return DecodeOutput(tokens, actions, log_probs.cpu(), values.cpu())
+        return DecodeOutput(tokens, self.chunk_actions(tokens), log_probs.cpu(), values.cpu())
+
+    def _score(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+               tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.parallel:
+            return evaluate_parallel(self.model, self.value_head, pixels, input_ids, mask, tokens, self.space,
+                                     self.arch.action_vocab_start)
+        return evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens, self.space)
 
     def evaluate(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
                  proprio: np.ndarray | None = None) -> EvalOutput:
         """Log-probs, entropies and values of ``tokens`` with grad (same distribution as decode)."""
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
-        return EvalOutput(*evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens,
-                                            self.space))
+        return EvalOutput(*self._score(pixels, input_ids, mask, tokens))
 
     def reference_log_probs(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
                             proprio: np.ndarray | None = None) -> torch.Tensor:
@@ -194,15 +248,18 @@ class VLAPolicy:
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
         with torch.no_grad(), self.peft.disable_adapter():
-            log_probs, _, _ = evaluate_actions(self.model, self.value_head, pixels, input_ids, mask, tokens,
-                                               self.space)
+            log_probs, _, _ = self._score(pixels, input_ids, mask, tokens)
         return log_probs
 
     def sft_loss(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
                  proprio: np.ndarray | None = None) -> torch.Tensor:
-        """Imitation loss: cross-entropy over the 7 action tokens and EOS (full vocabulary, T = 1)."""
+        """Imitation loss: cross-entropy over the K x 7 action tokens (and, autoregressive, the EOS
+        after them), full vocabulary, T = 1."""
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
+        if self.parallel:
+            return sft_cross_entropy_parallel(self.model, pixels, input_ids, mask, tokens,
+                                              self.arch.action_vocab_start)
         return sft_cross_entropy(self.model, pixels, input_ids, mask, tokens, self.arch.eos_token_id)
 
     # ------------------------------------------------------------------------------ parameters

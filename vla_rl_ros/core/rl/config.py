@@ -44,6 +44,12 @@ class PPOConfig:
     """Clip the ratio per action token instead of on the summed log-prob of the 7 tokens."""
     value_trunk_grad: bool = False
     """Let the value loss also train the shared trunk's LoRA adapters (default: the value head only)."""
+    advantage_estimator: str = "loo"
+    """'loo' (leave-one-out baseline within each group of ``train.group_size`` rollouts of one
+    context, RIPT-VLA), 'grpo' (group-normalised, SimpleVLA-RL/RLinf) or 'critic' (VLA-RL: value
+    head, GAE, critic warm-up). The group estimators are the default: with a 0/1 reward and a few
+    hundred episodes, a from-scratch critic is mostly noise, while a group comparison is exact
+    (../shared/notes/field-2026-12.md). The critic, its warm-up and value loss act only with 'critic'."""
 
     def __post_init__(self) -> None:
         check(0.0 < self.gamma <= 1.0, "ppo.gamma", self.gamma, "in (0, 1]")
@@ -60,6 +66,13 @@ class PPOConfig:
         check(self.grad_accum_steps >= 1, "ppo.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
         check(self.max_grad_norm > 0, "ppo.max_grad_norm", self.max_grad_norm, "must be > 0")
         check(self.critic_warmup_iters >= 0, "ppo.critic_warmup_iters", self.critic_warmup_iters, ">= 0")
+        check(self.advantage_estimator in ("loo", "grpo", "critic"), "ppo.advantage_estimator",
+              self.advantage_estimator, "'loo', 'grpo' or 'critic'")
+
+    @property
+    def uses_critic(self) -> bool:
+        """True when advantages come from the value head (GAE), False for group estimators."""
+        return self.advantage_estimator == "critic"
 
 
 @dataclass

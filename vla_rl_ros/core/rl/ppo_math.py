@@ -135,13 +135,15 @@ def ppo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_p
              entropy: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
              advantages: torch.Tensor, returns: torch.Tensor, *, clip_range: float,
              value_clip_range: float, kl_coef: float, entropy_coef: float, value_coef: float,
-             per_token: bool = False, policy_enabled: bool = True) -> LossTerms:
-    """Total PPO loss for one minibatch; advantages are normalised here (per minibatch).
+             per_token: bool = False, policy_enabled: bool = True, normalize: bool = True) -> LossTerms:
+    """Total PPO loss for one minibatch; advantages are normalised here (per minibatch) unless
+    ``normalize`` is False (group advantages arrive already centred per group: re-centring a
+    minibatch that holds part of a group would flip some of their signs).
 
     ``entropy`` is per-token ``[B, K]``; the bonus uses the joint entropy (sum over tokens).
     ``policy_enabled=False`` (critic warm-up) keeps only the value term in ``total``.
     """
-    adv = normalize_advantages(advantages)
+    adv = normalize_advantages(advantages) if normalize else advantages
     pg, clip_fraction = clipped_policy_loss(new_log_probs, old_log_probs, adv, clip_range, per_token)
     v_loss = clipped_value_loss(new_values, old_values, returns, value_clip_range)
     kl_ref = kl_to_reference(new_log_probs, ref_log_probs).mean()

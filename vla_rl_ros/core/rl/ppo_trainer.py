@@ -44,8 +44,8 @@ class PPOTrainer:
 
     @property
     def in_warmup(self) -> bool:
-        """True while only the value head learns (the first ``critic_warmup_iters`` updates)."""
-        return self.updates < self.cfg.critic_warmup_iters
+        """True while only the value head learns (critic estimator, first ``critic_warmup_iters`` updates)."""
+        return self.cfg.uses_critic and self.updates < self.cfg.critic_warmup_iters
 
     def _snapshot(self) -> tuple[list[torch.Tensor], dict]:
         params = [p.detach().clone() for p in self.policy_params + self.value_params]
@@ -102,8 +102,10 @@ class PPOTrainer:
                                  advantages[index], returns[index], clip_range=cfg.clip_range,
                                  value_clip_range=cfg.value_clip_range,
                                  kl_coef=cfg.kl_coef if use_ref else 0.0,
-                                 entropy_coef=cfg.entropy_coef, value_coef=cfg.value_coef,
-                                 per_token=cfg.per_token_ratio, policy_enabled=not warmup)
+                                 entropy_coef=cfg.entropy_coef,
+                                 value_coef=cfg.value_coef if cfg.uses_critic else 0.0,
+                                 per_token=cfg.per_token_ratio, policy_enabled=not warmup,
+                                 normalize=cfg.uses_critic)
                 if not torch.isfinite(terms.total):
                     self._restore(snapshot)
                     return self._skip(metrics, "non-finite loss")
@@ -138,6 +140,9 @@ class PPOTrainer:
 
     def _backward(self, terms: Any, warmup: bool) -> None:
         scale = 1.0 / self.cfg.grad_accum_steps
+        if not self.cfg.uses_critic:  # group advantages: no value loss, only the policy learns
+            (terms.total * scale).backward()
+            return
         if self.cfg.value_trunk_grad:
             (terms.total * scale).backward()
             return

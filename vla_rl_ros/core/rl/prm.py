@@ -1,8 +1,8 @@
 """Process reward model: the small VLA architecture with a progress head.
 
-The PRM reads the same prompt as the policy (image + instruction) followed by the 7 action
-tokens of the step, and a linear head on the last hidden state predicts the task progress
-*after* that action (the pseudo label of the next observation). Because it sees the action,
+The PRM reads the same prompt as the policy (image + instruction) followed by the K x 7 action
+tokens of the turn (a chunk of K actions), and a linear head on the last hidden state predicts the
+task progress *after* that chunk (the pseudo label of the next observation). Because it sees the action,
 it can rank candidate actions (best-of-N) as well as score taken steps. Its scores over an
 episode give the progress curve ``p_0 = 0, p_{t+1} = PRM(o_t, a_t)`` whose increments are
 the dense reward.
@@ -99,7 +99,7 @@ class ProcessRewardModel:
     def signature(self) -> dict[str, Any]:
         """What must agree with a policy whose actions this PRM scores."""
         arch, tok = self.backbone.arch, self.backbone.action_tokenizer
-        return {"action_vocab_start": int(arch.action_vocab_start),
+        return {"chunk_size": int(arch.chunk_size), "action_vocab_start": int(arch.action_vocab_start),
                 "action_vocab_end": int(arch.action_vocab_end),
                 "n_action_bins": int(arch.n_action_bins),
                 "action_q01": _plain(tok.q01), "action_q99": _plain(tok.q99), "action_mask": _plain(tok.mask)}
@@ -163,10 +163,21 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------- labels
+def turn_actions(episode: Episode) -> np.ndarray:
+    """One action per turn [T, 7]: the last one each turn's chunk executed (the gripper state the
+    turn left behind, which is what segment boundaries are made of)."""
+    rows = []
+    for t, action in enumerate(episode.actions):
+        chunk = np.asarray(action, dtype=np.float32).reshape(-1, 7)
+        executed = episode.executed[t] if t < len(episode.executed) else len(chunk)
+        rows.append(chunk[max(min(executed, len(chunk)), 1) - 1])
+    return np.stack(rows)
+
+
 def episode_boundaries(episode: Episode) -> list[int]:
     """Segment boundaries of an episode from gripper commands and end-effector stops."""
     num_obs = episode.length + 1
-    events = gripper_events(gripper_closed_from_actions(np.stack(episode.actions)))
+    events = gripper_events(gripper_closed_from_actions(turn_actions(episode)))
     proprio = np.stack(episode.proprio)
     if proprio.shape[1] >= 3 and len(proprio) >= 2:
         events += eef_stop_events(proprio[:, :3])

@@ -16,32 +16,43 @@ from vla_rl_ros.core.policy.policy import DecodeOutput
 from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
 
 
-def episode_from_record(record: Any, action_tokenizer: Any) -> Episode:
-    """Convert a demonstration ``EpisodeRecord`` (T images, T actions) into an Episode.
+def episode_from_record(record: Any, action_tokenizer: Any, chunk_size: int = 1) -> Episode:
+    """Convert a demonstration ``EpisodeRecord`` (T images, T actions) into an Episode of turns.
 
-    Bags store the observation before each action only; the final observation is taken to
-    be the last one recorded (the PRM never scores the final observation itself).
+    A turn starts every ``chunk_size`` steps, as the policy would decide: its observation is the
+    frame at that step and its tokens the next ``chunk_size`` actions (the last action repeated
+    past the end, as in the imitation labels). Bags store the observation before each action
+    only; the final observation is taken to be the last one recorded (the PRM never scores the
+    final observation itself).
     """
     actions = np.asarray(record.actions, dtype=np.float32)
-    if len(actions) == 0:
+    steps = len(actions)
+    if steps == 0:
         raise ValueError(f"demonstration task {record.task_id} init {record.init_state_id} has no steps")
-    tokens = np.asarray(action_tokenizer.encode(actions), dtype=np.int64)
+    starts = np.arange(0, steps, chunk_size)
+    index = np.minimum(starts[:, None] + np.arange(chunk_size)[None, :], steps - 1)
+    chunks = actions[index]  # [turns, K, 7]
+    tokens = np.asarray(action_tokenizer.encode(chunks.reshape(-1, actions.shape[1])), dtype=np.int64)
+    tokens = tokens.reshape(len(starts), -1)
     episode = Episode(task_id=int(record.task_id), init_state_id=int(record.init_state_id),
                       instruction=record.instruction)
-    episode.images = list(record.images) + [record.images[-1]]
-    episode.proprio = [np.asarray(p, dtype=np.float32) for p in record.proprio] + [record.proprio[-1]]
+    episode.images = [record.images[t] for t in starts] + [record.images[-1]]
+    episode.proprio = [np.asarray(record.proprio[t], dtype=np.float32) for t in starts] + [
+        np.asarray(record.proprio[-1], dtype=np.float32)]
     episode.tokens = list(tokens)
-    episode.actions = list(actions)
-    episode.log_probs = [np.zeros(tokens.shape[1], np.float32)] * len(actions)
-    episode.values = [0.0] * len(actions)
-    episode.env_rewards = [0.0] * (len(actions) - 1) + [float(record.success)]
+    episode.actions = list(chunks)
+    episode.executed = [int(min(chunk_size, steps - t)) for t in starts]
+    episode.log_probs = [np.zeros(tokens.shape[1], np.float32)] * len(starts)
+    episode.values = [0.0] * len(starts)
+    episode.env_rewards = [0.0] * (len(starts) - 1) + [float(record.success)]
     episode.success = bool(record.success)
     return episode
 
 
 def load_demo_episodes(directory: str | Path, action_tokenizer: Any,
-                       task_ids: Sequence[int] | None = None) -> list[Episode]:
-    """Every recorded episode (successful and failed) of a ``vla-rl demos`` directory."""
+                       task_ids: Sequence[int] | None = None, chunk_size: int = 1) -> list[Episode]:
+    """Every recorded episode (successful and failed) of a ``vla-rl demos`` directory, in turns of
+    ``chunk_size`` actions (see :func:`episode_from_record`)."""
     from vla_rl_ros.core.data.episode_bag import read_episode_bag
     from vla_rl_ros.core.data.recording import load_index
     directory = Path(directory)
@@ -50,7 +61,8 @@ def load_demo_episodes(directory: str | Path, action_tokenizer: Any,
     if not entries:
         raise ValueError(f"no recorded episodes in {directory} "
                          f"(looked for bags in {directory / 'index.json'})")
-    return [episode_from_record(read_episode_bag(directory / e["bag"]), action_tokenizer) for e in entries]
+    return [episode_from_record(read_episode_bag(directory / e["bag"]), action_tokenizer, chunk_size)
+            for e in entries]
 
 
 def toy_oracle_episodes(env: Any, action_tokenizer: Any, assignments: Sequence[tuple[int, int]],

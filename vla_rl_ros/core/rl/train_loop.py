@@ -1,9 +1,11 @@
 """``vla-rl train`` in-process: rollouts, PRM scoring, PPO, held-out evaluation, checkpoints.
 
-One iteration = sample tasks (curriculum) and training init states, collect whole episodes
-with batched decoding, score them with the PRM, compute rewards and GAE, run PPO, update the
-curriculum, write a checkpoint. Held-out evaluation (greedy decoding on init states never
-used for training) runs every ``train.eval_every`` iterations and at the end.
+One iteration = draw contexts (task by the curriculum, then a training init state or fresh
+layout, skipping contexts solved every recent time), run each ``train.group_size`` times with
+batched decoding of action chunks, score the episodes with the PRM, compute advantages (group
+leave-one-out / GRPO, or critic + GAE), run PPO, update the curriculum, write a checkpoint.
+Held-out evaluation (init states and layouts never trained on) runs every
+``train.eval_every`` iterations and at the end.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import yaml
 from vla_rl_ros.core.config_io import to_dict
 from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
+from vla_rl_ros.core.envs.splits import held_out_contexts, is_held_out, training_layout
 from vla_rl_ros.core.rl.curriculum import TaskCurriculum
+from vla_rl_ros.core.rl.groups import SolvedContexts, group_advantages, group_ids, informative_groups
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
 from vla_rl_ros.core.rl.results import wilson_interval, write_results
 from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
 
-NUM_INIT_STATES = 50
 EVAL_SEED_OFFSET = 7_919
 """Sampled held-out evaluations draw from ``train.seed + EVAL_SEED_OFFSET``, apart from the rollouts'."""
 
@@ -65,10 +68,28 @@ def eval_protocol(cfg: Any) -> str:
 
 
 def eval_assignments(task_ids: list[int], count: int, num_train_init_states: int) -> list[tuple[int, int]]:
-    """``count`` held-out (task, init state) pairs, tasks round-robin, init states in order."""
-    held_out = list(range(num_train_init_states, NUM_INIT_STATES))
-    return [(task_ids[k % len(task_ids)], held_out[(k // len(task_ids)) % len(held_out)])
-            for k in range(count)]
+    """``count`` held-out (task, init state) pairs: held-out init states, then held-out layouts."""
+    return held_out_contexts(list(task_ids), count, num_train_init_states)
+
+
+def draw_contexts(count: int, tasks: list[int], rng: np.random.Generator, num_train_init_states: int,
+                  fresh_fraction: float, solved: SolvedContexts, tries: int = 20) -> list[tuple[int, int]]:
+    """``count`` training contexts for the tasks the curriculum drew (one per task draw).
+
+    Each is a training init state or, with probability ``fresh_fraction``, a fresh training
+    layout; a solved context is redrawn up to ``tries`` times. Never a held-out id.
+    """
+    contexts = []
+    for task in tasks[:count]:
+        for _ in range(tries):
+            init = (training_layout(rng) if rng.random() < fresh_fraction
+                    else int(rng.integers(0, num_train_init_states)))
+            if not solved.skipped((task, init)):
+                break
+        if is_held_out(init, num_train_init_states):  # the split's one guarantee: never train on these
+            raise AssertionError(f"drew held-out context {(task, init)}")
+        contexts.append((int(task), int(init)))
+    return contexts
 
 
 class TrainingRun:
@@ -98,6 +119,7 @@ class TrainingRun:
                                          target_success=cur.target_success,
                                          temperature=cur.temperature, floor=cur.floor, ema=cur.ema, seed=seed)
         self.trainer = PPOTrainer(self.policy, cfg.ppo)
+        self.solved = SolvedContexts(cfg.train.skip_solved_streak)
         self.iteration = 0
         self.env_steps = 0
         self.wall_s = 0.0
@@ -112,6 +134,7 @@ class TrainingRun:
                 "config": to_dict(self.cfg),
                 "trainable": ckpt.trainable_tensors(self.policy), "trainer": self.trainer.state_dict(),
                 "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generators, self.rng),
+                "solved_contexts": self.solved.state_dict(),
                 "history": self.history, "evals": self.evals}
 
     def resume(self) -> bool:
@@ -123,6 +146,7 @@ class TrainingRun:
         ckpt.load_trainable_tensors(self.policy, state["trainable"])
         self.trainer.load_state_dict(state["trainer"])
         self.curriculum.load_state_dict(state["curriculum"])
+        self.solved.load_state_dict(state.get("solved_contexts", {}))
         ckpt.restore_rng_state(state["rng"], self.generators, self.rng)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self.wall_s = float(state.get("wall_s", 0.0))
@@ -140,43 +164,72 @@ class TrainingRun:
         for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
             episode.final_value = float(value)
 
+    def rollout_plan(self) -> list[tuple[int, int]]:
+        """This iteration's assignments: ``episodes_per_iter`` episodes, ``group_size`` per context."""
+        cfg = self.cfg.train
+        size = min(cfg.group_size, cfg.episodes_per_iter)
+        count = -(-cfg.episodes_per_iter // size)
+        contexts = draw_contexts(count, self.curriculum.sample(count), self.rng,
+                                 self.cfg.env.num_train_init_states, cfg.fresh_layout_fraction, self.solved)
+        return [c for c in contexts for _ in range(size)][:cfg.episodes_per_iter]
+
     def train_iteration(self) -> dict[str, Any]:
-        """Rollouts, rewards, PPO update and curriculum update of one iteration; returns metrics."""
+        """Rollouts, advantages, PPO update and curriculum update of one iteration; returns metrics."""
         cfg = self.cfg
-        count = cfg.train.episodes_per_iter
-        tasks = self.curriculum.sample(count)
-        inits = self.rng.integers(0, cfg.env.num_train_init_states, size=count)
         start = time.perf_counter()
         decode = policy_decoder(self.policy, generator=self.generators["decode"])
-        episodes = collect_episodes(self.env, decode, list(zip(tasks, inits.tolist())))
+        episodes = collect_episodes(self.env, decode, self.rollout_plan())
         rollout_s = time.perf_counter() - start
         usable = [e for e in episodes if not e.aborted and e.length > 0]
-        steps = sum(e.length for e in episodes)
+        steps = sum(e.env_steps for e in episodes)
         self.env_steps += steps
         metrics: dict[str, Any] = {"rollout/episodes": len(usable),
                                    "rollout/aborted": len(episodes) - len(usable),
                                    "rollout/env_steps": self.env_steps, "time/rollout_s": rollout_s,
-                                   "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9)}
+                                   "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9),
+                                   "rollout/episodes_per_hour": 3600 * len(episodes) / max(rollout_s, 1e-9),
+                                   "rollout/decisions": sum(e.length for e in episodes)}
         if not usable:
             metrics["rollout/empty"] = 1.0
             return metrics
-        self._bootstrap_values(usable)
-        if self.prm is not None:
-            self.prm.score_episodes(usable)
-        rewards = [episode_rewards(e, cfg.reward.success_weight, cfg.reward.prm_weight if self.prm else 0.0)
-                   for e in usable]
-        start = time.perf_counter()
-        batch = build_batch(usable, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        metrics.update(self.trainer.update(batch, self.generators["update"]))
-        metrics["time/update_s"] = time.perf_counter() - start
+        groups = group_ids(usable)
+        for group in np.unique(groups):
+            members = [e for e, g in zip(usable, groups) if g == group]
+            self.solved.update((members[0].task_id, members[0].init_state_id), [e.success for e in members])
         for e in usable:
             self.curriculum.update(e.task_id, e.success)
         metrics.update({"rollout/success_rate": float(np.mean([e.success for e in usable])),
-                        "rollout/episode_length": float(np.mean([e.length for e in usable])),
-                        "rollout/return": float(np.mean([r.sum() for r in rewards]))})
-        if self.prm is not None:
-            metrics["rollout/prm_final_progress"] = float(np.mean([e.progress[-1] for e in usable]))
+                        "rollout/episode_length": float(np.mean([e.env_steps for e in usable])),
+                        "rollout/solved_contexts": float(sum(map(self.solved.skipped, self.solved.runs)))})
         metrics.update(self.curriculum.metrics())
+        if cfg.ppo.uses_critic:
+            train_on = usable
+            self._bootstrap_values(train_on)
+        else:
+            keep = informative_groups(np.array([e.success for e in usable]), groups)
+            train_on = [e for e, k in zip(usable, keep) if k]
+            metrics.update({"rollout/groups": float(len(np.unique(groups))),
+                            "rollout/groups_kept": float(len(np.unique(groups[keep]))),
+                            "rollout/episodes_kept": float(len(train_on))})
+            if not train_on:  # every group uniform: nothing to compare, no update (and no new version)
+                metrics["ppo/no_update"] = 1.0
+                return metrics
+        if self.prm is not None:
+            self.prm.score_episodes(train_on)
+        rewards = [episode_rewards(e, cfg.reward.success_weight, cfg.reward.prm_weight if self.prm else 0.0)
+                   for e in train_on]
+        start = time.perf_counter()
+        batch = build_batch(train_on, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        if not cfg.ppo.uses_critic:
+            returns = np.array([r.sum() for r in rewards])
+            advantages = group_advantages(returns, group_ids(train_on), cfg.ppo.advantage_estimator)
+            batch.advantages = torch.as_tensor(np.repeat(advantages, [e.length for e in train_on]),
+                                               dtype=torch.float32)
+        metrics.update(self.trainer.update(batch, self.generators["update"]))
+        metrics["time/update_s"] = time.perf_counter() - start
+        metrics["rollout/return"] = float(np.mean([r.sum() for r in rewards]))
+        if self.prm is not None:
+            metrics["rollout/prm_final_progress"] = float(np.mean([e.progress[-1] for e in train_on]))
         return metrics
 
     def evaluate(self) -> dict[str, Any]:
