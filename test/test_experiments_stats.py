@@ -34,3 +34,41 @@ def test_episodes_for_power():
     assert stats.episodes_for_power(0.5, 10, alpha=0.01) > 388
     with pytest.raises(ValueError, match="rate"):
         stats.episodes_for_power(0.9, 15)
+
+
+def test_wilson_and_newcombe_gain_interval_match_the_published_examples():
+    assert stats.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert stats.wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)  # Newcombe 1998, Table I
+    # Newcombe 1998 (method 10): 56/70 against 48/80, difference 0.1857, interval 0.0524 to 0.3339.
+    assert stats.gain_interval(48, 80, 56, 70) == pytest.approx([5.24, 33.39], abs=0.01)
+
+
+def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
+    import json
+    tool = experiments_module("learning_summary")
+    (tmp_path / "sft.json").write_text(json.dumps({
+        "greedy": True, "uses_training_init_states": False, "per_task": {"1": {"success_rate": 0.6}},
+        "overall": {"success_rate": 0.6, "episodes": 150, "ci95": [0.52, 0.68]}}))
+    (tmp_path / "roll.json").write_text(json.dumps({
+        "chunk_size": 8, "step_parts": {"physics_step_ms": 7.0}, "decode": {"ms_per_call": 20.0},
+        "rollout": {"env_steps_per_s": 120.0, "episodes_per_hour": 1900.0}}))
+    for seed, (start, end) in enumerate([(75, 90), (72, 99)]):
+        folder = tmp_path / "headline" / "rl" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "arm_result.json").write_text(json.dumps({
+            "seed": seed, "protocol": "greedy", "wall_s": 7000.0 + seed, "gain_points": (end - start) / 1.5,
+            "start": {"wins": start, "episodes": 150}, "end": {"wins": end, "episodes": 150}}))
+    summary = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+                         "--headline", str(tmp_path / "headline"), "--out", str(tmp_path / "out.json")])
+    assert summary["sft"]["heldout_success_greedy"] == 0.6 and summary["sft"]["heldout_episodes"] == 150
+    assert summary["rollout"]["env_steps_per_s"] == 120.0 and summary["rollout"]["episodes_per_hour"] == 1900.0
+    rl = summary["rl"]
+    assert rl["seeds"] == [0, 1] and rl["gain_points_mean"] == pytest.approx(14.0)
+    assert rl["gain_ci95"] == stats.gain_interval(147, 300, 189, 300) and rl["heldout_episodes_per_point"] == 150
+    assert rl["hours_per_seed_max"] == pytest.approx(1.94, abs=0.01)
+    assert summary["rl_critic"]["status"] == "not run" and summary["rl_critic"]["gain_ci95"] is None
+    assert json.loads((tmp_path / "out.json").read_text()) == summary
+    (tmp_path / "sampled.json").write_text(json.dumps({"greedy": False}))
+    with pytest.raises(SystemExit, match="greedy"):
+        tool.main(["--sft-eval", str(tmp_path / "sampled.json"), "--rollout", str(tmp_path / "roll.json"),
+                   "--out", str(tmp_path / "x.json")])

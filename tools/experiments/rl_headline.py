@@ -2,15 +2,16 @@
 
 Arms (each seed of each arm in its own folder ``<out>/<arm>/seed<k>``):
 
-- ``rl``: the full method (PPO from the SFT checkpoint, PRM reward, curriculum, critic warm-up);
-- ``no_prm`` (``reward.prm_weight=0``), ``no_curriculum`` (``curriculum.enabled=false``),
-  ``no_warmup`` (``ppo.critic_warmup_iters=0``): one switch off each;
+- ``rl``: the best recipe (PPO from the SFT checkpoint on group advantages, PRM reward, curriculum);
+- ``rl_critic``: the paper's estimator instead (critic, GAE, critic warm-up);
+- ``no_prm`` (``reward.prm_weight=0``), ``no_curriculum`` (``curriculum.enabled=false``): one switch
+  off the best recipe each; ``no_warmup`` (``ppo.critic_warmup_iters=0``) off the critic arm;
 - ``more_data`` (LIBERO only): extra expert passes recorded into a copy of the demos until the
   expert env steps reach the mean env steps the ``rl`` arm used, then SFT with the same recipe on
   all of it, evaluated with the same held-out protocol (so it needs the ``rl`` arm's results).
 
 RL arms get ``train.time_budget_s = hours * 3600``, an iteration cap no run reaches, and the
-held-out evaluation (``train.eval_episodes``, default 30) only at the start and at the end, so
+held-out evaluation (``train.eval_episodes``, default 150) only at the start and at the end, so
 ``eval_first`` is the SFT baseline. Rerunning the same command skips finished arms (their
 ``arm_result.json``) and resumes unfinished ones from their last checkpoint.
 
@@ -46,15 +47,17 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 from analysis.headline import ARMS, RESULT_FILE, summarize_arms, write_summary  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 
-RL_ARMS = {"rl": [], "no_prm": ["reward.prm_weight=0"], "no_curriculum": ["curriculum.enabled=false"],
-           "no_warmup": ["ppo.critic_warmup_iters=0"]}
+RL_ARMS = {"rl": [], "rl_critic": ["ppo.advantage_estimator=critic"], "no_prm": ["reward.prm_weight=0"],
+           "no_curriculum": ["curriculum.enabled=false"],
+           "no_warmup": ["ppo.advantage_estimator=critic", "ppo.critic_warmup_iters=0"]}
 """Each RL arm's switch on top of the full method."""
 JUDGES = ("as-run", "greedy", "sampled")
 """Held-out protocols ``--judge`` can report (as-run: each seed as it evaluated itself)."""
 UNREACHED_ITERATIONS = 1_000_000
 """Iteration cap of RL arms: the time budget ends them, not this."""
-DEFAULT_EVAL_EPISODES = 30
-"""10 held-out episodes per task of the 3 default tasks."""
+DEFAULT_EVAL_EPISODES = 150
+"""50 held-out episodes per task of the 3 default tasks: the 10 held-out init states, then 40 held-out
+layouts each (splits.held_out_contexts). 150 a point resolves about +15 points at a 50 % start."""
 
 
 # ---------------------------------------------------------------------------------------- arguments

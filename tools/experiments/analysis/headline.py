@@ -14,8 +14,9 @@ from pathlib import Path
 from analysis.stats import episodes_for_power, fisher_exact_p, t_interval
 from vla_rl_ros.core.rl.results import wilson_interval, write_json_atomic
 
-ARMS = ("rl", "no_prm", "no_curriculum", "no_warmup", "more_data")
-"""The experiment's arms in table order: the full method, one switch off each, more demos + SFT."""
+ARMS = ("rl", "rl_critic", "no_prm", "no_curriculum", "no_warmup", "more_data")
+"""The experiment's arms in table order: the best recipe (group advantages), the paper's critic
+estimator, one switch off each, more demos + SFT."""
 RESULT_FILE = "arm_result.json"
 """One finished seed's record, in its run folder; its presence makes a rerun skip that seed."""
 

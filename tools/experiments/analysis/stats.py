@@ -49,3 +49,32 @@ def episodes_for_power(rate: float, gain_points: float, power: float = 0.8, alph
     spread = (z_alpha * math.sqrt(2 * mean * (1 - mean))
               + z_power * math.sqrt(rate * (1 - rate) + after * (1 - after)))
     return math.ceil((spread / (after - rate)) ** 2)
+
+
+def wilson(wins: int, episodes: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a success rate (0, 1 for no episodes)."""
+    if episodes <= 0:
+        return 0.0, 1.0
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    rate = wins / episodes
+    centre = (rate + z * z / (2 * episodes)) / (1 + z * z / episodes)
+    spread = math.sqrt(rate * (1 - rate) / episodes + z * z / (4 * episodes * episodes))
+    half = z * spread / (1 + z * z / episodes)
+    return centre - half, centre + half
+
+
+def gain_interval(wins_start: int, episodes_start: int, wins_end: int, episodes_end: int,
+                  confidence: float = 0.95) -> list[float]:
+    """Newcombe's hybrid score interval of end rate minus start rate, in points.
+
+    It treats the two evaluations as independent samples; the start and end of a run evaluate the
+    same held-out episodes, whose outcomes correlate positively, so the true paired interval is
+    narrower: this one is conservative.
+    """
+    p1, p2 = wins_end / episodes_end, wins_start / episodes_start
+    l1, u1 = wilson(wins_end, episodes_end, confidence)
+    l2, u2 = wilson(wins_start, episodes_start, confidence)
+    diff = p1 - p2
+    low = diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return [round(100 * low, 2), round(100 * high, 2)]

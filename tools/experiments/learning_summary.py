@@ -1,0 +1,96 @@
+"""Writes ``docs/results/learning/summary.json``: the learning issue's figures, from result files.
+
+Every figure is read from a file another command wrote; nothing is typed in by hand::
+
+    .venv/bin/python tools/experiments/learning_summary.py \\
+        --sft-eval docs/results/learning/sft_eval_greedy.json \\
+        --rollout docs/results/learning/rollout_cost_k8.json \\
+        [--rollout-before docs/results/learning/rollout_cost_k1.json] \\
+        [--headline runs/experiments/headline] --out docs/results/learning/summary.json
+
+``--sft-eval``: a ``vla-rl eval`` result (greedy); ``--rollout``: ``rollout_cost.py`` output;
+``--headline``: an ``rl_headline.py`` output folder (``<arm>/seed<k>/arm_result.json``). Arms not
+run yet are written with null figures and ``"status": "not run"``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/experiments, for analysis
+
+from analysis.stats import gain_interval, t_interval  # noqa: E402
+
+
+def arm_summary(folder: Path | None, arm: str) -> dict:
+    """Mean gain over seeds, pooled interval of the gain, episodes per point, for one arm."""
+    results = []
+    if folder is not None:
+        for path in sorted((folder / arm).glob("seed*/arm_result.json")):
+            results.append(json.loads(path.read_text()))
+    if not results:
+        return {"status": "not run", "seeds": [], "gain_points_mean": None, "gain_ci95": None,
+                "hours_per_seed_max": None, "heldout_episodes_per_point": None}
+    start_wins = sum(r["start"]["wins"] for r in results)
+    start_n = sum(r["start"]["episodes"] for r in results)
+    end_wins = sum(r["end"]["wins"] for r in results)
+    end_n = sum(r["end"]["episodes"] for r in results)
+    gains = [r["gain_points"] for r in results]
+    return {"status": "run", "seeds": [r["seed"] for r in results],
+            "protocol": sorted({r["protocol"] for r in results}),
+            "gain_points_per_seed": [round(g, 2) for g in gains],
+            "gain_points_mean": round(sum(gains) / len(gains), 2),
+            "gain_ci95": gain_interval(start_wins, start_n, end_wins, end_n),
+            "gain_t95_over_seeds": t_interval(gains),
+            "start_pooled": [start_wins, start_n], "end_pooled": [end_wins, end_n],
+            "heldout_episodes_per_point": min(min(r["start"]["episodes"], r["end"]["episodes"])
+                                              for r in results),
+            "hours_per_seed_max": round(max(r["wall_s"] for r in results) / 3600, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sft-eval", required=True)
+    parser.add_argument("--rollout", required=True)
+    parser.add_argument("--rollout-before", default=None)
+    parser.add_argument("--headline", default=None)
+    parser.add_argument("--out", default="docs/results/learning/summary.json")
+    args = parser.parse_args(argv)
+    sft = json.loads(Path(args.sft_eval).read_text())
+    if not sft.get("greedy"):
+        raise SystemExit(f"{args.sft_eval}: the SFT target is judged greedy; this evaluation sampled")
+    rollout = json.loads(Path(args.rollout).read_text())
+    headline = Path(args.headline) if args.headline else None
+    summary = {
+        "sft": {"heldout_success_greedy": round(sft["overall"]["success_rate"], 4),
+                "heldout_episodes": sft["overall"]["episodes"], "ci95": sft["overall"]["ci95"],
+                "per_task": {t: v["success_rate"] for t, v in sft["per_task"].items()},
+                "uses_training_init_states": sft["uses_training_init_states"], "source": args.sft_eval},
+        "rollout": {"env_steps_per_s": rollout["rollout"]["env_steps_per_s"],
+                    "episodes_per_hour": rollout["rollout"]["episodes_per_hour"],
+                    "chunk_size": rollout["chunk_size"], "step_parts_ms": rollout["step_parts"],
+                    "decode": rollout["decode"], "source": args.rollout},
+        "rl": arm_summary(headline, "rl"),
+        "rl_critic": arm_summary(headline, "rl_critic"),
+        "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
+                    "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
+    }
+    if args.rollout_before:
+        before = json.loads(Path(args.rollout_before).read_text())
+        summary["rollout"]["before"] = {"chunk_size": before["chunk_size"],
+                                        "env_steps_per_s": before["rollout"]["env_steps_per_s"],
+                                        "episodes_per_hour": before["rollout"]["episodes_per_hour"],
+                                        "step_parts_ms": before["step_parts"], "source": args.rollout_before}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
