@@ -59,12 +59,15 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
             "seed": seed, "protocol": "greedy", "wall_s": 7000.0 + seed, "gain_points": (end - start) / 1.5,
             "start": {"wins": start, "episodes": 150}, "end": {"wins": end, "episodes": 150}}))
     summary = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
-                         "--headline", str(tmp_path / "headline"), "--out", str(tmp_path / "out.json")])
+                         "--headline", str(tmp_path / "headline"),
+                         "--out", str(tmp_path / "out.json")])
     assert summary["sft"]["heldout_success_greedy"] == 0.6 and summary["sft"]["heldout_episodes"] == 150
-    assert summary["rollout"]["env_steps_per_s"] == 120.0 and summary["rollout"]["episodes_per_hour"] == 1900.0
+    rollout = summary["rollout"]
+    assert rollout["env_steps_per_s"] == 120.0 and rollout["episodes_per_hour"] == 1900.0
     rl = summary["rl"]
     assert rl["seeds"] == [0, 1] and rl["gain_points_mean"] == pytest.approx(14.0)
-    assert rl["gain_ci95"] == stats.gain_interval(147, 300, 189, 300) and rl["heldout_episodes_per_point"] == 150
+    assert rl["gain_ci95"] == stats.gain_interval(147, 300, 189, 300)
+    assert rl["heldout_episodes_per_point"] == 150
     assert rl["hours_per_seed_max"] == pytest.approx(1.94, abs=0.01)
     assert summary["rl_critic"]["status"] == "not run" and summary["rl_critic"]["gain_ci95"] is None
     assert json.loads((tmp_path / "out.json").read_text()) == summary
