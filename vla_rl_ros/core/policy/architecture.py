@@ -163,11 +163,55 @@ KNOWN_TIMM_VITS = {
     "vit_so400m_patch14_siglip_224": lambda size: siglip_spec(1152, 27, 16, 4304, 14, size),
 }
 
-# Llama-2-7B, the base of openvla-7b; ``text_config`` in the checkpoint only stores the diff.
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 vocab_size=32000, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-                 hidden_act="silu")
+# ``transformers.LlamaConfig()`` defaults (unchanged from 4.40, which wrote openvla-7b, to 5.x).
+# An openvla ``config.json`` stores ``text_config`` as a diff against exactly these, and the original
+# rebuilds it with ``CONFIG_MAPPING["llama"](**text_config)``: so openvla-7b runs with RMSNorm eps 1e-6
+# and max_position_embeddings 2048, not Llama-2-7B's own 1e-5 and 4096 (which match no computation
+# the original does). The shapes happen to be Llama-2-7B's.
+LLAMA_CONFIG_DEFAULTS = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048,
+                             rms_norm_eps=1e-6, rope_theta=10000.0, vocab_size=32000, bos_token_id=1,
+                             eos_token_id=2, pad_token_id=None, tie_word_embeddings=False, hidden_act="silu",
+                             attention_bias=False, mlp_bias=False)
+TEXT_CONFIG_METADATA = ("model_type", "torch_dtype", "dtype", "_name_or_path", "architectures",
+                        "transformers_version", "use_cache", "initializer_range", "pretraining_tp",
+                        "attention_dropout", "return_dict", "output_hidden_states", "output_attentions")
+"""``text_config`` keys that do not change what the language model computes at inference."""
+
+
+def llama_from_text_config(text_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``LlamaConfig`` kwargs of an openvla ``text_config`` (a diff against ``LlamaConfig()``).
+
+    Keys that would change the computation and are not supported (rope scaling, another head
+    size, an unknown key) are refused by name rather than silently ignored.
+    """
+    text = dict(text_config or {})
+    if text.get("model_type", "llama") != "llama":
+        raise ConfigError(f"config.json: text_config.model_type={text['model_type']!r}; only 'llama' "
+                          "language models are supported")
+    if text.get("rope_scaling") is not None:
+        raise ConfigError(f"config.json: text_config.rope_scaling={text['rope_scaling']!r} is not "
+                          "supported (openvla-7b has none)")
+    if text.get("pretraining_tp", 1) != 1:
+        raise ConfigError(f"config.json: text_config.pretraining_tp={text['pretraining_tp']!r} is not "
+                          "supported (must be 1)")
+    rope = dict(text.pop("rope_parameters", None) or {})  # how transformers 5.x writes rope_theta
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"config.json: text_config.rope_parameters={rope!r} is not supported")
+    if "rope_theta" in rope:
+        text.setdefault("rope_theta", rope["rope_theta"])
+    unknown = sorted(k for k in text if k not in LLAMA_CONFIG_DEFAULTS and k not in TEXT_CONFIG_METADATA
+                     and k not in ("rope_scaling", "head_dim"))
+    if unknown:
+        raise ConfigError(f"config.json: text_config keys {', '.join(unknown)} are not supported")
+    llm = dict(LLAMA_CONFIG_DEFAULTS, **{k: v for k, v in text.items() if k in LLAMA_CONFIG_DEFAULTS})
+    if llm["num_key_value_heads"] is None:  # LlamaConfig's rule
+        llm["num_key_value_heads"] = llm["num_attention_heads"]
+    head_dim = int(llm["hidden_size"]) // int(llm["num_attention_heads"])
+    if text.get("head_dim") not in (None, head_dim):
+        raise ConfigError(f"config.json: text_config.head_dim={text['head_dim']} is not hidden_size / "
+                          f"num_attention_heads = {head_dim}; not supported")
+    return llm
 
 
 def small_llm(hidden: int, layers: int, heads: int, vocab_size: int, intermediate: int) -> dict[str, Any]:
@@ -189,7 +233,9 @@ def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = Fal
     padded = round_up(vocab_size, 64)
     if size == "openvla-7b":
         check(image_size == 224, "policy.image_size", image_size, "must be 224 for the openvla-7b shape")
-        llm = dict(LLAMA2_7B, vocab_size=round_up(max(vocab_size, 32001), 64), pad_token_id=32000)
+        # The language-model config a real openvla-7b directory loads (see LLAMA_CONFIG_DEFAULTS).
+        llm = llama_from_text_config({"vocab_size": round_up(max(vocab_size, 32001), 64),
+                                      "pad_token_id": 32000})
         dino = KNOWN_TIMM_VITS["vit_large_patch14_reg4_dinov2.lvd142m"](image_size)
         sig = KNOWN_TIMM_VITS["vit_so400m_patch14_siglip_224"](image_size)
         return VLAArchitecture(dino, sig, llm, action_vocab_end=vocab_size, pad_token_id=32000,
@@ -212,7 +258,11 @@ def preset(size: str, image_size: int, vocab_size: int, state_prompt: bool = Fal
 
 
 def from_openvla_config(cfg: Mapping[str, Any]) -> VLAArchitecture:
-    """Architecture of an openvla checkpoint from its ``config.json`` (timm ids + Llama-2 diff)."""
+    """Architecture of an openvla checkpoint from its ``config.json`` (timm ids + ``text_config`` diff).
+
+    ``prompt_suffix_ids`` is OpenVLA's hard-coded 29871 (Llama-2's '▁'); ``VLAPolicy.load`` replaces it
+    with the directory's own tokenizer's '▁' id, which is 29871 for the real tokenizer.
+    """
     if "vla_rl_ros_architecture" in cfg:
         return VLAArchitecture.from_dict(cfg["vla_rl_ros_architecture"])
     if not cfg.get("use_fused_vision_backbone", False):
@@ -223,14 +273,14 @@ def from_openvla_config(cfg: Mapping[str, Any]) -> VLAArchitecture:
     if len(ids) != 2 or unknown:
         raise ConfigError(f"config.json: timm_model_ids={ids!r}; supported: {sorted(KNOWN_TIMM_VITS)}")
     image_size = int((cfg.get("image_sizes") or [224])[0])
-    text = {k: v for k, v in dict(cfg.get("text_config") or {}).items()
-            if k in LLAMA2_7B or k == "pad_token_id"}
-    llm = dict(LLAMA2_7B, **text)
+    llm = llama_from_text_config(cfg.get("text_config") or {})
     pad_to = int(cfg.get("pad_to_multiple_of", 0) or 0)
-    action_end = int(llm["vocab_size"]) - pad_to
+    action_end = int(llm["vocab_size"]) - pad_to  # OpenVLA's ``self.vocab_size``: 32064 - 64
     return VLAArchitecture(KNOWN_TIMM_VITS[ids[0]](image_size), KNOWN_TIMM_VITS[ids[1]](image_size), llm,
                            action_vocab_end=action_end, n_action_bins=int(cfg.get("n_action_bins", 256)),
-                           prompt_suffix_ids=(29871,), pad_token_id=int(cfg.get("pad_token_id", 32000)))
+                           prompt_suffix_ids=(29871,), pad_token_id=int(cfg.get("pad_token_id", 32000)),
+                           bos_token_id=int(llm["bos_token_id"]), eos_token_id=int(llm["eos_token_id"]))
 
 
-__all__ = ["ViTSpec", "VLAArchitecture", "preset", "from_openvla_config", "KNOWN_TIMM_VITS", "field"]
+__all__ = ["ViTSpec", "VLAArchitecture", "preset", "from_openvla_config", "llama_from_text_config",
+           "KNOWN_TIMM_VITS", "LLAMA_CONFIG_DEFAULTS", "field"]

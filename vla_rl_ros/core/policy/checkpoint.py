@@ -1,7 +1,10 @@
 """Load and save OpenVLA-layout directories: ``config.json`` + (sharded) safetensors.
 
 The same loader reads a real ``openvla/openvla-7b`` directory and the directories this package
-saves (which add a ``vla_rl_ros_architecture`` entry to ``config.json``). The module is built on
+saves (which add a ``vla_rl_ros_architecture`` entry to ``config.json``). Of a real directory it
+reads ``config.json``, the safetensors (index + shards), ``preprocessor_config.json`` and
+``dataset_statistics.json`` when present, and (in ``processor``) ``tokenizer.json`` or
+``tokenizer.model``; the ``*.py`` remote-code files are never imported. The module is built on
 the meta device and every shard is assigned in place, so a 7B model never exists twice in
 memory; keys OpenVLA stores but never uses are skipped by name, everything else must match
 exactly, and nothing may stay on the meta device. There is no fallback to random weights.
@@ -27,6 +30,8 @@ from vla_rl_ros.core.policy.model import OpenVLAModel, rebuild_rotary
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 ARCH_KEY = "vla_rl_ros_architecture"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+DATASET_STATISTICS_FILE = "dataset_statistics.json"
 
 
 class CheckpointError(ValueError):
@@ -44,6 +49,34 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """An optional JSON object file of a checkpoint: None when absent, a CheckpointError when malformed."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_preprocessor_config(directory: str | Path) -> dict[str, Any] | None:
+    """The directory's ``preprocessor_config.json`` (the original image processor's settings), or None."""
+    return read_json_file(Path(directory) / PREPROCESSOR_FILE)
+
+
+def read_norm_stats(directory: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Action statistics: ``dataset_statistics.json`` when present, else ``config.json``'s ``norm_stats``.
+
+    OpenVLA's evaluation scripts (``get_vla``) replace the config's statistics by that file when a
+    fine-tuned directory has it, so this does the same.
+    """
+    stats = read_json_file(Path(directory) / DATASET_STATISTICS_FILE)
+    return dict(stats if stats is not None else (config.get("norm_stats") or {}))
 
 
 def unused_key_pattern(arch: VLAArchitecture) -> re.Pattern:
@@ -195,10 +228,13 @@ def commit_directory(tmp: Path, target: Path) -> None:
 
 
 def save_model_dir(directory: str | Path, arch: VLAArchitecture, state_dict: Mapping[str, torch.Tensor],
-                   tokenizer_json: str, norm_stats: Mapping[str, Any], num_shards: int = 1,
-                   extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
-    """Write config.json (architecture + norm_stats), tokenizer.json and the weights, atomically.
+                   tokenizer: Mapping[str, str | bytes], norm_stats: Mapping[str, Any], num_shards: int = 1,
+                   extra_files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+                   preprocessor_config: Mapping[str, Any] | None = None) -> None:
+    """Write config.json (architecture + norm_stats), the tokenizer and the weights, atomically.
 
+    ``tokenizer`` maps file names to contents (``tokenizer.json`` text or ``tokenizer.model``
+    bytes); ``preprocessor_config`` (a loaded checkpoint's, kept verbatim) is written when given;
     ``extra_files`` maps a file name to tensors saved beside the model (e.g. the value head).
     """
     tmp, target = atomic_directory(directory)
@@ -208,7 +244,13 @@ def save_model_dir(directory: str | Path, arch: VLAArchitecture, state_dict: Map
                   "image_sizes": [arch.image_size] * 2, "norm_stats": dict(norm_stats),
                   ARCH_KEY: arch.to_dict()}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        for name, content in tokenizer.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content)
+        if preprocessor_config is not None:
+            (tmp / PREPROCESSOR_FILE).write_text(json.dumps(dict(preprocessor_config), indent=2))
         write_shards(state_dict, tmp, num_shards)
         for name, tensors in (extra_files or {}).items():
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))

@@ -30,7 +30,10 @@ class PolicyConfig:
     temperature: float = 1.5
     """Sampling temperature for rollouts (VLA-RL uses 1.5); also used when computing PPO log-probs."""
     restrict_to_action_tokens: bool = True
-    """Sample only among the 256 action token ids (and compute log-probs over the same set)."""
+    """Sample (and argmax, and score) only among the 256 action token ids: every decision is a valid
+    action, the RL default. false = the whole vocabulary, as OpenVLA's ``predict_action`` (greedy
+    argmax over all logits; a non-action id decodes to the edge bin, as in the original): what
+    reproduces an openvla checkpoint's actions exactly."""
     lora_rank: int = 16
     """LoRA rank on the language model's linear layers (lm_head excluded)."""
     lora_alpha: int = 32
@@ -68,8 +71,20 @@ class PolicyConfig:
     after the other). Parallel is the default because it is measured faster on the CPU
     (docs/results/learning/decode_speed.json) and PPO scores it with the same single pass."""
     center_crop_area: float = 1.0
-    """Keep this central fraction of each frame first (OpenVLA LIBERO fine-tunes trained with crop
-    augmentation are evaluated with 0.9); 1.0 = no crop."""
+    """Keep this central fraction of each frame's area and resize it back (tf ``crop_and_resize``),
+    after the JPEG/Lanczos steps: OpenVLA evaluates its LIBERO fine-tunes, which were trained with
+    random-crop augmentation (90 % area), with 0.9; 1.0 = no crop."""
+    jpeg_round_trip: bool = False
+    """JPEG-encode (quality 95) and decode each frame first: OpenVLA's LIBERO fine-tunes were trained
+    on JPEG-stored frames and evaluated with this round trip (run_libero_eval.py)."""
+    lanczos_resize: bool = False
+    """Resize frames to the model's input size with Lanczos3 + antialiasing (tf.image.resize, rounded
+    to uint8) before the crop, as OpenVLA's LIBERO evaluation and training data loader do; false =
+    only the checkpoint processor's resize (bicubic for openvla-7b)."""
+    openvla_libero_gripper: bool = False
+    """Map the gripper action of OpenVLA's LIBERO fine-tunes (trained on [0, 1], 1 = open) to LIBERO's
+    command (-1 = open, +1 = close): -sign(2g - 1), as run_libero_eval.py; imitation labels map back.
+    Only for those checkpoints: models trained here use LIBERO's convention already."""
 
     def __post_init__(self) -> None:
         check(self.size in ("tiny", "small", "base", "openvla-7b"), "policy.size", self.size,

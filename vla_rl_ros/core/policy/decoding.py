@@ -198,8 +198,10 @@ def evaluate_parallel(model: OpenVLAModel, value_head: nn.Module, pixel_values: 
 def sft_cross_entropy_parallel(model: OpenVLAModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                                attention_mask: torch.Tensor, tokens: torch.Tensor, slot_start: int
                                ) -> torch.Tensor:
-    """Imitation loss of parallel decoding: mean cross-entropy of every slot's token (no EOS: the
-    length is fixed)."""
+    """Imitation loss of parallel decoding: mean cross-entropy of every slot's token.
+
+    No EOS: the length is fixed.
+    """
     hidden = slot_hidden(model, pixel_values, input_ids, attention_mask, slot_start, tokens.shape[1])
     logits = model.language_model.lm_head(hidden[:, 1:]).float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))

@@ -13,21 +13,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch import nn
 
 from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import lora
 from vla_rl_ros.core.policy.action_tokenizer import IDENTITY_NORM_STATS, ActionTokenizer, select_norm_stats
 from vla_rl_ros.core.policy.architecture import ACTION_TOKENS_PER_STEP, VLAArchitecture, preset
-from vla_rl_ros.core.policy.checkpoint import load_model, read_tensors, save_model_dir
+from vla_rl_ros.core.policy.checkpoint import (ARCH_KEY, load_model, read_norm_stats,
+                                               read_preprocessor_config, read_tensors, save_model_dir)
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import (ActionSpace, decode_actions, decode_parallel, evaluate_actions,
                                              evaluate_parallel, sft_cross_entropy, sft_cross_entropy_parallel)
 from vla_rl_ros.core.policy.static_decoding import StaticCacheStepper
 from vla_rl_ros.core.policy.model import OpenVLAModel, new_model
-from vla_rl_ros.core.policy.processor import (STATE_VOCABULARY, Processor, build_word_tokenizer,
-                                              libero_instructions, load_tokenizer)
+from vla_rl_ros.core.policy.processor import (STATE_VOCABULARY, Processor, TextTokenizer,
+                                              build_word_tokenizer, libero_instructions, load_tokenizer,
+                                              space_token_id, tokenizer_files, transforms_from_preprocessor)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -60,6 +61,20 @@ class EvalOutput:
     values: torch.Tensor
 
 
+def libero_gripper_from_openvla(gripper: np.ndarray) -> np.ndarray:
+    """OpenVLA LIBERO fine-tune gripper (trained on [0, 1], 1 = open) -> LIBERO command (-1 open, +1 close).
+
+    run_libero_eval.py: ``normalize_gripper_action(binarize=True)`` (sign(2g - 1)) then
+    ``invert_gripper_action`` (times -1).
+    """
+    return (-np.sign(2.0 * np.asarray(gripper, dtype=np.float64) - 1.0)).astype(np.float32)
+
+
+def openvla_gripper_from_libero(gripper: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`libero_gripper_from_openvla` for imitation labels: -1 (open) -> 1, +1 -> 0."""
+    return np.clip((1.0 - np.asarray(gripper, dtype=np.float64)) / 2.0, 0.0, 1.0)
+
+
 def check_chunking(arch: VLAArchitecture, cfg: PolicyConfig) -> None:
     """A model runs only with the chunk size (and, K > 1, the decoding) it was trained with."""
     if arch.chunk_size != cfg.chunk_size:
@@ -76,8 +91,9 @@ def check_chunking(arch: VLAArchitecture, cfg: PolicyConfig) -> None:
 class VLAPolicy:
     """OpenVLA-architecture VLA with LoRA adapters and a critic head; see the module docstring."""
 
-    def __init__(self, model: OpenVLAModel, tokenizer: Tokenizer, norm_stats: Mapping[str, Any],
-                 cfg: PolicyConfig, value_state: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, model: OpenVLAModel, tokenizer: TextTokenizer, norm_stats: Mapping[str, Any],
+                 cfg: PolicyConfig, value_state: Mapping[str, torch.Tensor] | None = None,
+                 preprocessor_config: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.arch: VLAArchitecture = model.arch
         check_chunking(self.arch, cfg)
@@ -94,7 +110,12 @@ class VLAPolicy:
         if self.action_tokenizer.action_dim != ACTION_TOKENS_PER_STEP:
             raise ValueError(f"norm_stats describe {self.action_tokenizer.action_dim}-D actions, "
                              f"the policy emits {ACTION_TOKENS_PER_STEP} tokens per action")
-        self.processor = Processor(self.arch, tokenizer, cfg.resize_images, cfg.center_crop_area)
+        self.preprocessor_config = dict(preprocessor_config) if preprocessor_config is not None else None
+        """A loaded checkpoint's ``preprocessor_config.json`` (what its image processor runs), or None."""
+        transforms = (transforms_from_preprocessor(preprocessor_config, self.arch)
+                      if preprocessor_config is not None else None)
+        self.processor = Processor(self.arch, tokenizer, cfg.resize_images, cfg.center_crop_area, transforms,
+                                   cfg.jpeg_round_trip, cfg.lanczos_resize)
         self.value_head = nn.Linear(self.arch.hidden_size, 1).to(self.device)  # float32 whatever the LM dtype
         with torch.no_grad():
             self.value_head.weight.zero_()
@@ -134,11 +155,23 @@ class VLAPolicy:
 
     @classmethod
     def load(cls, path: str, cfg: PolicyConfig) -> "VLAPolicy":
-        """Load a directory saved by :meth:`save` or an openvla-7b style checkpoint directory."""
+        """Load a directory saved by :meth:`save` or an openvla-7b style checkpoint directory.
+
+        Reads config.json, the weights, tokenizer.json (else tokenizer.model), and when present
+        preprocessor_config.json (image resize/crop/normalisation), dataset_statistics.json (action
+        statistics, replacing config.json's as OpenVLA's evaluation does) and value_head.safetensors.
+        """
         model, config = load_model(path, DTYPES[cfg.dtype], cfg.device)
+        tokenizer = load_tokenizer(path)
+        if ARCH_KEY not in config:
+            # OpenVLA appends Llama-2's '\u2581' (29871) to every prompt; take the id from this
+            # directory's own tokenizer (29871 for the real one).
+            space = space_token_id(tokenizer)
+            model.arch.prompt_suffix_ids = (space,) if space is not None else model.arch.prompt_suffix_ids
         value_path = Path(path) / VALUE_HEAD_FILE
         value_state = read_tensors(value_path) if value_path.is_file() else None
-        return cls(model, load_tokenizer(path), config.get("norm_stats") or {}, cfg, value_state)
+        return cls(model, tokenizer, read_norm_stats(path, config), cfg, value_state,
+                   read_preprocessor_config(path))
 
     @classmethod
     def from_config(cls, cfg: PolicyConfig) -> "VLAPolicy":
@@ -157,8 +190,9 @@ class VLAPolicy:
     def save(self, path: str, num_shards: int = 1) -> None:
         """Full model directory (LoRA folded into the weights, value head beside), written atomically."""
         weights = lora.merged_state_dict(self.peft)
-        save_model_dir(path, self.arch, weights, self.tokenizer.to_str(), self.norm_stats, num_shards,
-                       extra_files={VALUE_HEAD_FILE: self.value_head.state_dict()})
+        save_model_dir(path, self.arch, weights, tokenizer_files(self.tokenizer), self.norm_stats, num_shards,
+                       extra_files={VALUE_HEAD_FILE: self.value_head.state_dict()},
+                       preprocessor_config=self.preprocessor_config)
 
     # ---------------------------------------------------------------------------------- inputs
     @property
@@ -194,6 +228,8 @@ class VLAPolicy:
         """Token ids [B, K * 7] -> continuous actions float32 [B, K, 7]."""
         tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
         flat = self.action_tokenizer.decode(tokens.reshape(-1, ACTION_TOKENS_PER_STEP))
+        if self.cfg.openvla_libero_gripper:
+            flat[:, -1] = libero_gripper_from_openvla(flat[:, -1])
         return flat.reshape(len(tokens), self.chunk_size, ACTION_TOKENS_PER_STEP)
 
     def chunk_tokens(self, actions: np.ndarray) -> np.ndarray:
@@ -202,8 +238,11 @@ class VLAPolicy:
         if actions.ndim != 3 or actions.shape[1:] != (self.chunk_size, ACTION_TOKENS_PER_STEP):
             raise ChunkSizeError(f"action chunks must be [B, {self.chunk_size}, {ACTION_TOKENS_PER_STEP}], "
                                  f"got {list(actions.shape)}")
-        return self.action_tokenizer.encode(actions.reshape(-1, ACTION_TOKENS_PER_STEP)).reshape(
-            len(actions), self.num_action_tokens)
+        flat = actions.reshape(-1, ACTION_TOKENS_PER_STEP)
+        if self.cfg.openvla_libero_gripper:
+            flat = flat.astype(np.float64, copy=True)
+            flat[:, -1] = openvla_gripper_from_libero(flat[:, -1])
+        return self.action_tokenizer.encode(flat).reshape(len(actions), self.num_action_tokens)
 
     # ------------------------------------------------------------------------------ inference
     def decode(self, images: np.ndarray, instructions: list[str], greedy: bool = False,
@@ -253,8 +292,10 @@ class VLAPolicy:
 
     def sft_loss(self, images: np.ndarray, instructions: list[str], tokens: torch.Tensor,
                  proprio: np.ndarray | None = None) -> torch.Tensor:
-        """Imitation loss: cross-entropy over the K x 7 action tokens (and, autoregressive, the EOS
-        after them), full vocabulary, T = 1."""
+        """Imitation loss: cross-entropy over the K x 7 action tokens, full vocabulary, T = 1.
+
+        Autoregressive decoding also scores the EOS after them.
+        """
         pixels, input_ids, mask = self._inputs(images, instructions, proprio)
         tokens = self._tokens(tokens, len(images))
         if self.parallel:

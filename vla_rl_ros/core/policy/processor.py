@@ -2,23 +2,32 @@
 
 The small models use a word-level ``tokenizers`` tokenizer built in code over the LIBERO
 instruction vocabulary (plus common words); its last 256 ids are the action tokens. A real
-openvla checkpoint brings its own ``tokenizer.json`` (Llama SentencePiece, BOS added).
+openvla checkpoint brings its own ``tokenizer.json`` (Llama, BOS added) or only a SentencePiece
+``tokenizer.model`` (read with the ``sentencepiece`` library), and its ``preprocessor_config.json``
+(resize, centre crop and the normalisation statistics the original processor runs).
+
+Frames go through, in this order: an optional JPEG round trip and Lanczos resize (OpenVLA's LIBERO
+evaluation), the optional centre crop, then per backbone the checkpoint processor's resize, crop
+and normalisation.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.envs.base import PROPRIO_DIM
-from vla_rl_ros.core.policy.architecture import VLAArchitecture
+from vla_rl_ros.core.policy.architecture import ViTSpec, VLAArchitecture
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 """Ids 0..3 of the small tokenizers: pad, BOS, EOS, unknown."""
@@ -115,16 +124,286 @@ def build_word_tokenizer(instructions: Iterable[str], n_action_tokens: int = 256
     return tokenizer
 
 
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """``tokenizer.json`` of a saved policy or openvla checkpoint, with a clear error if absent."""
+@dataclass
+class Encoding:
+    """What :meth:`SentencePieceTokenizer.encode` returns (the ``ids`` of a ``tokenizers`` Encoding)."""
+
+    ids: list[int]
+
+
+class SentencePieceTokenizer:
+    """A Llama ``tokenizer.model`` read with the ``sentencepiece`` library, the reference implementation.
+
+    Offers the part of ``tokenizers.Tokenizer`` the policy uses. ``encode`` adds no BOS (the
+    processor does); for OpenVLA's prompts the ids equal those of the checkpoint's ``tokenizer.json``
+    (Llama's fast tokenizer), which a test checks against transformers' own conversion.
+    """
+
+    def __init__(self, model: bytes) -> None:
+        import sentencepiece
+        self.model = bytes(model)
+        self.sp = sentencepiece.SentencePieceProcessor(model_proto=self.model)
+
+    def encode(self, text: str) -> Encoding:
+        """Token ids of ``text`` (no BOS)."""
+        return Encoding(list(self.sp.encode(text)))
+
+    def get_vocab_size(self) -> int:
+        """Pieces in the model (Llama-2: 32000; OpenVLA's <PAD> 32000 is outside it)."""
+        return int(self.sp.get_piece_size())
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a piece, None when the model has no such piece (sentencepiece would answer <unk>)."""
+        index = int(self.sp.piece_to_id(token))
+        return index if self.sp.id_to_piece(index) == token else None
+
+    def id_to_token(self, index: int) -> str:
+        """Piece of an id."""
+        return str(self.sp.id_to_piece(int(index)))
+
+
+TextTokenizer = Tokenizer | SentencePieceTokenizer
+SENTENCEPIECE_SPACE = "\u2581"
+"""The SentencePiece space piece that OpenVLA appends to every prompt (id 29871 in Llama-2)."""
+
+
+def load_tokenizer(directory: str | Path) -> TextTokenizer:
+    """The directory's ``tokenizer.json``, else its SentencePiece ``tokenizer.model``.
+
+    Never reaches ``AutoTokenizer`` (which may offer remote code and prompt on stdin); without the
+    ``sentencepiece`` package a ``tokenizer.model``-only directory is refused with a one-line error.
+    """
+    from vla_rl_ros.core.policy.checkpoint import CheckpointError
     path = Path(directory) / "tokenizer.json"
     if path.is_file():
         return Tokenizer.from_file(str(path))
-    if (Path(directory) / "tokenizer.model").is_file():
-        # A SentencePiece-only Llama checkpoint: let transformers convert it (local files only).
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True).backend_tokenizer
-    raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json")
+    model = Path(directory) / "tokenizer.model"
+    if model.is_file():
+        try:
+            import sentencepiece  # noqa: F401
+        except ImportError:
+            raise CheckpointError(f"{model} is a SentencePiece model but the sentencepiece package is "
+                                  "missing: run tools/setup.sh, or add the checkpoint's "
+                                  "tokenizer.json") from None
+        try:
+            return SentencePieceTokenizer(model.read_bytes())
+        except Exception as err:  # sentencepiece raises RuntimeError/OSError with multi-line text
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{model} is not a readable SentencePiece model: {first_line}") from None
+    raise FileNotFoundError(f"{path} not found: a policy directory needs its tokenizer.json "
+                            "(or a SentencePiece tokenizer.model)")
+
+
+def tokenizer_files(tokenizer: TextTokenizer) -> dict[str, str | bytes]:
+    """File name -> contents that store ``tokenizer`` in a policy directory."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return {"tokenizer.model": tokenizer.model}
+    return {"tokenizer.json": tokenizer.to_str()}
+
+
+def space_token_id(tokenizer: TextTokenizer) -> int | None:
+    """Id of the SentencePiece space piece in ``tokenizer`` (29871 for Llama-2), None if absent."""
+    return tokenizer.token_to_id(SENTENCEPIECE_SPACE)
+
+
+# ----------------------------------------------------------------------------- image transforms
+PIL_FILTERS = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC, 4: Image.BOX,
+               5: Image.HAMMING}
+"""PIL filter codes, as torchvision's ``pil_modes_mapping`` writes them into preprocessor_config.json."""
+FILTER_NAMES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+@dataclass(frozen=True)
+class BackboneTransform:
+    """One backbone's part of the checkpoint processor: resize, centre crop, /255, normalise.
+
+    As OpenVLA's ``PrismaticImageProcessor`` applies it to a PIL image (torchvision functional rules).
+    """
+
+    resize: tuple[int, ...]
+    """(height, width), or (shorter side,) keeping the aspect ratio."""
+    interpolation: int
+    """PIL filter code (3 = bicubic)."""
+    crop: tuple[int, int]
+    """Centre crop (height, width) after the resize."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def geometry(self) -> tuple:
+        """Everything before the normalisation (two backbones with equal geometry share the frames)."""
+        return self.resize, self.interpolation, self.crop
+
+
+def default_transform(spec: ViTSpec) -> BackboneTransform:
+    """OpenVLA's ``resize-naive``: bicubic to the ViT's square size, the architecture's mean/std."""
+    size = spec.image_size
+    return BackboneTransform((size, size), 3, (size, size), tuple(spec.mean), tuple(spec.std))
+
+
+def transforms_from_preprocessor(data: Mapping[str, Any], arch: VLAArchitecture,
+                                 source: str = "preprocessor_config.json") -> tuple[BackboneTransform, ...]:
+    """The two backbones' transforms stored in an openvla ``preprocessor_config.json``.
+
+    Reads what the original processor runs: ``tvf_resize_params``, ``tvf_crop_params`` and
+    ``tvf_normalize_params`` (openvla-7b stores the DINOv2 mean/std bf16-rounded there), else
+    ``input_sizes``/``interpolations``/``means``/``stds`` with ``image_resize_strategy``.
+    Letterboxing is refused; so is a crop that is not the ViTs' input size.
+    """
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{source}: {message}")
+
+    if data.get("tvf_do_letterbox") or data.get("image_resize_strategy") == "letterbox":
+        raise fail("letterbox resizing is not supported (openvla-7b uses image_resize_strategy "
+                   "'resize-naive')")
+    count = 2
+    stored = ("tvf_resize_params", "tvf_crop_params", "tvf_normalize_params")
+    try:
+        if all(key in data for key in stored):
+            resizes, crops, norms = (list(data[key]) for key in stored)
+            if not len(resizes) == len(crops) == len(norms) == count:
+                raise fail(f"tvf_* lists must have {count} entries (one per backbone)")
+            sizes = [tuple(int(v) for v in ([r["size"]] if isinstance(r["size"], int) else r["size"]))
+                     for r in resizes]
+            filters = [r.get("interpolation", 3) for r in resizes]
+            crop_sizes = [tuple(int(v) for v in ([c["output_size"]] * 2 if isinstance(c["output_size"], int)
+                                                 else c["output_size"])) for c in crops]
+            means = [n["mean"] for n in norms]
+            stds = [n["std"] for n in norms]
+        else:
+            strategy = data.get("image_resize_strategy", "resize-naive")
+            if strategy not in ("resize-naive", "resize-crop"):
+                raise fail(f"image_resize_strategy {strategy!r} is not supported")
+            inputs = [tuple(int(v) for v in size[-2:]) for size in data["input_sizes"]]
+            sizes = [size if strategy == "resize-naive" else (size[-1],) for size in inputs]
+            filters = list(data.get("interpolations") or ["bicubic"] * count)
+            crop_sizes, means, stds = inputs, list(data["means"]), list(data["stds"])
+        if not len(sizes) == len(filters) == len(means) == len(stds) == count:
+            raise fail(f"needs {count} entries per setting (one per backbone)")
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise fail(f"malformed ({type(err).__name__}: {err})") from None
+    transforms = []
+    for index in range(count):
+        code = filters[index]
+        code = FILTER_NAMES.get(code) if isinstance(code, str) else code
+        if code not in PIL_FILTERS:
+            raise fail(f"interpolation {filters[index]!r} of backbone {index} is not a PIL filter")
+        mean = tuple(float(v) for v in means[index])
+        std = tuple(float(v) for v in stds[index])
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise fail(f"backbone {index}: mean {list(mean)} / std {list(std)} must be 3 values, std > 0")
+        if len(sizes[index]) not in (1, 2) or len(crop_sizes[index]) != 2:
+            raise fail(f"backbone {index}: resize {list(sizes[index])} / crop {list(crop_sizes[index])}")
+        if crop_sizes[index] != (arch.image_size, arch.image_size):
+            raise fail(f"backbone {index} produces {crop_sizes[index][0]}x{crop_sizes[index][1]} frames but "
+                       f"the model's ViTs take {arch.image_size}x{arch.image_size}")
+        transforms.append(BackboneTransform(sizes[index], int(code), crop_sizes[index], mean, std))
+    return tuple(transforms)
+
+
+def resized_shape(height: int, width: int, resize: tuple[int, ...]) -> tuple[int, int]:
+    """torchvision's output size: (h, w) as given, or the shorter side scaled to ``resize[0]``."""
+    if len(resize) == 2:
+        return int(resize[0]), int(resize[1])
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = int(resize[0]), int(int(resize[0]) * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def apply_geometry(images: np.ndarray, transform: BackboneTransform, allow_resize: bool) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> uint8 [B, h, w, 3]: the transform's resize, then its centre crop.
+
+    The resize is PIL's (skipped when the size already fits, as torchvision does); the crop offsets
+    are rounded as torchvision's ``center_crop``.
+    """
+    height, width = images.shape[1:3]
+    target = resized_shape(height, width, transform.resize)
+    if (height, width) != target:
+        if not allow_resize:
+            raise ValueError(f"images are {height}x{width} but the policy expects {target[0]}x{target[1]} "
+                             "(policy.resize_images is false)")
+        if min(height, width) < 16:
+            raise ValueError(f"images of {height}x{width} pixels are too small (at least 16x16)")
+        mode = PIL_FILTERS[transform.interpolation]
+        images = np.stack([np.asarray(Image.fromarray(im).resize((target[1], target[0]), mode))
+                           for im in images])
+    crop_h, crop_w = transform.crop
+    height, width = images.shape[1:3]
+    if (height, width) == (crop_h, crop_w):
+        return images
+    if height < crop_h or width < crop_w:
+        raise ValueError(f"frames of {height}x{width} after the resize are smaller than the "
+                         f"{crop_h}x{crop_w} crop")
+    top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+    return images[:, top:top + crop_h, left:left + crop_w]
+
+
+def jpeg_round_trip(images: np.ndarray, quality: int = 95) -> np.ndarray:
+    """Encode each uint8 frame as JPEG and decode it again, as OpenVLA's LIBERO evaluation does.
+
+    Its training frames were stored as JPEG. Quality 95 and 4:2:0 chroma are ``tf.image.encode_jpeg``'s
+    defaults; TF decodes with libjpeg's fast integer IDCT and PIL with the accurate one, so a pixel
+    can differ from TF's by a level or two.
+    """
+    out = np.empty_like(images)
+    for index, frame in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+        buffer.seek(0)
+        out[index] = np.asarray(Image.open(buffer).convert("RGB"))
+    return out
+
+
+def _lanczos3(x: np.ndarray) -> np.ndarray:
+    # TF's LanczosKernelFunc(3): 3 sin(pi x) sin(pi x / 3) / (pi x)^2, 1 near 0, 0 beyond the radius.
+    x = np.abs(x).astype(np.float32)
+    pi = np.float32(3.14159265359)
+    safe = np.where(x <= 1e-3, np.float32(1.0), x)
+    value = 3 * np.sin(pi * safe) * np.sin(pi * safe / 3) / (pi * pi * safe * safe)
+    return np.where(x > 3, np.float32(0.0), np.where(x <= 1e-3, np.float32(1.0), value)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def lanczos3_weights(out_size: int, in_size: int) -> np.ndarray:
+    """[out, in] float32 resampling matrix of ``tf.image.resize(method='lanczos3', antialias=True)``.
+
+    TF's ``scale_and_translate``: output pixel x samples at (x + 0.5) / scale; when shrinking the
+    kernel is widened by 1 / scale (antialiasing); the taps are clamped to the image and each row
+    is normalised to sum 1.
+    """
+    scale = np.float32(out_size) / np.float32(in_size)
+    inv_scale = np.float32(1.0) / scale
+    kernel_scale = max(inv_scale, np.float32(1.0))
+    reach = np.float32(3.0) * kernel_scale
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    for x in range(out_size):
+        sample = np.float32(x + 0.5) * inv_scale
+        start = min(max(int(np.ceil(sample - reach - np.float32(0.5))), 0), in_size - 1)
+        end = min(max(int(np.floor(sample + reach - np.float32(0.5))), 0), in_size - 1) + 1
+        taps = _lanczos3((np.arange(start, end, dtype=np.float32) + np.float32(0.5) - sample) / kernel_scale)
+        total = taps.sum(dtype=np.float32)
+        if abs(total) >= 1000 * np.finfo(np.float32).tiny:
+            weights[x, start:end] = taps / total
+    return weights
+
+
+def lanczos_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> uint8 [B, size, size, 3], as OpenVLA's LIBERO evaluation resizes frames.
+
+    ``tf.image.resize(..., 'lanczos3', antialias=True)`` (float32, separable), then round half to
+    even and clip to 0..255. Frames already of that size are returned unchanged (TF's result equals
+    them).
+    """
+    height, width = images.shape[1:3]
+    if (height, width) == (size, size):
+        return images
+    rows, cols = lanczos3_weights(size, height), lanczos3_weights(size, width)
+    frames = images.astype(np.float32)
+    resized = np.einsum("oh,bhwc->bowc", rows, frames, optimize=True)
+    resized = np.einsum("pw,bowc->bopc", cols, resized, optimize=True)
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
 
 
 def center_crop(images: np.ndarray, area: float) -> np.ndarray:
@@ -158,18 +437,29 @@ def center_crop(images: np.ndarray, area: float) -> np.ndarray:
 
 
 class Processor:
-    """Instructions and camera images -> left-padded ``input_ids``/``attention_mask`` and pixels."""
+    """Instructions and camera images -> left-padded ``input_ids``/``attention_mask`` and pixels.
 
-    def __init__(self, arch: VLAArchitecture, tokenizer: Tokenizer, resize_images: bool = True,
-                 center_crop_area: float = 1.0) -> None:
+    ``transforms``: each backbone's resize/crop/normalisation (default: OpenVLA's resize-naive with
+    the architecture's mean/std; a checkpoint's ``preprocessor_config.json`` replaces them).
+    ``jpeg_round_trip``, ``lanczos_resize`` and ``center_crop_area``: OpenVLA's LIBERO evaluation
+    steps, applied in that order before the transforms (see :class:`PolicyConfig`).
+    """
+
+    def __init__(self, arch: VLAArchitecture, tokenizer: TextTokenizer, resize_images: bool = True,
+                 center_crop_area: float = 1.0, transforms: Sequence[BackboneTransform] | None = None,
+                 jpeg_round_trip: bool = False, lanczos_resize: bool = False) -> None:
         self.arch = arch
         self.tokenizer = tokenizer
         self.resize_images = resize_images
         self.center_crop_area = center_crop_area
-        mean = list(arch.featurizer.mean) + list(arch.fused_featurizer.mean)
-        std = list(arch.featurizer.std) + list(arch.fused_featurizer.std)
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.jpeg_round_trip = jpeg_round_trip
+        self.lanczos_resize = lanczos_resize
+        self.transforms = tuple(transforms or (default_transform(arch.featurizer),
+                                               default_transform(arch.fused_featurizer)))
+        if len(self.transforms) != 2:
+            raise ValueError(f"need one image transform per backbone (2), got {len(self.transforms)}")
+        self.mean = np.asarray([v for t in self.transforms for v in t.mean], dtype=np.float32)
+        self.std = np.asarray([v for t in self.transforms for v in t.std], dtype=np.float32)
 
     def prompt_ids(self, instruction: str, state: str = "") -> list[int]:
         """Token ids of one prompt: BOS, prompt words, then the suffix ids if missing.
@@ -216,30 +506,39 @@ class Processor:
             mask[i, width - len(row):] = 1
         return ids.to(device), mask.to(device)
 
-    def pixels(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> normalised float32 [B, 6, S, S] (DINO and SigLIP stacked on channels)."""
+    def frames(self, images: np.ndarray) -> list[np.ndarray]:
+        """The uint8 frames [B, S, S, 3] each backbone normalises, after every geometric step."""
         if not isinstance(images, np.ndarray):
             raise TypeError(f"images must be a numpy uint8 array [B, H, W, 3], got {type(images).__name__}")
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 (0..255), got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must have shape [B, H, W, 3], got {images.shape}")
+        if self.jpeg_round_trip:
+            images = jpeg_round_trip(images)
+        if self.lanczos_resize:
+            if min(images.shape[1:3]) < 16:
+                raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} pixels are too small "
+                                 "(at least 16x16)")
+            images = lanczos_resize(images, self.arch.image_size)
         images = center_crop(images, self.center_crop_area)
-        size = self.arch.image_size
-        height, width = images.shape[1:3]
-        if (height, width) != (size, size):
-            if not self.resize_images:
-                raise ValueError(f"images are {height}x{width} but the policy expects {size}x{size} "
-                                 "(policy.resize_images is false)")
-            if min(height, width) < 16:
-                raise ValueError(f"images of {height}x{width} pixels are too small (at least 16x16)")
-            # OpenVLA's resize-naive: bicubic to a square, aspect ratio not kept.
-            images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
-                               for im in images])
+        shared: dict[tuple, np.ndarray] = {}
+        for transform in self.transforms:
+            if transform.geometry not in shared:
+                shared[transform.geometry] = apply_geometry(images, transform, self.resize_images)
+        return [shared[t.geometry] for t in self.transforms]
+
+    def pixels(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> normalised float32 [B, 6, S, S] (DINO and SigLIP stacked on channels)."""
+        frames = self.frames(images)
         # uint8 crosses to the device (4x less traffic than float); same op order as OpenVLA's
         # ToTensor + Normalize, so values are bit-identical to a numpy/torchvision pipeline.
-        frames = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        scaled = frames.permute(0, 3, 1, 2).float().div(255.0)
-        mean = torch.from_numpy(self.mean).to(scaled.device).view(1, 6, 1, 1)
-        std = torch.from_numpy(self.std).to(scaled.device).view(1, 6, 1, 1)
-        return torch.cat([scaled, scaled], dim=1).sub(mean).div(std).contiguous()
+        scaled = {}
+        for array in frames:
+            if id(array) not in scaled:
+                tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+                scaled[id(array)] = tensor.permute(0, 3, 1, 2).float().div(255.0)
+        stacked = torch.cat([scaled[id(array)] for array in frames], dim=1)
+        mean = torch.from_numpy(self.mean).to(stacked.device).view(1, 6, 1, 1)
+        std = torch.from_numpy(self.std).to(stacked.device).view(1, 6, 1, 1)
+        return stacked.sub(mean).div(std).contiguous()
