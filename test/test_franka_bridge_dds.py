@@ -44,7 +44,8 @@ LIMITS = dict(step=0.02, rot=0.15, speed=0.25, ang=1.0, lo=np.array([0.25, -0.4,
 
 
 class PolicyHarness(Node):
-    """Answers observations with ``self.action_fn(step_seq)`` (None = stay silent); records the rest."""
+    """Answers observations with ``self.action_fn(step_seq)``: one action [7] or a chunk [K, 7]
+    (None = stay silent); records the rest."""
 
     def __init__(self) -> None:
         super().__init__("policy_harness")
@@ -72,9 +73,11 @@ class PolicyHarness(Node):
         action = self.action_fn(msg.step_seq) if self.action_fn else None
         if action is None:
             return
-        reply = convert.actions_to_msg(msg.bridge_id, msg.step_seq, list(msg.env_ids), 3, np.zeros((1, 7)),
-                                       np.zeros((1, 7)), np.zeros((1, 7)), np.zeros(1), 1.0)
-        reply.actions = [float(a) for a in action]  # bypass the converter's checks: adversarial on purpose
+        chunk = np.asarray(action, np.float64).reshape(-1, 7)
+        reply = convert.actions_to_msg(msg.bridge_id, msg.step_seq, list(msg.env_ids), 3,
+                                       np.zeros((1, chunk.size)), np.zeros((1, len(chunk), 7)),
+                                       np.zeros((1, chunk.size)), np.zeros(1), 1.0)
+        reply.actions = [float(a) for a in chunk.ravel()]  # bypass the converter's checks: adversarial
         self.action_pub.publish(reply)
         with self.lock:
             self.sent.append((time.monotonic(), msg.step_seq))
@@ -102,11 +105,13 @@ def graph(monkeypatch):
     thread.start()
     processes = []
 
-    def start_bridge(armed: bool) -> subprocess.Popen:
+    def start_bridge(armed: bool, **parameters) -> subprocess.Popen:
         args = [sys.executable, "-m", "vla_rl_ros.nodes.franka_bridge_node", "--ros-args",
                 "-p", f"safety.armed:={'true' if armed else 'false'}",
                 "-p", f"safety.control_rate_hz:={1 / PERIOD}", "-p", f"safety.watchdog_timeout_s:={WATCHDOG}",
                 "-p", "instruction:=put the bowl on the plate", "--log-level", "error"]
+        for name, value in parameters.items():
+            args[-2:-2] = ["-p", f"{name}:={value}"]
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         processes.append(process)

@@ -327,3 +327,36 @@ def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
         if launcher.poll() is None:
             launcher.kill()
         watcher.close()
+
+
+def test_action_chunks_flow_through_the_training_graph(tmp_path, monkeypatch):
+    """K = 2 on 5-step episodes: decisions at env steps 0, 2 and 4 (the last runs 1 action); the
+    recorder's bags carry the chunk size and the learner trains on the turns."""
+    isolate_dds(monkeypatch)
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
+                "max_episode_steps": 5},
+        "policy": {"size": "tiny", "image_size": 32, "chunk_size": 2},
+        "ppo": {"critic_warmup_iters": 0, "minibatch_size": 4},
+        "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
+        "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    supervisor = Supervisor(build_graph("train_sim", config=str(config)), log_dir=str(tmp_path / "logs"))
+    watcher = Watcher(tmp_path / "logs")
+    supervisor.start()
+    try:
+        watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 240, "policy version 1")
+        assert all(v.chunk_size == 2 for v in watcher.versions if v.version >= 1)
+        results = [r for r in watcher.results if not r.aborted]
+        assert results and all(r.num_decisions == (r.num_steps + 1) // 2 for r in results), \
+            [(r.num_steps, r.num_decisions) for r in results]
+        assert all(r.num_steps == 5 for r in results if r.truncated)
+        assert {i for o in watcher.observations for i in o.step_indices} <= {0, 2, 4}
+        assert all(b.chunk_size == 2 and b.num_steps >= b.num_decisions for b in watcher.bags), watcher.bags
+        watcher.wait_for(lambda: "policy version 1 from" in _log(tmp_path / "logs", "learner"), 30,
+                         "the learner's log of version 1")
+        assert "not training on" not in _log(tmp_path / "logs", "learner")  # every turn added up
+        assert "rejected ActionBatch" not in _log(tmp_path / "logs", "sim_bridge")
+    finally:
+        supervisor.stop(grace_s=10.0)
+        watcher.close()

@@ -89,8 +89,50 @@ def test_a_state_reading_model_rejects_batches_without_proprio():
 def test_action_batch_round_trip():
     msg = _actions()
     back = convert.actions_from_msg(msg, [0, 1])
-    assert back.actions.shape == (2, 7) and back.tokens.shape == (2, 7) and back.policy_version == 4
-    assert np.allclose(back.actions, np.asarray(msg.actions).reshape(2, 7))
+    assert msg.chunk_size == 1 and back.chunk_size == 1
+    assert back.actions.shape == (2, 1, 7) and back.tokens.shape == (2, 7) and back.policy_version == 4
+    assert np.allclose(back.actions[:, 0], np.asarray(msg.actions).reshape(2, 7))
+
+
+def _chunks(count=2, k=4, seed=5):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(139, 395, (count, k * 7)), rng.uniform(-1, 1, (count, k, 7)),
+            -rng.uniform(0, 3, (count, k * 7)), rng.normal(size=count))
+
+
+def test_a_chunk_batch_round_trips_in_the_policy_layout():
+    tokens, actions, log_probs, values = _chunks()
+    msg = convert.actions_to_msg("b0", 3, [0, 1], 2, tokens, actions, log_probs, values, 1.0)
+    assert msg.chunk_size == 4 and len(msg.actions) == len(msg.action_tokens) == 2 * 4 * 7
+    back = convert.actions_from_msg(msg, [0, 1], chunk_size=4, token_range=(139, 395))
+    assert back.actions.shape == (2, 4, 7) and np.allclose(back.actions, actions)
+    # Action k of entry i sits at tokens[i, 7k:7k+7], as VLAPolicy.decode lays them out.
+    assert np.array_equal(back.tokens, tokens) and np.allclose(back.log_probs, log_probs)
+    with pytest.raises(convert.MessageError, match="tokens: 21 per entry, expected 4 x 7"):
+        convert.actions_to_msg("b0", 3, [0, 1], 2, tokens[:, :21], actions, log_probs, values, 1.0)
+
+
+def _chunk_msg():
+    return convert.actions_to_msg("b0", 3, [0, 1], 2, *_chunks(), 1.0)
+
+
+@pytest.mark.parametrize("mutate, kwargs, reason", [
+    (lambda m: None, {"chunk_size": 8}, "chunk_size=4: this node runs chunks of 8"),
+    (lambda m: setattr(m, "chunk_size", 0), {}, r"chunk_size=0, expected 1\.\.36"),
+    (lambda m: setattr(m, "chunk_size", 3), {}, "actions.actions: 56 values, expected 2 x 3 x 7"),
+    (lambda m: setattr(m, "actions", np.asarray(m.actions)[:-7]), {}, "actions.actions: 49 values"),
+    (lambda m: setattr(m, "action_tokens", np.asarray(m.action_tokens)[:-1]), {}, "action_tokens: 55 values"),
+    (lambda m: m.actions.__setitem__(40, np.inf), {}, r"actions: contains NaN or inf \(entries \[1\]\)"),
+    (lambda m: m.token_log_probs.__setitem__(3, np.nan), {}, r"token_log_probs: contains NaN or inf"),
+    (lambda m: m.values.__setitem__(0, np.nan), {}, "values: contains NaN"),
+    (lambda m: m.action_tokens.__setitem__(9, -5), {}, r"outside the action vocabulary \[0, 2147483648\)"),
+    (lambda m: m.action_tokens.__setitem__(9, 7), {"token_range": (139, 395)}, r"e\.g\. \[7\]"),
+])
+def test_malformed_chunks_are_rejected_with_the_field_named(mutate, kwargs, reason):
+    msg = _chunk_msg()
+    mutate(msg)
+    with pytest.raises(convert.MessageError, match=reason):
+        convert.actions_from_msg(msg, [0, 1], **kwargs)
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -134,3 +176,6 @@ def test_episode_result_carries_terminal_observation():
     msg = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, final_observation=final)
     assert np.array_equal(convert.image_from_msg(msg.final_image), final.image)
     assert np.allclose(msg.final_proprio, final.proprio) and msg.success and msg.num_steps == 12
+    assert msg.num_decisions == 12  # K = 1: one decision per step
+    chunked = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, num_decisions=2)
+    assert (chunked.num_steps, chunked.num_decisions) == (12, 2)

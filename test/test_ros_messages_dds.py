@@ -39,18 +39,22 @@ def sample_messages() -> dict:
     actions = convert.actions_to_msg("bridge_a", 42, [0, 1], 5, rng.integers(31744, 32000, (2, 7)),
                                      rng.uniform(-1, 1, (2, 7)), -rng.uniform(0, 5, (2, 7)),
                                      rng.normal(size=2), 1.5, header)
+    chunks = convert.actions_to_msg("bridge_a", 43, [0, 1], 5, rng.integers(31744, 32000, (2, 21)),
+                                    rng.uniform(-1, 1, (2, 3, 7)), -rng.uniform(0, 5, (2, 21)),
+                                    rng.normal(size=2), 1.5, header)
     rewards = StepRewardBatch(header=header, bridge_id="bridge_a", step_seq=42, env_ids=[0, 1], prm_version=2,
                               progress=[0.25, 0.5], rewards=[0.025, -0.01])
     episode = convert.episode_result_to_msg("bridge_a", 1, 11, 4, 9, 77, True, False, False, "", header,
-                                            observations[1])
+                                            observations[1], num_decisions=10, last_step_seq=41)
     aborted = convert.episode_result_to_msg("bridge_b", 0, 3, 2, 1, 5, False, False, True, "policy missing")
     bag = TrajectoryBagInfo(header=header, bag_path="/srv/bags/iter_0003", iteration=3, policy_version=2,
-                            num_episodes=4, num_steps=300, num_successes=1, partial=True)
+                            num_episodes=4, num_steps=300, num_successes=1, partial=True, num_decisions=38,
+                            chunk_size=8)
     version = PolicyVersion(header=header, version=7, adapter_path="/srv/adapters/v0007", sha256="ab" * 32,
-                            iteration=6)
+                            iteration=6, chunk_size=8)
     tasks = TaskAssignment(header=header, bridge_id="bridge_a", env_ids=[0, 1], task_ids=[2, 0],
                            init_state_ids=[13, 39])
-    return {"ObservationBatch": [obs], "ActionBatch": [actions], "StepRewardBatch": [rewards],
+    return {"ObservationBatch": [obs], "ActionBatch": [actions, chunks], "StepRewardBatch": [rewards],
             "EpisodeResult": [episode, aborted], "TrajectoryBagInfo": [bag], "PolicyVersion": [version],
             "TaskAssignment": [tasks]}
 
@@ -107,8 +111,12 @@ def test_every_message_round_trips_between_processes(ros_node):
     import vla_rl_ros.msg as msgs
     from vla_rl_ros.nodes import qos
 
+    # The child imports this file's helpers (dds_domains) by name, as pytest's pythonpath lets the
+    # test do: it needs test/helpers on its own path.
+    path = [str(ROOT / "test" / "helpers"), str(ROOT), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               FASTDDS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_local.xml"))
+               FASTDDS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_local.xml"),
+               PYTHONPATH=os.pathsep.join(p for p in path if p))
     child = subprocess.Popen([sys.executable, __file__, "echo"], env=env, cwd=ROOT)
     try:
         samples = sample_messages()
@@ -140,6 +148,9 @@ def test_every_message_round_trips_between_processes(ros_node):
             samples["ObservationBatch"][0].images[0].data, np.uint8).reshape(32, 32, 3))
         decoded = convert.actions_from_msg(received["ActionBatch"][0], [0, 1])
         assert decoded.tokens.shape == (2, 7) and decoded.policy_version == 5
+        chunked = convert.actions_from_msg(received["ActionBatch"][1], [0, 1], chunk_size=3)
+        assert chunked.actions.shape == (2, 3, 7) and chunked.tokens.shape == (2, 21)
+        assert np.allclose(chunked.actions.ravel(), samples["ActionBatch"][1].actions)
     finally:
         # How nodes stop on SIGTERM is test_node_runner's business; here a slow exit must not
         # hide the round-trip result, so a child still alive after 30 s is killed.

@@ -18,14 +18,15 @@ from vla_rl_ros.nodes.adapters import weights_checksum
 from vla_rl_ros.nodes.policy_node import PolicyNode
 
 
-@pytest.fixture()
-def graph(monkeypatch):
+@pytest.fixture(params=[1])
+def graph(monkeypatch, request):
     isolate_dds(monkeypatch)
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [Parameter("env.backend", value="toy"), Parameter("env.image_size", value=32),
                  Parameter("env.task_ids", value=[0, 1]), Parameter("policy.size", value="tiny"),
-                 Parameter("policy.image_size", value=32), Parameter("best_of_n", value=2)]
+                 Parameter("policy.image_size", value=32), Parameter("best_of_n", value=2),
+                 Parameter("policy.chunk_size", value=request.param)]
     policy = PolicyNode(context=context, parameter_overrides=overrides)
     client = Node("policy_client", context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -65,6 +66,7 @@ def test_replies_to_each_bridge_and_swaps_adapters_only_when_verified(graph, tmp
     by_bridge = {r.bridge_id: r for r in replies}
     assert set(by_bridge) == {"bridge_0", "bridge_1"}
     assert by_bridge["bridge_0"].step_seq == 1 and len(by_bridge["bridge_0"].actions) == 14
+    assert by_bridge["bridge_0"].chunk_size == 1  # K = 1: one action per observation, as before
     assert by_bridge["bridge_1"].step_seq == 7 and list(by_bridge["bridge_1"].env_ids) == [0]
     assert all(r.policy_version == 0 for r in replies)
     assert policy.decoded_batches <= 2
@@ -99,3 +101,37 @@ def test_malformed_batches_get_no_reply_and_the_node_keeps_serving(graph):
     spin_until(lambda: False, timeout=1.0)
     assert policy.policy.reads_state
     assert [r.step_seq for r in replies] == [5]
+
+
+@pytest.mark.parametrize("graph", [3], indirect=True)
+def test_decodes_chunks_and_refuses_versions_of_another_chunk_size(graph, tmp_path):
+    from vla_rl_ros.core.config import load_config
+    from vla_rl_ros.core.rl.train_loop import build_policy
+    policy, obs_pub, version_pub, replies, spin_until = graph
+    assert policy.policy.chunk_size == 3
+    obs_pub.publish(_batch("bridge_0", 1))
+    assert spin_until(lambda: len(replies) >= 1)
+    reply = convert.actions_from_msg(replies[-1], [0, 1], chunk_size=3,
+                                     token_range=(policy.policy.arch.action_vocab_start,
+                                                  policy.policy.arch.action_vocab_end))
+    assert replies[-1].chunk_size == 3 and reply.actions.shape == (2, 3, 7) and reply.tokens.shape == (2, 21)
+    assert np.allclose(reply.actions, policy.policy.chunk_actions(reply.tokens))
+
+    # A version announced for chunks of 1, and adapters of a K = 1 policy announced without a chunk
+    # size (an older learner): both refused with a reason, counted; the node keeps serving v0.
+    cfg = load_config(None, ["env.backend=toy", "env.image_size=32", "env.task_ids=[0,1]", "policy.size=tiny",
+                             "policy.image_size=32"])
+    single = tmp_path / "v000001"
+    sha = build_policy(cfg).save_adapters(str(single), 1)
+    version_pub.publish(PolicyVersion(version=1, adapter_path=str(single), sha256=sha, chunk_size=1))
+    assert spin_until(lambda: policy.refused_versions == 1)
+    version_pub.publish(PolicyVersion(version=2, adapter_path=str(single), sha256=sha))
+    obs_pub.publish(_batch("bridge_0", 2))
+    assert spin_until(lambda: policy.refused_versions == 2 and len(replies) >= 2)
+    assert replies[-1].policy_version == 0 and replies[-1].chunk_size == 3 and policy.version == 0
+    own = tmp_path / "v000003"
+    sha = policy.policy.save_adapters(str(own), 3)
+    version_pub.publish(PolicyVersion(version=3, adapter_path=str(own), sha256=sha, chunk_size=3))
+    obs_pub.publish(_batch("bridge_0", 3))
+    assert spin_until(lambda: len(replies) >= 3 and replies[-1].step_seq == 3)
+    assert replies[-1].policy_version == 3 and policy.refused_versions == 2

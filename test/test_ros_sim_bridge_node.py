@@ -16,14 +16,17 @@ from vla_rl_ros.nodes import convert, qos
 from vla_rl_ros.nodes.sim_bridge_node import SimBridgeNode
 
 
-@pytest.fixture()
-def bridge(monkeypatch):
+@pytest.fixture(params=[1])
+def bridge(monkeypatch, request):
+    """A toy bridge with 2 envs (3-step episodes; chunks of ``request.param``) and a client node."""
     isolate_dds(monkeypatch)
     context = rclpy.Context()
     rclpy.init(context=context)
+    chunk = request.param
     overrides = [Parameter(name, value=value) for name, value in (
         ("env.backend", "toy"), ("env.image_size", 32), ("env.task_ids", [0, 1]), ("env.num_envs", 2),
-        ("env.max_episode_steps", 3), ("graph.action_timeout_s", 1.0), ("bridge_id", "b0"))]
+        ("env.max_episode_steps", 3 if chunk == 1 else 7), ("graph.action_timeout_s", 1.0),
+        ("bridge_id", "b0"), ("policy.chunk_size", chunk))]
     node = SimBridgeNode(context=context, parameter_overrides=overrides)
     client = Node("bridge_client", context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -43,9 +46,11 @@ def bridge(monkeypatch):
         return predicate()
 
     def reply(obs, actions=None):
-        values = np.zeros((2, 7)) if actions is None else actions
+        values = np.zeros((2, chunk, 7)) if actions is None else np.asarray(actions).reshape(2, -1, 7)
+        width = values.shape[1] * 7
         act_pub.publish(convert.actions_to_msg(obs.bridge_id, obs.step_seq, list(obs.env_ids), 0,
-                                               np.zeros((2, 7)), values, np.zeros((2, 7)), np.zeros(2), 1.0))
+                                               np.zeros((2, width)), values, np.zeros((2, width)),
+                                               np.zeros(2), 1.0))
     assert spin_until(lambda: seen["obs"] and act_pub.get_subscription_count() and reset.service_is_ready())
     yield node, seen, reply, task_pub, reset, spin_until, executor
     executor.shutdown()
@@ -72,9 +77,12 @@ def test_bad_actions_and_assignments_are_rejected_and_a_silent_policy_is_reporte
     reply(first, np.full((2, 7), np.nan))
     task_pub.publish(TaskAssignment(bridge_id="b0", env_ids=[0], task_ids=[5], init_state_ids=[0]))
     spin_until(lambda: False, timeout=1.5)  # longer than graph.action_timeout_s
-    assert node.steps_done == 0 and node.reported_missing, "NaN actions must not step the env"
+    assert node.steps_done == 0 and node.rejected_actions == 1, "NaN actions must not step the env"
+    assert not node.reported_missing, "a policy that answered (badly) is not missing"
     assert not any(node.assignments)
     assert len(seen["obs"]) >= 2 and seen["obs"][-1].step_seq == first.step_seq  # re-sent, same step
+    spin_until(lambda: node.reported_missing, timeout=1.5)  # silent since the re-send: now it is missing
+    assert node.reported_missing
     reply(first)
     assert spin_until(lambda: node.steps_done == 2 and not node.reported_missing)
 
@@ -90,3 +98,26 @@ def test_reset_service_starts_the_assigned_tasks_now(bridge):
     assert [(r.env_id, r.reason) for r in aborted] == [(1, "reset requested")]
     assert node.episode_tasks[1] == (1, 45)
     assert spin_until(lambda: seen["obs"][-1].task_ids[1] == 1)
+
+
+@pytest.mark.parametrize("bridge", [3], indirect=True)
+def test_chunks_run_to_the_end_and_only_decision_points_are_observed(bridge):
+    node, seen, reply, _, _, spin_until, _ = bridge
+    assert node.chunk_size == 3
+    first = seen["obs"][-1]
+    reply(first, np.zeros((2, 1, 7)))  # a chunk of 1 for a bridge of 3: rejected, no step taken
+    reply(first, np.full((2, 3, 7), np.nan))  # so is a chunk with NaN in it
+    spin_until(lambda: node.rejected_actions == 2, timeout=5)
+    assert node.rejected_actions == 2 and node.steps_done == 0
+    # 7-step episodes in chunks of 3: decisions at env steps 0, 3 and 6; the last chunk runs 1 action.
+    indices = []
+    for decision in range(3):
+        latest = seen["obs"][-1]
+        indices.append(list(latest.step_indices))
+        reply(latest)
+        assert spin_until(lambda: node.decisions_done == 2 * (decision + 1))
+        assert spin_until(lambda: len(seen["obs"]) and seen["obs"][-1].step_seq > latest.step_seq)
+    assert indices == [[0, 0], [3, 3], [6, 6]]
+    assert spin_until(lambda: len(seen["results"]) >= 2)
+    assert [(r.num_steps, r.num_decisions, r.truncated) for r in seen["results"]] == [(7, 3, True)] * 2
+    assert node.steps_done == 2 * 7 and list(seen["obs"][-1].step_indices) == [0, 0]

@@ -126,3 +126,95 @@ def test_prm_scores_arriving_after_the_episode_ended_still_count(tmp_path):
     scored = [to_core_episode(e).progress.tolist() for e in finished]
     assert scored == [[0.0, pytest.approx(0.7)], [0.0, pytest.approx(0.9)]]
     assert carry["progress"] == {} and carry["episodes"] == {}
+
+
+# ----------------------------------------------------------------------------- action chunks
+K = 4
+
+
+def _turn(writer, seq, episode_id, step, rng, stamp, chunk=K, progress=None):
+    """One decision of a one-env bridge: the observation at env step ``step``, a chunk of ``chunk``."""
+    obs = Observation(image=np.full((8, 8, 3), seq, np.uint8), instruction="reach red",
+                      proprio=np.full(8, seq, np.float32), task_id=1, init_state_id=0, step=step)
+    writer.write(topics.OBSERVATIONS, serialize_message(
+        convert.observations_to_msg("b", seq, [0], [episode_id], [obs])), stamp)
+    writer.write(topics.ACTIONS, serialize_message(convert.actions_to_msg(
+        "b", seq, [0], 1, rng.integers(139, 395, (1, chunk * 7)), rng.uniform(-1, 1, (1, chunk, 7)),
+        -np.ones((1, chunk * 7)), np.array([0.5]), 1.5)), stamp + 1)
+    if progress is not None:
+        writer.write(topics.STEP_REWARDS, serialize_message(StepRewardBatch(
+            bridge_id="b", step_seq=seq, env_ids=[0], progress=[progress], rewards=[0.0])), stamp + 2)
+
+
+def _end(writer, episode_id, num_steps, num_decisions, stamp, success=True):
+    writer.write(topics.EPISODE_RESULTS, serialize_message(convert.episode_result_to_msg(
+        "b", 0, episode_id, 1, 3, num_steps, success, not success, False, num_decisions=num_decisions)),
+        stamp)
+
+
+def test_chunked_episodes_are_rebuilt_as_turns_with_executed_steps(tmp_path):
+    from vla_rl_ros.nodes.trajectory_bags import rebuild_episodes
+    rng = np.random.default_rng(5)
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    # 10 env steps in 3 decisions: 4 + 4 + 2 (the episode ended inside the last chunk).
+    for seq, step in ((1, 0), (2, 4), (3, 8)):
+        _turn(writer, seq, 7, step, rng, seq * 10, progress=0.1 * seq)
+    _end(writer, 7, 10, 3, 100)
+    writer.close()
+    finished, carry = read_episodes([tmp_path / "bag"], chunk_size=K)
+    assert [(e.num_steps, e.step_indices, e.chunk_size) for e in finished] == [(3, [0, 4, 8], K)]
+    episode = to_core_episode(finished[0], token_range=(139, 395))
+    assert episode.length == 3 and episode.executed == [4, 4, 2] and episode.env_steps == 10
+    assert episode.tokens[0].shape == (K * 7,) and episode.actions[0].shape == (K, 7)
+    assert episode.log_probs[0].shape == (K * 7,) and len(episode.images) == 4
+    assert episode.env_rewards == [0.0, 0.0, 1.0]
+    assert episode.progress == pytest.approx([0.0, 0.1, 0.2, 0.3])  # keyed by the turn's env step
+    episodes, rejected, problems = rebuild_episodes(finished, (139, 395))
+    assert len(episodes) == 1 and rejected == {} and problems == []
+
+
+def test_a_bag_of_another_chunk_size_is_a_named_rejection_that_leaves_the_carry_alone(tmp_path):
+    from vla_rl_ros.core.policy.policy import ChunkSizeError
+    rng = np.random.default_rng(6)
+    first = TrajectoryBagWriter(tmp_path / "iter_000000", typestore())
+    _turn(first, 1, 7, 0, rng, 10)  # episode 7 goes on into the next bag
+    first.close()
+    other = TrajectoryBagWriter(tmp_path / "iter_000001", typestore())
+    _turn(other, 2, 7, 4, rng, 20, chunk=1)
+    _end(other, 7, 5, 2, 30)
+    other.close()
+    finished, carry = read_episodes([tmp_path / "iter_000000"], chunk_size=K)
+    assert finished == [] and len(carry["episodes"][("b", 0, 7)].tokens) == 1
+    with pytest.raises(ChunkSizeError, match=r"iter_000001 holds action chunks of \[1\] action\(s\)"):
+        read_episodes([tmp_path / "iter_000001"], carry, chunk_size=K)
+    assert len(carry["episodes"][("b", 0, 7)].tokens) == 1, "a rejected bag must not touch the carry"
+
+
+def test_turns_that_do_not_add_up_are_counted_not_trained_on(tmp_path):
+    from vla_rl_ros.nodes.trajectory_bags import rebuild_episodes
+    rng = np.random.default_rng(7)
+    writer = TrajectoryBagWriter(tmp_path / "bag", typestore())
+    _turn(writer, 1, 1, 0, rng, 10)
+    _turn(writer, 3, 1, 8, rng, 20)  # the decision at env step 4 never reached the bag
+    _end(writer, 1, 10, 3, 30)
+    _turn(writer, 4, 2, 0, rng, 40)
+    _turn(writer, 5, 2, 4, rng, 50)
+    # A stray batch of another chunk size answering the pending observation: the bridge (K = 4)
+    # rejected it, so it must not take the place of the real chunk that follows.
+    _turn(writer, 6, 2, 8, rng, 60, chunk=2)
+    writer.write(topics.ACTIONS, serialize_message(convert.actions_to_msg(
+        "b", 6, [0], 1, rng.integers(139, 395, (1, K * 7)), np.zeros((1, K, 7)), -np.ones((1, K * 7)),
+        np.zeros(1), 1.5)), 62)
+    _end(writer, 2, 9, 3, 70, success=False)
+    # An operator ended episode 3 right after its second observation: that chunk never ran.
+    _turn(writer, 7, 3, 0, rng, 80)
+    _turn(writer, 8, 3, 4, rng, 90)
+    _end(writer, 3, 4, 1, 100)
+    writer.close()
+    finished, _ = read_episodes([tmp_path / "bag"], chunk_size=K)
+    episodes, rejected, problems = rebuild_episodes(finished, (139, 395))
+    assert rejected == {"inconsistent": 1} and "2 turns recorded, the bridge reported 3" in problems[0]
+    assert [e.executed for e in episodes] == [[4, 4, 1], [4]]
+    assert episodes[0].actions[2].shape == (K, 7) and not episodes[0].actions[2].any()
+    _, rejected, problems = rebuild_episodes(finished, (139, 200))
+    assert rejected == {"inconsistent": 3} and "outside the policy's action vocabulary" in problems[-1]

@@ -137,6 +137,27 @@ def test_watchdog_stops_after_timeout_and_counts_once():
     assert safety.filter_action([0] * 7, now=0.9).reason == "stale_state"  # pose from t=0.4 is too old
 
 
+def test_an_action_of_a_chunk_is_fresh_for_what_the_caller_says_never_longer_than_the_watchdog():
+    period = 0.05
+    safety = make_filter(watchdog_timeout_s=0.5, control_rate_hz=1 / period)
+    for k in range(4):  # a chunk of 4, one action per period, each fresh for two periods
+        safety.update_state(HOME, now=k * period)
+        command = safety.filter_action([0.2, 0, 0, 0, 0, 0, 0], now=k * period, fresh_for_s=2 * period)
+        assert not command.stopped
+        assert safety.tick(k * period + 0.5 * period) is None
+    last = 3 * period
+    assert safety.tick(last + 2 * period - 1e-6) is None
+    cmd = safety.tick(last + 2 * period + 1e-6)  # at most one watchdog period later: <= 3 periods
+    assert cmd.stopped and cmd.reason == "watchdog" and safety.counters["stop_watchdog"] == 1
+    # A longer freshness cannot loosen the watchdog, and a plain action gets the full timeout again.
+    safety.update_state(HOME, now=1.0)
+    safety.filter_action([0.2, 0, 0, 0, 0, 0, 0], now=1.0, fresh_for_s=60.0)
+    assert safety.tick(1.49) is None and safety.tick(1.51).stopped
+    safety.update_state(HOME, now=2.0)
+    safety.filter_action([0.2, 0, 0, 0, 0, 0, 0], now=2.0)
+    assert safety.tick(2.49) is None and safety.tick(2.51).stopped
+
+
 def test_stale_state_stops():
     safety = make_filter(state_timeout_s=0.1)
     cmd = safety.filter_action([0.1] * 7, now=0.5)

@@ -1,9 +1,10 @@
 """``vla-rl bench graph``: env steps/s of the ROS graph against the in-process rollout loop.
 
 Both measurements run in one invocation with the same environments, model and decoding
-(greedy, so both do the same work per step): first the in-process loop (decode, step, reset
-finished envs), then the eval graph (sim_bridge + policy + recorder as processes over
-loopback DDS), timed from outside by counting ObservationBatches after a warm-up.
+(greedy, so both do the same work per step): first the in-process loop (decode a chunk, run it,
+reset finished envs), then the eval graph (sim_bridge + policy + recorder as processes over
+loopback DDS), timed from outside on the ObservationBatches after a warm-up. ``steps`` counts
+decisions; env steps are what the chunks executed (K per decision, fewer where an episode ended).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from vla_rl_ros.core.config_io import from_dict, merge, to_dict
 
 
 def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
-    """Env steps/s of decode -> step -> reset-finished in one process."""
+    """Env steps/s of decode -> step_chunk -> reset-finished in one process."""
     import torch
 
     from vla_rl_ros.core.rl.train_loop import build_policy, make_env
@@ -40,13 +41,15 @@ def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
             out = policy.decode(np.stack([o.image for o in observations]),
                                 [o.instruction for o in observations], greedy=True,
                                 proprio=np.stack([o.proprio for o in observations]))
-            results = env.step(np.asarray(out.actions, np.float32))
+            chunks = np.asarray(out.actions, np.float32).reshape(env.num_envs, -1, 7)
+            results = env.step_chunk(chunks)
             observations = [r.observation for r in results]
             finished = [i for i, r in enumerate(results) if r.done]
             if finished:
                 for i, obs in zip(finished, env.reset([pick() for _ in finished], finished)):
                     observations[i] = obs
-            done_steps += env.num_envs if index >= warmup else 0
+            if index >= warmup:
+                done_steps += sum(int(r.info.get("executed", chunks.shape[1])) for r in results)
         elapsed = time.perf_counter() - started
     finally:
         env.close()
@@ -54,7 +57,7 @@ def in_process_steps_per_s(cfg, steps: int, warmup: int) -> dict:
 
 
 def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) -> dict:
-    """Env steps/s of the eval graph's processes, counted on the observations topic."""
+    """Env steps/s of the eval graph's processes, counted on the observations and episode results."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -62,7 +65,7 @@ def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) ->
     from vla_rl_ros.cli.launch_cmd import Supervisor
     from vla_rl_ros.graph import topics
     from vla_rl_ros.graph.description import build_graph
-    from vla_rl_ros.msg import ObservationBatch
+    from vla_rl_ros.msg import EpisodeResult, ObservationBatch
     from vla_rl_ros.nodes import qos
 
     with tempfile.TemporaryDirectory(prefix="vla_rl_bench_graph_") as tmp:
@@ -80,8 +83,16 @@ def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) ->
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         stamps: list[float] = []
-        node.create_subscription(ObservationBatch, topics.OBSERVATIONS,
-                                 lambda msg: stamps.append(time.perf_counter()), qos.BATCH)
+        batches: list[list[tuple[int, int, int]]] = []
+        ends: dict[tuple[int, int], int] = {}
+
+        def on_observations(msg) -> None:
+            stamps.append(time.perf_counter())
+            batches.append(list(zip(msg.env_ids, msg.episode_ids, msg.step_indices)))
+        node.create_subscription(ObservationBatch, topics.OBSERVATIONS, on_observations, qos.BATCH)
+        node.create_subscription(EpisodeResult, topics.EPISODE_RESULTS,
+                                 lambda msg: ends.__setitem__((msg.env_id, msg.episode_id), msg.num_steps),
+                                 qos.BATCH)
         supervisor = Supervisor(graph, log_dir=str(Path(tmp) / "logs"))
         supervisor.start()
         try:
@@ -98,10 +109,25 @@ def graph_steps_per_s(cfg, steps: int, warmup: int, timeout_s: float = 600.0) ->
             executor.shutdown()
             node.destroy_node()
             rclpy.shutdown(context=context)
-    batches = len(stamps) - 1 - warmup
     elapsed = stamps[-1] - stamps[warmup]
-    env_steps = batches * cfg.env.num_envs
+    env_steps = sum(_executed(before, after, ends, cfg.policy.chunk_size)
+                    for before, after in zip(batches[warmup:-1], batches[warmup + 1:]))
     return {"env_steps": env_steps, "seconds": elapsed, "env_steps_per_s": env_steps / elapsed}
+
+
+def _executed(before, after, ends: dict, chunk_size: int) -> int:
+    """Env steps the bridge ran between two ObservationBatches (entries ``(env, episode, step)``).
+
+    Per env: the step index gained, or the rest of an episode that ended (by its EpisodeResult)
+    plus the new episode's steps.
+    """
+    total = 0
+    for (env, episode, step), (_, next_episode, next_step) in zip(before, after):
+        if next_episode == episode:
+            total += next_step - step
+        else:
+            total += ends.get((env, episode), step + chunk_size) - step + next_step
+    return total
 
 
 def bench_graph(cfg, steps: int = 50, warmup: int = 5, rounds: int = 3) -> dict:

@@ -9,7 +9,7 @@ A policy action is LIBERO's OSC_POSE delta (xyz, axis-angle rotation, gripper) i
   actual time since the previous command, at the configured maximum speeds),
 - NaN / inf / wrong-length actions, stale robot state and a latched e-stop: all mean *stop*
   (hold the pose where the stop began, zero twist),
-- a watchdog: no fresh action within ``watchdog_timeout_s`` also means stop.
+- a watchdog: no fresh action within ``watchdog_timeout_s`` (a chunk's action: less) means stop.
 
 Every clamp and stop is counted under a stable name in :attr:`SafetyFilter.counters` and
 reported as an event string, so nodes can log it and publish it in ``/diagnostics``.
@@ -224,6 +224,7 @@ class SafetyFilter:
         self._pose: EefPose | None = None
         self._pose_time = -math.inf
         self._last_action_time = -math.inf
+        self._fresh_for_s = config.watchdog_timeout_s
         self._last_command_time: float | None = None
         self._hold: EefPose | None = None
         self._gripper_closed: bool | None = None
@@ -256,8 +257,11 @@ class SafetyFilter:
         return was
 
     # ------------------------------------------------------------------ commands
-    def filter_action(self, action: np.ndarray, now: float) -> SafeCommand:
-        """Safe command for a fresh policy action (LIBERO OSC_POSE delta, 7 values in [-1, 1])."""
+    def filter_action(self, action: np.ndarray, now: float, fresh_for_s: float | None = None) -> SafeCommand:
+        """Safe command for a fresh policy action (LIBERO OSC_POSE delta, 7 values in [-1, 1]).
+
+        Fresh for ``fresh_for_s`` (a chunk's action: till after the next is due), <= watchdog_timeout_s.
+        """
         refused = self._refuse(now)
         if refused is not None:
             return refused
@@ -275,8 +279,11 @@ class SafetyFilter:
             self.counters["clamp_action_range"] += 1
             events.append(f"clamp_action_range: {np.round(action, 4).tolist()} -> [-1, 1]")
         cfg = self.config
-        return self._step(clipped[:3] * cfg.action_translation_scale_m,
-                          clipped[3:6] * cfg.action_rotation_scale_rad, bool(clipped[6] > 0.0), now, events)
+        command = self._step(clipped[:3] * cfg.action_translation_scale_m, clipped[3:6] *
+                             cfg.action_rotation_scale_rad, bool(clipped[6] > 0.0), now, events)
+        if fresh_for_s is not None:
+            self._fresh_for_s = min(float(fresh_for_s), cfg.watchdog_timeout_s)
+        return command
 
     def filter_target(self, target: EefPose, gripper_closed: bool | None, now: float) -> SafeCommand:
         """Safe command for an absolute pose target from any other source (teleop, another controller)."""
@@ -334,6 +341,7 @@ class SafetyFilter:
                          normalize_quat(quat_multiply(quat_from_axis_angle(delta_rot), current.quaternion)))
         self._gripper_closed = gripper_closed
         self._last_action_time = now
+        self._fresh_for_s = cfg.watchdog_timeout_s
         self._last_command_time = now
         self.stopped = False
         self.stop_reason = ""
@@ -355,7 +363,7 @@ class SafetyFilter:
         """Watchdog check, called every control period: a stop command, or None while actions are fresh."""
         if self.estop_latched:
             return self._stop_command(f"estop: {self.estop_reason}", [])
-        if now - self._last_action_time > self.config.watchdog_timeout_s:
+        if now - self._last_action_time > self._fresh_for_s:
             events = []
             if not self.stopped:
                 self.counters["stop_watchdog"] += 1

@@ -55,7 +55,8 @@ def write_viz_bag(bag_paths, out: str | Path, frame_id: str = "panda_link0", rat
                 header = Header(frame_id=frame_id)
                 header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
                 path.append([float(v) for v in np.asarray(proprio)[:3]])
-                progress = episode.progress.get(step, progress)
+                if step < len(episode.step_indices):  # progress is keyed by the turn's env step
+                    progress = episode.progress.get(episode.step_indices[step], progress)
                 image_msg = convert.image_to_msg(np.ascontiguousarray(image),
                                                  Header(stamp=header.stamp, frame_id="camera"))
                 writer.write(connections[image_topics[episode.env_id]], stamp_ns,

@@ -21,6 +21,8 @@ from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch
 RGB8 = "rgb8"
 MAX_ABS_ACTION = 10.0
 """Continuous actions beyond this magnitude are malformed (LIBERO actions live in [-1, 1])."""
+MAX_CHUNK_SIZE = 36
+"""Largest action chunk a message may carry (``policy.chunk_size``'s bound)."""
 
 
 class MessageError(ValueError):
@@ -167,30 +169,47 @@ def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
 # ----------------------------------------------------------------------------- actions
 @dataclass
 class ActionBatchData:
-    """The content of one ActionBatch in core terms (arrays are [B, ACTION_DIM] or [B])."""
+    """The content of one ActionBatch in core terms: one chunk of K actions per entry."""
 
     bridge_id: str
     step_seq: int
     env_ids: list[int]
     policy_version: int
     tokens: np.ndarray
+    """int64 [B, K * 7]: action k's tokens at columns 7k..7k+6 (the policy's layout)."""
     actions: np.ndarray
+    """float32 [B, K, 7]: the chunks, executed one action per control step."""
     log_probs: np.ndarray
+    """float32 [B, K * 7]."""
     values: np.ndarray
+    """float32 [B]."""
     temperature: float = 0.0
+    chunk_size: int = 1
     extras: dict = field(default_factory=dict)
 
 
 def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy_version: int,
                    tokens: np.ndarray, actions: np.ndarray, log_probs: np.ndarray, values: np.ndarray,
                    temperature: float, header: Header | None = None) -> ActionBatch:
-    """Build the ActionBatch replying to one ObservationBatch with the policy's decode outputs."""
+    """Build the ActionBatch replying to one ObservationBatch with the policy's decode outputs.
+
+    ``actions`` is [B, K, 7] (a chunk per entry) or [B, 7] (K = 1); ``tokens`` and ``log_probs``
+    hold K * 7 values per entry, in the same order.
+    """
     count = len(env_ids)
+    actions = np.asarray(actions, np.float32)
+    if actions.ndim == 2:
+        actions = actions[:, None, :]
+    _require(actions.ndim == 3 and actions.shape[0] == count and actions.shape[2] == ACTION_DIM,
+             f"actions: shape {list(actions.shape)}, expected [{count}, K, {ACTION_DIM}] or "
+             f"[{count}, {ACTION_DIM}]")
+    chunk = actions.shape[1]
     tokens = np.asarray(tokens).reshape(count, -1)
-    actions = np.asarray(actions, np.float32).reshape(count, -1)
     log_probs = np.asarray(log_probs, np.float32).reshape(count, -1)
     values = np.asarray(values, np.float32).reshape(count)
-    _require(actions.shape[1] == ACTION_DIM, f"actions: {actions.shape[1]} dims, expected {ACTION_DIM}")
+    for name, array in (("tokens", tokens), ("log_probs", log_probs)):
+        _require(array.shape[1] == chunk * ACTION_DIM,
+                 f"{name}: {array.shape[1]} per entry, expected {chunk} x {ACTION_DIM} (chunk of {chunk})")
     msg = ActionBatch()
     if header is not None:
         msg.header = header
@@ -199,6 +218,7 @@ def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy
     msg.env_ids = [int(e) for e in env_ids]
     msg.policy_version = int(policy_version)
     msg.action_dim = ACTION_DIM
+    msg.chunk_size = int(chunk)
     msg.action_tokens = tokens.astype(np.int32).ravel()
     msg.actions = actions.ravel()
     msg.token_log_probs = log_probs.ravel()
@@ -207,44 +227,77 @@ def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy
     return msg
 
 
-def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = None) -> ActionBatchData:
-    """Validated core view of an ActionBatch; NaN, oversize or misaligned actions raise MessageError."""
+def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = None,
+                     chunk_size: int | None = None,
+                     token_range: tuple[int, int] | None = None) -> ActionBatchData:
+    """Validated core view of an ActionBatch; raises MessageError naming the field and the value.
+
+    Checked: entries match ``expected_env_ids``; ``chunk_size`` is in [1, MAX_CHUNK_SIZE] and,
+    when given, equal to ``chunk_size``; every array has B x K x 7 values (B for values);
+    actions, log-probs and values are finite, actions within MAX_ABS_ACTION; tokens are
+    non-negative and, when ``token_range=(start, end)`` is given, action tokens of that vocabulary.
+    A bad chunk rejects the whole batch: a bridge then takes no step, so every episode stays whole.
+    """
     count = len(msg.env_ids)
     _require(count > 0, "actions: empty batch (no env_ids)")
     _require(msg.action_dim == ACTION_DIM, f"actions.action_dim={msg.action_dim}, expected {ACTION_DIM}")
+    chunk = int(msg.chunk_size)
+    _require(1 <= chunk <= MAX_CHUNK_SIZE, f"actions.chunk_size={chunk}, expected 1..{MAX_CHUNK_SIZE}")
+    if chunk_size is not None:
+        _require(chunk == int(chunk_size), f"actions.chunk_size={chunk}: this node runs chunks of "
+                                           f"{int(chunk_size)} (policy.chunk_size)")
     if expected_env_ids is not None:
         _require(list(msg.env_ids) == list(expected_env_ids),
                  f"actions.env_ids {list(msg.env_ids)} do not match the pending batch "
                  f"{list(expected_env_ids)}")
+    width = chunk * ACTION_DIM
     for name in ("actions", "action_tokens", "token_log_probs"):
         size = len(getattr(msg, name))
-        _require(size == count * ACTION_DIM,
-                 f"actions.{name}: {size} values, expected {count} x {ACTION_DIM}")
+        _require(size == count * width,
+                 f"actions.{name}: {size} values, expected {count} x {chunk} x {ACTION_DIM} "
+                 f"(chunk_size {chunk})")
     _require(len(msg.values) == count, f"actions.values: {len(msg.values)} values, expected {count}")
-    actions = np.asarray(msg.actions, np.float32).reshape(count, ACTION_DIM)
-    _require(bool(np.isfinite(actions).all()), "actions.actions: contains NaN or inf")
+    actions = np.asarray(msg.actions, np.float32).reshape(count, chunk, ACTION_DIM)
+    log_probs = np.asarray(msg.token_log_probs, np.float32).reshape(count, width)
+    values = np.asarray(msg.values, np.float32)
+    for name, array in (("actions", actions), ("token_log_probs", log_probs), ("values", values)):
+        bad = ~np.isfinite(array.reshape(count, -1)).all(axis=1)
+        _require(not bad.any(), f"actions.{name}: contains NaN or inf "
+                                f"(entries {np.flatnonzero(bad).tolist()})")
     worst = float(np.abs(actions).max())
-    _require(worst <= MAX_ABS_ACTION, f"actions.actions: magnitude {worst:.3g} exceeds {MAX_ABS_ACTION}")
+    _require(worst <= MAX_ABS_ACTION,
+             f"actions.actions: magnitude {worst:.3g} exceeds {MAX_ABS_ACTION}")
+    tokens = np.asarray(msg.action_tokens, np.int64).reshape(count, width)
+    low, high = (0, 2 ** 31) if token_range is None else (int(token_range[0]), int(token_range[1]))
+    outside = tokens[(tokens < low) | (tokens >= high)]
+    _require(not outside.size, f"actions.action_tokens: {outside.size} token(s) outside the action "
+                               f"vocabulary [{low}, {high}), e.g. {outside[:3].tolist()}")
     return ActionBatchData(
         bridge_id=msg.bridge_id, step_seq=int(msg.step_seq), env_ids=[int(e) for e in msg.env_ids],
-        policy_version=int(msg.policy_version),
-        tokens=np.asarray(msg.action_tokens, np.int64).reshape(count, ACTION_DIM), actions=actions,
-        log_probs=np.asarray(msg.token_log_probs, np.float32).reshape(count, ACTION_DIM),
-        values=np.asarray(msg.values, np.float32), temperature=float(msg.temperature))
+        policy_version=int(msg.policy_version), tokens=tokens, actions=actions, log_probs=log_probs,
+        values=values, temperature=float(msg.temperature), chunk_size=chunk)
 
 
 # ----------------------------------------------------------------------------- episodes
 def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id: int, init_state_id: int,
                           num_steps: int, success: bool, truncated: bool, aborted: bool,
                           reason: str = "", header: Header | None = None,
-                          final_observation: Observation | None = None) -> EpisodeResult:
-    """Build the EpisodeResult of one finished episode, with its terminal observation when given."""
+                          final_observation: Observation | None = None,
+                          num_decisions: int | None = None, last_step_seq: int = 0) -> EpisodeResult:
+    """Build the EpisodeResult of one finished episode, with its terminal observation when given.
+
+    ``num_steps`` counts environment steps, ``num_decisions`` the policy's chunks (default: one
+    per step, K = 1); ``last_step_seq`` is the step_seq of the last ActionBatch the episode ran
+    (a recorder keeps the bag open until that batch is in it).
+    """
     msg = EpisodeResult()
     if header is not None:
         msg.header = header
     msg.bridge_id = bridge_id
     msg.env_id, msg.episode_id, msg.task_id = int(env_id), int(episode_id), int(task_id)
     msg.init_state_id, msg.num_steps = int(max(init_state_id, 0)), int(num_steps)
+    msg.num_decisions = int(num_steps if num_decisions is None else num_decisions)
+    msg.last_step_seq = int(last_step_seq)
     msg.success, msg.truncated, msg.aborted = bool(success), bool(truncated), bool(aborted)
     msg.reason = reason
     if final_observation is not None:

@@ -8,6 +8,14 @@ through :class:`vla_rl_ros.core.safety.SafetyFilter`; until ``safety.armed`` is 
 commands go only to ``dry_run/command/*`` (the driver topics do not even have a publisher).
 Arming happens only at start-up, and at runtime the safety parameters can only be tightened
 (:mod:`vla_rl_ros.nodes.safety_io` says why).
+
+Action chunks (``policy.chunk_size`` K > 1): the first action of a chunk is commanded when the
+chunk arrives, the others one per control period after it, each through the safety filter; each
+is fresh for two periods, so the watchdog stops the arm at most two periods after the chunk's
+last action has run (the chunk is fresh for K periods). When the chunk is spent the bridge holds
+the pose and publishes the next observation (the decision point). A stop inside a chunk (e-stop,
+stale state) drops the rest of it. K = 1 keeps OpenVLA's loop: each action is commanded on
+arrival and stays fresh for ``safety.watchdog_timeout_s`` while the next one is computed.
 docs/franka.md lists every topic, type, QoS and parameter.
 """
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import sys
 import collections
 import time
+from collections import deque
 
 import numpy as np
 from PIL import Image as PILImage
@@ -92,6 +101,15 @@ class FrankaBridgeNode(Node):
         self.step_seq = 0
         self.episode_id = 0
         self.step_index = 0
+        """Actions executed in this episode (the next observation's step index)."""
+        self.decisions = 0
+        """Chunks of this episode that began to run."""
+        self.last_seq = 0
+        """step_seq of the last of them."""
+        self.chunk_size = int(cfg.policy.chunk_size)
+        self.chunk: deque = deque()
+        """Actions of the running chunk still to command, one per control period."""
+        self.chunk_running = False
         self.pending_seq: int | None = None
         self.pending_since = 0.0
         self.pending_stamp = None
@@ -107,11 +125,11 @@ class FrankaBridgeNode(Node):
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.episode_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
         self.marker_pub = self.create_publisher(MarkerArray, "markers", qos.COMMAND)
-        self.create_timer(cfg.safety.control_period_s, self._on_control_tick)
+        self.control_timer = self.create_timer(cfg.safety.control_period_s, self._on_control_tick)
         self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_markers)
         self.get_logger().info(f"franka_bridge '{self.extra['bridge_id']}' up: "
                                f"{'ARMED' if cfg.safety.armed else 'dry run'}, "
-                               f"control {cfg.safety.control_rate_hz:g} Hz, "
+                               f"control {cfg.safety.control_rate_hz:g} Hz, chunks of {self.chunk_size}, "
                                f"watchdog {cfg.safety.watchdog_timeout_s:g} s")
 
     def _gripper_widths(self) -> tuple[float, float]:
@@ -171,14 +189,17 @@ class FrankaBridgeNode(Node):
             final = None
         self.episode_pub.publish(convert.episode_result_to_msg(
             str(self.extra["bridge_id"]), 0, self.episode_id, self._task_id(), 0,
-            self.step_index, success, truncated, False, "", self.safety.header(), final_observation=final))
+            self.step_index, success, truncated, False, "", self.safety.header(), final_observation=final,
+            num_decisions=self.decisions, last_step_seq=self.last_seq))
         self.safety.publish(self.safety.filter.hold(f"episode {self.episode_id} ended: "
                                                     "waiting for start_episode"))
         self.get_logger().info(f"episode {self.episode_id} ended after {self.step_index} steps "
                                f"(success={success}, truncated={truncated}); call start_episode to go on")
         ended = self.episode_id
         self.episode_id += 1
-        self.step_index = 0
+        self.step_index = self.decisions = self.last_seq = 0
+        self.chunk.clear()
+        self.chunk_running = False
         self.path.clear()
         self.paused = True
         self.pending_seq = None
@@ -192,15 +213,32 @@ class FrankaBridgeNode(Node):
                                 f"(waiting for {self.pending_seq})"])
             return
         self.pending_seq = None
-        self.step_index += 1
         self.policy_version = int(msg.policy_version)
         try:
-            action = convert.actions_from_msg(msg, expected_env_ids=[0]).actions[0]
-            command = self.safety.filter.filter_action(action, time.monotonic())
-        except convert.MessageError as err:
-            command = self.safety.filter.reject_action(str(err))
+            chunk = convert.actions_from_msg(msg, [0], self.chunk_size).actions[0]
+        except convert.MessageError as err:  # a bad chunk stops the arm; the next tick observes again
+            self.safety.publish(self.safety.filter.reject_action(str(err)), self.pending_stamp)
+            return
+        self.decisions += 1
+        self.last_seq = int(msg.step_seq)
+        self.chunk = deque(chunk)
+        self.chunk_running = self.chunk_size > 1
         # Stamped with the observation it answers, so any listener can measure observation-to-command latency.
-        self.safety.publish(command, self.pending_stamp)
+        self._command_next(time.monotonic(), self.pending_stamp)
+        if self.chunk:
+            self.control_timer.reset()  # the chunk's next action one full control period after this one
+
+    def _command_next(self, now: float, stamp=None) -> None:
+        """Send the chunk's next action through the safety filter; end the episode at its step limit."""
+        period = self.params.config.safety.control_period_s
+        fresh = 2.0 * period if self.chunk_size > 1 else None  # K = 1: safety.watchdog_timeout_s
+        command = self.safety.filter.filter_action(self.chunk.popleft(), now, fresh)
+        self.safety.publish(command, stamp)
+        self.step_index += 1
+        if command.stopped and self.chunk:
+            self.safety.record([f"dropped the last {len(self.chunk)} action(s) of the chunk after a stop "
+                                f"({command.reason})"])
+            self.chunk.clear()
         limit = self.params.config.env.max_episode_steps
         if limit and self.step_index >= limit:
             self._end_episode(success=False, truncated=True)
@@ -226,6 +264,13 @@ class FrankaBridgeNode(Node):
         now = time.monotonic()
         if self.paused:
             return  # between episodes: the arm holds (watchdog) until start_episode
+        if self.chunk:
+            self._command_next(now)
+            return
+        if self.chunk_running:  # the chunk's last action has had its period: hold, then observe
+            self.chunk_running = False
+            if not self.safety.filter.stopped:
+                self.safety.publish(self.safety.filter.hold("chunk executed: holding for the next chunk"))
         timeout = max(self.params.config.safety.watchdog_timeout_s, self.params.config.graph.action_timeout_s)
         if self.pending_seq is not None and now - self.pending_since < timeout:
             return  # lockstep: the next observation waits for the action of this one

@@ -1,15 +1,20 @@
 """``learner``: PPO on recorded trajectory bags, versioned adapters, curriculum task assignments.
 
 For each announced bag (or every bag of ``offline_bag_dir`` at start-up, for offline training)
-the learner rebuilds the episodes, computes rewards (success plus PRM progress where every
-step was scored), runs one PPO iteration of the core (critic warm-up included), writes adapter
-version N+1 atomically and announces it on the latched ``policy_version`` topic. Its state
+the learner rebuilds the episodes as turns (one observation, its chunk of K actions as K x 7
+tokens, the env steps it executed), computes rewards (success plus PRM progress where every turn
+was scored), runs one PPO iteration of the core with the critic estimator (value head, GAE,
+critic warm-up; set here whatever ``ppo.advantage_estimator`` says, since the node has no groups
+of rollouts per context), writes adapter version N+1 atomically and announces it on the latched
+``policy_version`` topic with its chunk size. A bag of another chunk size, and an episode whose
+turns do not add up, are named, counted rejections (``learner/rejected_*``). Its state
 (optimizer, curriculum, processed bags) is saved after each update, so a restarted learner
 resumes from its last version and never trains twice on a bag. Finished episodes also feed
 the curriculum, whose next pick for that environment goes back to the bridge.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -26,7 +31,7 @@ from vla_rl_ros.nodes import qos
 from vla_rl_ros.nodes.adapters import latest_version, version_dir, weights_checksum
 from vla_rl_ros.nodes.params import ExperimentParameters
 from vla_rl_ros.nodes.runner import run_node
-from vla_rl_ros.nodes.trajectory_bags import read_episodes, to_core_episode
+from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_episodes
 
 EXTRA_PARAMETERS = {
     "offline_bag_dir": ("", "Train on every iter_* bag of this directory at start-up (offline training); "
@@ -59,7 +64,15 @@ class LearnerNode(Node):
         if self.params.extra_values["score_missing_steps"]:
             from vla_rl_ros.core.rl.train_loop import load_prm
             self.prm = load_prm(cfg, self.policy)  # None without reward.prm_path
-        self.trainer = PPOTrainer(self.policy, cfg.ppo)
+        if cfg.ppo.advantage_estimator != "critic":
+            self.get_logger().info(f"ppo.advantage_estimator={cfg.ppo.advantage_estimator!r} is for the "
+                                   "in-process loop's groups; the learner node uses 'critic'")
+        self.trainer = PPOTrainer(self.policy, dataclasses.replace(cfg.ppo, advantage_estimator="critic"))
+        self.chunk_size = int(self.policy.chunk_size)
+        arch = self.policy.arch
+        self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
+        self.rejected_bags = 0
+        self.rejected_episodes: dict[str, int] = {}
         cur = cfg.curriculum
         self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
                                          target_success=cur.target_success, temperature=cur.temperature,
@@ -116,7 +129,8 @@ class LearnerNode(Node):
     def _announce(self) -> None:
         self.version_pub.publish(PolicyVersion(
             header=Header(stamp=self.get_clock().now().to_msg()), version=self.version,
-            adapter_path=self.version_path, sha256=self.version_sha, iteration=len(self.processed)))
+            adapter_path=self.version_path, sha256=self.version_sha, iteration=len(self.processed),
+            chunk_size=self.chunk_size))
 
     # ------------------------------------------------------------------ curriculum
     def _on_episode(self, msg: EpisodeResult) -> None:
@@ -132,6 +146,10 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------ learning
     def _on_bag(self, info: TrajectoryBagInfo) -> None:
+        if info.chunk_size and info.chunk_size != self.chunk_size:
+            self._reject_bag(info.bag_path, f"its actions come in chunks of {info.chunk_size}, this "
+                                            f"policy's in chunks of {self.chunk_size}")
+            return
         lag = self.version - int(info.policy_version)
         if lag > int(self.params.extra_values["max_policy_lag"]):
             # Rollouts outpaced learning: PPO wants data from the policy it updates, so a bag
@@ -143,6 +161,7 @@ class LearnerNode(Node):
 
     def train_on_bag(self, bag_path: str, partial: bool = False) -> dict | None:
         """One PPO iteration on the finished episodes of ``bag_path``; its metrics, None if skipped."""
+        from vla_rl_ros.core.policy.policy import ChunkSizeError
         from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
         from vla_rl_ros.core.rl.rollout import EmptyRolloutError
         if bag_path in self.processed:
@@ -151,13 +170,23 @@ class LearnerNode(Node):
         cfg = self.params.config
         started = time.perf_counter()
         try:
-            finished, self.carry = read_episodes([bag_path], self.carry)
+            finished, self.carry = read_episodes([bag_path], self.carry, self.chunk_size)
+        except ChunkSizeError as err:
+            self._reject_bag(bag_path, str(err))
+            return None
         except Exception as err:  # a corrupt bag must not kill the learner
             self.get_logger().error(f"cannot read bag {bag_path}: {err}")
             return None
-        episodes = [e for e in (to_core_episode(s) for s in finished) if e is not None and not e.aborted]
+        episodes, rejected, problems = rebuild_episodes(finished, self.token_range)
+        for reason, count in rejected.items():
+            self.rejected_episodes[reason] = self.rejected_episodes.get(reason, 0) + count
+        for problem in problems:
+            self.get_logger().warning(f"bag {bag_path}: not training on {problem}")
         metrics: dict = {"learner/bag": bag_path, "learner/partial": bool(partial),
-                         "rollout/episodes": len(episodes)}
+                         "rollout/episodes": len(episodes),
+                         "rollout/env_steps": sum(e.env_steps for e in episodes),
+                         "rollout/decisions": sum(e.length for e in episodes),
+                         **{f"learner/rejected_episodes_{k}": v for k, v in self.rejected_episodes.items()}}
         self.processed.append(bag_path)
         if not episodes:
             self.get_logger().warning(f"bag {bag_path}: no usable episode; nothing to learn")
@@ -194,6 +223,11 @@ class LearnerNode(Node):
         self.get_logger().info(f"policy version {self.version} from {len(episodes)} episodes "
                                f"(success {metrics['rollout/success_rate']:.2f}) -> {path}")
         return metrics
+
+    def _reject_bag(self, bag_path: str, why: str) -> None:
+        self.rejected_bags += 1
+        self.get_logger().error(f"bag {bag_path} rejected ({self.rejected_bags} so far, "
+                                f"learner/rejected_bags): {why}")
 
     def _bootstrap(self, episodes) -> None:
         """Critic value of the terminal observation of time-limit truncations (bootstrap, not termination)."""

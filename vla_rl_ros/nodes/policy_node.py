@@ -1,9 +1,11 @@
 """``policy``: batched decoding of every pending ObservationBatch, from one or many bridges.
 
 Batches that arrive while the model is busy wait in a per-bridge slot; the next decode takes
-all of them in one batched call and replies to each bridge with its own ActionBatch. A new
-PolicyVersion is only noted when it arrives; adapters are swapped between two decodes, never
-during one, and a checksum mismatch keeps the current weights with a logged reason.
+all of them in one batched call and replies to each bridge with its own ActionBatch: one chunk
+of ``policy.chunk_size`` actions per observation. A new PolicyVersion is only noted when it
+arrives; adapters are swapped between two decodes, never during one. A checksum mismatch, or a
+version (or adapter directory) made for chunks of another size, keeps the current weights with a
+logged reason and is counted (``refused_versions``); the node keeps serving.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ class PolicyNode(Node):
             self.scorer = prm_scorer(load_prm(cfg, self.policy))
         self.version = 0
         self.requested_version: PolicyVersion | None = None
+        self.refused_versions = 0
+        self.rejected_observations = 0
         self.pending: dict[str, convert.ObservationBatchData] = {}
         self.decoded_batches = 0
         self.decode_seconds = 0.0
@@ -71,6 +75,7 @@ class PolicyNode(Node):
         self.decode_timer = self.create_timer(0.001, self._decode_pending)
         self.decode_timer.cancel()
         self.get_logger().info(f"policy ready (model {cfg.policy.model_path or 'new ' + cfg.policy.size}, "
+                               f"chunks of {self.policy.chunk_size}, "
                                f"greedy={self.params.extra_values['greedy']})")
 
     def _on_observations(self, msg: ObservationBatch) -> None:
@@ -80,6 +85,7 @@ class PolicyNode(Node):
             batch = convert.observations_from_msg(msg, cfg.env.image_size, set(cfg.env.task_ids),
                                                   min_proprio_dim=needed)
         except convert.MessageError as err:
+            self.rejected_observations += 1
             self.get_logger().warning(f"rejected ObservationBatch from {msg.bridge_id!r} "
                                       f"step {msg.step_seq}: {err}")
             return
@@ -89,9 +95,19 @@ class PolicyNode(Node):
         self.decode_timer.reset()
 
     def _on_version(self, msg: PolicyVersion) -> None:
-        if msg.version != self.version:
-            self.requested_version = msg
-            self.decode_timer.reset()
+        if msg.version == self.version:
+            return
+        if msg.chunk_size and msg.chunk_size != self.policy.chunk_size:
+            self._refuse(msg, f"it decodes chunks of {msg.chunk_size} action(s), this policy "
+                              f"{self.policy.chunk_size} (policy.chunk_size)")
+            return
+        self.requested_version = msg
+        self.decode_timer.reset()
+
+    def _refuse(self, msg: PolicyVersion, why: str) -> None:
+        self.refused_versions += 1
+        self.get_logger().error(f"refusing policy version {msg.version} (keeping v{self.version}; "
+                                f"{self.refused_versions} refused so far): {why}")
 
     def _swap_adapters(self) -> None:
         msg, self.requested_version = self.requested_version, None
@@ -101,8 +117,8 @@ class PolicyNode(Node):
             if msg.sha256 and checksum != msg.sha256:
                 raise ValueError(f"checksum of {path} is {checksum}, announced {msg.sha256}")
             self.policy.load_adapters(str(path))
-        except (OSError, ValueError) as err:
-            self.get_logger().error(f"refusing policy version {msg.version} (keeping v{self.version}): {err}")
+        except (OSError, ValueError) as err:  # ChunkSizeError is a ValueError too
+            self._refuse(msg, str(err))
             return
         self.version = int(msg.version)
         self.get_logger().info(f"loaded policy version {self.version} from {path}")

@@ -1,11 +1,13 @@
-"""``prm``: the process reward model scores every step of every bridge and publishes step rewards.
+"""``prm``: the process reward model scores every turn of every bridge and publishes step rewards.
 
-A step is scored once both its ObservationBatch and the ActionBatch that answered it have
-arrived (the PRM judges progress after the action). ``progress`` is the model's output in
-(0, 1); ``rewards`` is ``reward.prm_weight`` times the progress gained since the previous step
-of the same episode (potential-based shaping, as the in-process trainer computes it). The node
-is not required by the graph: if it dies, the learner falls back to outcome-only rewards for
-the steps it missed.
+A turn (one decision: an observation and the chunk of K actions that answered it, as K x 7
+tokens) is scored once both its ObservationBatch and its ActionBatch have arrived (the PRM judges
+progress after the chunk). ``progress`` is the model's output in (0, 1); ``rewards`` is
+``reward.prm_weight`` times the progress gained since the previous turn of the same episode
+(potential-based shaping, as the in-process trainer computes it). An ActionBatch with chunks of
+another size than the PRM's, or with tokens outside its action vocabulary, is a logged, counted
+rejection (``rejected_actions``). The node is not required by the graph: if it dies, the learner
+falls back to outcome-only rewards for the turns it missed.
 """
 from __future__ import annotations
 
@@ -45,10 +47,15 @@ class PrmNode(Node):
         self.prm = prm if prm is not None else load_reward_model(self.params.config)
         self.unpaired: OrderedDict = OrderedDict()
         self.last_progress: dict = {}
+        arch = self.prm.backbone.arch
+        self.chunk_size = int(arch.chunk_size)
+        self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
+        self.rejected_actions = 0
         self.reward_pub = self.create_publisher(StepRewardBatch, topics.STEP_REWARDS, qos.BATCH)
         self.create_subscription(ObservationBatch, topics.OBSERVATIONS, self._on_observations, qos.BATCH)
         self.create_subscription(ActionBatch, topics.ACTIONS, self._on_actions, qos.BATCH)
-        self.get_logger().info(f"scoring steps with {self.params.config.reward.prm_path or 'the given PRM'}")
+        self.get_logger().info(f"scoring turns (chunks of {self.chunk_size}) with "
+                               f"{self.params.config.reward.prm_path or 'the given PRM'}")
 
     def _on_observations(self, msg: ObservationBatch) -> None:
         cfg = self.params.config
@@ -68,9 +75,11 @@ class PrmNode(Node):
         if batch is None:
             return  # a duplicate reply, or its observations were never seen
         try:
-            actions = convert.actions_from_msg(msg, batch.env_ids)
+            actions = convert.actions_from_msg(msg, batch.env_ids, self.chunk_size, self.token_range)
         except convert.MessageError as err:
-            self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
+            self.rejected_actions += 1
+            self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq} "
+                                      f"({self.rejected_actions} so far): {err}")
             return
         proprio = batch.proprio if self.prm.backbone.reads_state else None
         scores = self.prm.score_batched(batch.images, batch.instructions, actions.tokens, proprio)

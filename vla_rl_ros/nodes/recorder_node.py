@@ -2,15 +2,22 @@
 
 Subscribes raw (serialised) to the graph's batch topics and appends the bytes as they come,
 so recording costs no deserialisation of images. An iteration closes after
-``train.episodes_per_iter`` EpisodeResults; the bag is then announced on ``trajectory_bags``
-with the policy version that produced it. Iterations continue after the highest bag already in
-``graph.bag_dir`` (a restarted recorder never overwrites), and a bag closed early by shutdown
-or holding aborted episodes is marked ``partial``.
+``train.episodes_per_iter`` EpisodeResults, once the bag also holds the ActionBatch each of
+those episodes ran last: it comes from the policy and the result from the bridge, so nothing
+orders the two, and a bag without an episode's last turn would credit the outcome to the wrong
+turn (after ``CLOSE_GRACE_S`` without it the bag closes, marked partial). The bag is announced
+on ``trajectory_bags`` with the policy version that produced it, its env steps and decisions
+(turns), and the chunk size of its ActionBatches (0, with a warning, when they mix sizes).
+Iterations continue after the highest bag already in ``graph.bag_dir`` (a restarted recorder
+never overwrites), and a bag closed early by shutdown or holding aborted episodes is marked
+``partial``.
 """
 from __future__ import annotations
 
 import re
 import sys
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 from rclpy.node import Node
@@ -26,6 +33,10 @@ from vla_rl_ros.nodes.runner import run_node
 from vla_rl_ros.nodes.trajectory_bags import TrajectoryBagWriter, typestore
 
 BAG_NAME = re.compile(r"^iter_(\d{6})$")
+CLOSE_GRACE_S = 2.0
+"""How long a full bag waits for the last ActionBatch of its episodes before it closes anyway."""
+RECENT_ACTIONS = 1024
+"""ActionBatches remembered by (bridge, step_seq), to tell whether an episode's last one is in."""
 
 
 def next_iteration(bag_dir: Path) -> int:
@@ -48,6 +59,7 @@ class RecorderNode(Node):
         self.writer: TrajectoryBagWriter | None = None
         self.current_version = 0
         self.versions: set[int] = set()
+        self.recent_actions: OrderedDict = OrderedDict()
         self._reset_counts()
         self.info_pub = self.create_publisher(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, qos.BAG_NOTICES)
         recorded = ((topics.OBSERVATIONS, ObservationBatch), (topics.ACTIONS, ActionBatch),
@@ -56,11 +68,16 @@ class RecorderNode(Node):
             self.create_subscription(msg_type, topic, self._recorder_for(topic), qos.BATCH, raw=True)
         self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED,
                                  raw=True)
+        self.create_timer(0.05, self._close_when_complete)
         self.get_logger().info(f"recording to {self.bag_dir} from iteration {self.iteration}")
 
     def _reset_counts(self) -> None:
-        self.episodes = self.steps = self.successes = self.aborted = 0
+        self.episodes = self.steps = self.decisions = self.successes = self.aborted = 0
         self.versions = set()
+        self.chunk_sizes: set[int] = set()
+        self.awaited: set[tuple[str, int]] = set()
+        """(bridge, step_seq) of the last ActionBatch of a counted episode, not yet in the bag."""
+        self.close_due: float | None = None
 
     def _open(self) -> TrajectoryBagWriter:
         if self.writer is None:
@@ -75,7 +92,15 @@ class RecorderNode(Node):
         def record(raw: bytes) -> None:
             self._open().write(topic, raw, self._stamp())
             if topic == topics.ACTIONS:
-                self.versions.add(int(deserialize_message(raw, ActionBatch).policy_version))
+                actions = deserialize_message(raw, ActionBatch)
+                self.versions.add(int(actions.policy_version))
+                self.chunk_sizes.add(int(actions.chunk_size))
+                key = (actions.bridge_id, int(actions.step_seq))
+                self.recent_actions[key] = None
+                while len(self.recent_actions) > RECENT_ACTIONS:
+                    self.recent_actions.popitem(last=False)
+                self.awaited.discard(key)
+                self._close_when_complete()
             elif topic == topics.EPISODE_RESULTS:
                 self._count_episode(deserialize_message(raw, EpisodeResult))
         return record
@@ -87,21 +112,37 @@ class RecorderNode(Node):
     def _count_episode(self, result: EpisodeResult) -> None:
         self.episodes += 1
         self.steps += result.num_steps
+        self.decisions += result.num_decisions
         self.successes += int(result.success)
         self.aborted += int(result.aborted)
-        if self.episodes >= self.params.config.train.episodes_per_iter:
-            self.close_bag(partial=False)
+        key = (result.bridge_id, int(result.last_step_seq))
+        if result.last_step_seq and key not in self.recent_actions:
+            self.awaited.add(key)
+        if self.episodes >= self.params.config.train.episodes_per_iter and self.close_due is None:
+            self.close_due = time.monotonic() + CLOSE_GRACE_S
+        self._close_when_complete()
+
+    def _close_when_complete(self) -> None:
+        if self.close_due is None or (self.awaited and time.monotonic() < self.close_due):
+            return
+        if self.awaited:
+            self.get_logger().warning(f"closing bag {self.writer.path} without the ActionBatch(es) "
+                                      f"{sorted(self.awaited)[:5]} that its episodes ran last")
+        self.close_bag(partial=bool(self.awaited))
 
     def close_bag(self, partial: bool) -> TrajectoryBagInfo | None:
         """Finish the current bag and announce it; returns the announcement (None if no bag was open)."""
         if self.writer is None:
             return None
         self.writer.close()
+        if len(self.chunk_sizes) > 1:
+            self.get_logger().warning(f"bag {self.writer.path} mixes chunk sizes {sorted(self.chunk_sizes)}")
         info = TrajectoryBagInfo(
             header=Header(stamp=self.get_clock().now().to_msg()), bag_path=str(self.writer.path),
             iteration=self.iteration, policy_version=max(self.versions) if self.versions else 0,
             num_episodes=self.episodes, num_steps=self.steps, num_successes=self.successes,
-            partial=bool(partial or self.aborted))
+            partial=bool(partial or self.aborted), num_decisions=self.decisions,
+            chunk_size=next(iter(self.chunk_sizes)) if len(self.chunk_sizes) == 1 else 0)
         self.info_pub.publish(info)
         marker = " (partial)" if info.partial else ""
         self.get_logger().info(f"bag {info.bag_path}: {info.num_episodes} episodes, {info.num_successes} "

@@ -1,9 +1,13 @@
 """``sim_bridge``: N simulated environments behind the graph's observation/action interface.
 
-Publishes one ObservationBatch per control step, applies the matching ActionBatch (by
-``bridge_id`` and ``step_seq``; stale, foreign or malformed batches are dropped with a logged
-reason), emits an EpisodeResult when an episode ends and resets that environment to the next
-task: the one the curriculum assigned (TaskAssignment), else a uniformly drawn training task.
+Publishes one ObservationBatch per decision point, applies the matching ActionBatch (by
+``bridge_id`` and ``step_seq``; stale, foreign or malformed batches, and chunks of another size
+than ``policy.chunk_size``, are dropped with a logged reason and counted), emits an EpisodeResult
+when an episode ends and resets that environment to the next task: the one the curriculum
+assigned (TaskAssignment), else a uniformly drawn training task. Each environment runs its whole
+chunk of K actions (``step_chunk``: fewer when its episode ends inside the chunk) and is observed
+once, after it, so the next ObservationBatch comes K control steps later; episode results and
+the step counters count environment steps.
 A policy that stays silent for ``graph.action_timeout_s`` is reported and the pending batch is
 re-sent until it answers, so no step is lost when the policy node restarts.
 """
@@ -20,7 +24,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from vla_rl_ros.core.config_io import ConfigError
-from vla_rl_ros.core.envs.base import ACTION_DIM, VectorEnvLike
+from vla_rl_ros.core.envs.base import ACTION_DIM, StepResult, VectorEnvLike
 from vla_rl_ros.core.envs.splits import eval_init_states, train_init_states
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
@@ -55,6 +59,10 @@ class SimBridgeNode(Node):
         self.min_subscribers = int(extra["min_observation_subscribers"])
         self.env = env if env is not None else make_environments(cfg.env)
         self.num_envs = self.env.num_envs
+        self.chunk_size = int(cfg.policy.chunk_size)
+        if self.chunk_size > 1 and not hasattr(self.env, "step_chunk"):
+            raise ConfigError(f"policy.chunk_size={self.chunk_size}: {type(self.env).__name__} has no "
+                              "step_chunk, so it runs one action per observation only")
         self.task_ids = list(cfg.env.task_ids)
         self.rng = np.random.default_rng(cfg.env.seed)
         split = extra["init_states"]
@@ -67,12 +75,17 @@ class SimBridgeNode(Node):
         self.episode_ids = [0] * self.num_envs
         self.episode_tasks = [(0, 0)] * self.num_envs
         self.episode_steps = [0] * self.num_envs
+        self.episode_decisions = [0] * self.num_envs
+        self.episode_last_seq = [0] * self.num_envs
         self.step_seq = 0
         self.pending: ObservationBatch | None = None
         self.published_at = 0.0
         self.reported_missing = False
         self.episodes_done = 0
         self.steps_done = 0
+        self.decisions_done = 0
+        self.rejected_actions = 0
+        self.rejected_pending = False
 
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.result_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
@@ -89,7 +102,7 @@ class SimBridgeNode(Node):
         self.create_timer(10.0, self._log_rate)
         self.viz_timer = self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_viz)
         self.get_logger().info(f"bridge {self.bridge_id}: {self.num_envs} {cfg.env.backend} envs, "
-                               f"tasks {self.task_ids}")
+                               f"tasks {self.task_ids}, chunks of {self.chunk_size}")
 
     # ------------------------------------------------------------------ episodes
     def _next_assignment(self, env_id: int) -> tuple[int, int]:
@@ -106,6 +119,7 @@ class SimBridgeNode(Node):
             self.next_episode_id += 1
             self.episode_tasks[env_id] = pick
             self.episode_steps[env_id] = 0
+            self.episode_decisions[env_id] = self.episode_last_seq[env_id] = 0
             out[env_id] = obs
         return out
 
@@ -113,7 +127,8 @@ class SimBridgeNode(Node):
         task_id, init_id = self.episode_tasks[env_id]
         self.result_pub.publish(convert.episode_result_to_msg(
             self.bridge_id, env_id, self.episode_ids[env_id], task_id, init_id, self.episode_steps[env_id],
-            success, truncated, aborted, reason, self._header(), self.observations.get(env_id)))
+            success, truncated, aborted, reason, self._header(), self.observations.get(env_id),
+            num_decisions=self.episode_decisions[env_id], last_step_seq=self.episode_last_seq[env_id]))
         self.episodes_done += 1
 
     # ------------------------------------------------------------------ stepping
@@ -128,31 +143,50 @@ class SimBridgeNode(Node):
             [self.observations[i] for i in env_ids], self._header())
         self.obs_pub.publish(self.pending)
         self.published_at = time.monotonic()
+        self.rejected_pending = False
 
     def _on_actions(self, msg: ActionBatch) -> None:
         if msg.bridge_id != self.bridge_id:
             return  # another bridge's reply on the shared topic
         try:  # validate first: a malformed batch is reported even when it is also stale
-            batch = convert.actions_from_msg(msg)
+            batch = convert.actions_from_msg(msg, chunk_size=self.chunk_size)
             if self.pending is None or msg.step_seq != self.pending.step_seq:
                 self.get_logger().debug(f"ignoring actions for step {msg.step_seq} (stale or duplicate)")
                 return
-            batch = convert.actions_from_msg(msg, list(self.pending.env_ids))
+            batch = convert.actions_from_msg(msg, list(self.pending.env_ids), self.chunk_size)
         except convert.MessageError as err:
-            self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq}: {err}")
+            # No env steps: the episode goes on from the same observation, re-sent by the watchdog.
+            self.rejected_actions += 1
+            self.rejected_pending = self.pending is not None and msg.step_seq == self.pending.step_seq
+            self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq} "
+                                      f"({self.rejected_actions} so far): {err}")
             return
         self.pending = None
         if self.reported_missing:
             self.get_logger().info("policy is back: actions received again")
             self.reported_missing = False
-        self._apply(batch.actions)
+        self._apply(batch.actions, batch.step_seq)
 
-    def _apply(self, actions: np.ndarray) -> None:
-        results = self.env.step(np.asarray(actions, np.float32).reshape(self.num_envs, ACTION_DIM))
-        self.steps_done += self.num_envs
+    def _step_chunks(self, chunks: np.ndarray) -> list[StepResult]:
+        if hasattr(self.env, "step_chunk"):
+            return self.env.step_chunk(chunks)
+        results = self.env.step(chunks[:, 0])  # K = 1 here (checked at start-up)
+        for result in results:
+            result.info.setdefault("executed", 1)
+        return results
+
+    def _apply(self, chunks: np.ndarray, step_seq: int) -> None:
+        """Run every env's chunk [N, K, 7] to its end (or its episode's), then observe once."""
+        chunks = np.asarray(chunks, np.float32).reshape(self.num_envs, self.chunk_size, ACTION_DIM)
+        results = self._step_chunks(chunks)
+        self.decisions_done += self.num_envs
         done_ids = []
         for env_id, result in enumerate(results):
-            self.episode_steps[env_id] += 1
+            executed = int(result.info.get("executed", self.chunk_size))
+            self.steps_done += executed
+            self.episode_steps[env_id] += executed
+            self.episode_decisions[env_id] += 1
+            self.episode_last_seq[env_id] = step_seq
             self.observations[env_id] = result.observation
             if result.done:
                 self._finish(env_id, result.success, result.truncated, result.aborted,
@@ -171,18 +205,26 @@ class SimBridgeNode(Node):
             return
         waited = time.monotonic() - self.published_at
         timeout = self.params.config.graph.action_timeout_s
-        if waited >= timeout:
+        if waited < timeout:
+            return
+        if self.rejected_pending:
+            self.get_logger().warning(f"the actions for step {self.pending.step_seq} were rejected; "
+                                      "re-sending the batch")
+        else:
             self.get_logger().error(
                 f"no actions for step {self.pending.step_seq} after {waited:.1f} s "
                 f"(graph.action_timeout_s={timeout}): policy missing; re-sending the batch")
             self.reported_missing = True
-            self.obs_pub.publish(self.pending)
-            self.published_at = time.monotonic()
+        self.rejected_pending = False
+        self.obs_pub.publish(self.pending)
+        self.published_at = time.monotonic()
 
     def _log_rate(self) -> None:
         elapsed = time.monotonic() - self.started
-        self.get_logger().info(f"rollout/env_steps={self.steps_done} rollout/episodes={self.episodes_done} "
-                               f"rollout/env_steps_per_s={self.steps_done / max(elapsed, 1e-9):.1f}")
+        self.get_logger().info(f"rollout/env_steps={self.steps_done} rollout/decisions={self.decisions_done} "
+                               f"rollout/episodes={self.episodes_done} "
+                               f"rollout/env_steps_per_s={self.steps_done / max(elapsed, 1e-9):.1f} "
+                               f"rollout/rejected_action_batches={self.rejected_actions}")
 
     # ------------------------------------------------------------------ commands
     def _on_assignment(self, msg: TaskAssignment) -> None:

@@ -63,8 +63,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 def save_adapter_dir(directory: str | Path, peft_model: PeftModel, value_head: torch.nn.Module,
-                     version: int) -> str:
-    """Write LoRA + value-head weights and their metadata atomically; returns the weights' sha256."""
+                     version: int, extra_meta: Mapping[str, int | str] | None = None) -> str:
+    """Write LoRA + value-head weights and their metadata atomically; returns the weights' sha256.
+
+    ``extra_meta`` is stored beside the LoRA shape (the policy records its chunk size there).
+    """
     if int(version) < 0:
         raise ValueError(f"adapter version must be >= 0, got {version}")
     tensors = {f"lora.{k}": v for k, v in get_peft_model_state_dict(peft_model).items()}
@@ -75,7 +78,7 @@ def save_adapter_dir(directory: str | Path, peft_model: PeftModel, value_head: t
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"version": str(int(version))})
         digest = sha256_file(tmp / WEIGHTS_FILE)
         meta = {"format": FORMAT_VERSION, "version": int(version), "sha256": digest,
-                "weights_file": WEIGHTS_FILE, **lora_shape(peft_model)}
+                "weights_file": WEIGHTS_FILE, **lora_shape(peft_model), **dict(extra_meta or {})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         commit_directory(tmp, target)
     except BaseException:

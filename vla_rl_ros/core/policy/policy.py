@@ -329,11 +329,21 @@ class VLAPolicy:
     # -------------------------------------------------------------------------------- adapters
     def save_adapters(self, directory: str, version: int) -> str:
         """Write LoRA + value head to a versioned directory (atomically); returns the weights' sha256."""
-        return lora.save_adapter_dir(directory, self.peft, self.value_head, version)
+        return lora.save_adapter_dir(directory, self.peft, self.value_head, version,
+                                     {"chunk_size": self.chunk_size})
 
     def load_adapters(self, directory: str) -> int:
-        """Load an adapter directory written by :meth:`save_adapters`; returns its version."""
+        """Load an adapter directory written by :meth:`save_adapters`; returns its version.
+
+        Adapters trained on chunks of another size are refused (``ChunkSizeError``): their LoRA
+        shapes match, but their action tokens mean other steps. Directories written before chunks
+        existed carry no chunk size and load as before.
+        """
         meta, tensors = lora.read_adapter_dir(directory, self.peft)
+        theirs = meta.get("chunk_size")
+        if theirs is not None and int(theirs) != self.chunk_size:
+            raise ChunkSizeError(f"adapters {directory} were trained on chunks of {int(theirs)} action(s); "
+                                 f"this policy emits chunks of {self.chunk_size}")
         lora.apply_adapter_tensors(self.peft, self.value_head, tensors, str(directory))
         return int(meta["version"])
 
