@@ -72,8 +72,11 @@ class VectorEnvLike(Protocol):
         """Apply ``actions`` float32 [num_envs, 7] and return one result per environment."""
 
     def step_chunk(self, chunks: np.ndarray) -> list[StepResult]:
-        """Apply ``chunks`` float32 [num_envs, K, 7]: each env runs its K actions (fewer if its
-        episode ends) and observes once, after the last; ``info['executed']`` counts them."""
+        """Apply ``chunks`` float32 [num_envs, K, 7], one chunk per environment.
+
+        Each env runs its K actions (fewer if its episode ends) and observes once, after the last;
+        ``info['executed']`` counts them.
+        """
 
     def close(self) -> None:
         """Stop workers and free simulator resources."""

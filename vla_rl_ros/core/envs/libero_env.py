@@ -126,8 +126,11 @@ def sanitize_action(action: Any) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def chunk_array(actions: Any) -> np.ndarray:
-    """``actions`` as float64 [K, 7]; anything else (wrong shape, not numbers) becomes one NaN action,
-    which :func:`sanitize_action` turns into a counted no-op."""
+    """``actions`` as float64 [K, 7].
+
+    Anything else (wrong shape, not numbers) becomes one NaN action, which
+    :func:`sanitize_action` turns into a counted no-op.
+    """
     try:
         chunk = np.asarray(actions, dtype=np.float64)
     except (TypeError, ValueError):

@@ -42,9 +42,11 @@ def training_layout(rng) -> int:
 
 
 def held_out_contexts(task_ids: list[int], count: int, num_train_init_states: int) -> list[tuple[int, int]]:
-    """``count`` held-out (task, init state) pairs: tasks round-robin, the held-out init states
-    first, then held-out layouts (so an evaluation can grow beyond the 10 held-out states per task
-    without repeating an episode or touching a training context)."""
+    """``count`` held-out (task, init state) pairs, tasks round-robin.
+
+    The held-out init states come first, then held-out layouts, so an evaluation can grow beyond
+    the 10 held-out states per task without repeating an episode or touching a training context.
+    """
     states = eval_init_states(num_train_init_states)
     pairs = []
     for k in range(count):

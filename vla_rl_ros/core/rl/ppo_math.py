@@ -136,9 +136,11 @@ def ppo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_p
              advantages: torch.Tensor, returns: torch.Tensor, *, clip_range: float,
              value_clip_range: float, kl_coef: float, entropy_coef: float, value_coef: float,
              per_token: bool = False, policy_enabled: bool = True, normalize: bool = True) -> LossTerms:
-    """Total PPO loss for one minibatch; advantages are normalised here (per minibatch) unless
-    ``normalize`` is False (group advantages arrive already centred per group: re-centring a
-    minibatch that holds part of a group would flip some of their signs).
+    """Total PPO loss for one minibatch.
+
+    Advantages are normalised here (per minibatch) unless ``normalize`` is False: group
+    advantages arrive already centred per group, and re-centring a minibatch that holds part of
+    a group would flip some of their signs.
 
     ``entropy`` is per-token ``[B, K]``; the bonus uses the joint entropy (sum over tokens).
     ``policy_enabled=False`` (critic warm-up) keeps only the value term in ``total``.

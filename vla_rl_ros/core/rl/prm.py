@@ -164,8 +164,10 @@ def _plain(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------- labels
 def turn_actions(episode: Episode) -> np.ndarray:
-    """One action per turn [T, 7]: the last one each turn's chunk executed (the gripper state the
-    turn left behind, which is what segment boundaries are made of)."""
+    """One action per turn [T, 7]: the last one each turn's chunk executed.
+
+    That is the gripper state the turn left behind, which is what segment boundaries are made of.
+    """
     rows = []
     for t, action in enumerate(episode.actions):
         chunk = np.asarray(action, dtype=np.float32).reshape(-1, 7)

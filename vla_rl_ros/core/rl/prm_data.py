@@ -51,8 +51,10 @@ def episode_from_record(record: Any, action_tokenizer: Any, chunk_size: int = 1)
 
 def load_demo_episodes(directory: str | Path, action_tokenizer: Any,
                        task_ids: Sequence[int] | None = None, chunk_size: int = 1) -> list[Episode]:
-    """Every recorded episode (successful and failed) of a ``vla-rl demos`` directory, in turns of
-    ``chunk_size`` actions (see :func:`episode_from_record`)."""
+    """Every recorded episode (successful and failed) of a ``vla-rl demos`` directory.
+
+    Episodes come in turns of ``chunk_size`` actions (see :func:`episode_from_record`).
+    """
     from vla_rl_ros.core.data.episode_bag import read_episode_bag
     from vla_rl_ros.core.data.recording import load_index
     directory = Path(directory)
