@@ -2,6 +2,11 @@
 
 Re-running the same command after an interruption (even ``kill -9``) resumes exactly from
 the last checkpoint in ``train.output_dir``; a different configuration is refused.
+
+Data-parallel: ``torchrun --nproc_per_node N -m vla_rl_ros.cli.main train ...`` runs N ranks
+(gloo on the CPU, NCCL with ``policy.device=cuda``), each with its own ``env.num_envs``
+environments on a share of every iteration's episodes; rank 0 alone writes the run directory
+and prints the summary. A run resumes with any number of ranks (exactly with the same number).
 """
 from __future__ import annotations
 
@@ -25,8 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print the summary's headline numbers as JSON."""
     cfg = load_config(args.config, args.overrides, node_name="learner")
+    from vla_rl_ros.core.rl import distributed
     from vla_rl_ros.core.rl.train_loop import TrainingRun
-    summary = TrainingRun(cfg, progress_bar=not args.no_progress, tensorboard=not args.no_tensorboard).run()
+    training = TrainingRun(cfg, progress_bar=not args.no_progress, tensorboard=not args.no_tensorboard)
+    summary = training.run()
+    distributed.shutdown()  # only after success: a job with a dead rank just exits
+    if not training.main:
+        return 0
     first, last = summary["eval_first"], summary["eval_last"]
     headline = {"output_dir": cfg.train.output_dir, "iterations": summary["iterations"],
                 "env_steps": summary["env_steps"], "resumed": summary["resumed"],

@@ -6,12 +6,21 @@ batched decoding of action chunks, score the episodes with the PRM, compute adva
 leave-one-out / GRPO, or critic + GAE), run PPO, update the curriculum, write a checkpoint.
 Held-out evaluation (init states and layouts never trained on) runs every
 ``train.eval_every`` iterations and at the end.
+
+Under ``torchrun --nproc_per_node N`` the run is data-parallel (core/rl/distributed.py): every
+rank draws the same plan, runs its own ``env.num_envs`` environments on its share of whole
+groups, and trains on what it collected; the update is the one-process update of all shares
+together. Only rank 0 writes the checkpoint, logs and results. A checkpoint resumes with any
+number of ranks: with the same number the continuation is exact; with another, the ranks'
+sampling streams (rank 0's excepted) are reseeded, so the run continues from the same weights,
+optimizer, curriculum and plan but not bit for bit as it would have.
 """
 from __future__ import annotations
 
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +30,11 @@ import yaml
 
 from vla_rl_ros.core.config_io import to_dict
 from vla_rl_ros.core.rl import checkpoint as ckpt
+from vla_rl_ros.core.rl import distributed
 from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
 from vla_rl_ros.core.envs.splits import held_out_contexts, is_held_out, training_layout
 from vla_rl_ros.core.rl.curriculum import TaskCurriculum
+from vla_rl_ros.core.rl.distributed import RANK_SEED_STRIDE, Ranks
 from vla_rl_ros.core.rl.groups import SolvedContexts, group_advantages, group_ids, informative_groups
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
 from vla_rl_ros.core.rl.results import wilson_interval, write_results
@@ -92,13 +103,42 @@ def draw_contexts(count: int, tasks: list[int], rng: np.random.Generator, num_tr
     return contexts
 
 
+@dataclass
+class EpisodeSummary:
+    """What every rank needs to know of an episode another rank collected."""
+
+    task_id: int
+    init_state_id: int
+    success: bool
+    aborted: bool
+    length: int
+    env_steps: int
+    kept: bool = False
+    """Its group passed the dynamic-sampling filter (or the critic estimator trains on every episode)."""
+
+    @classmethod
+    def of(cls, episode: Episode, kept: bool = False) -> "EpisodeSummary":
+        """The summary of a finished episode."""
+        return cls(int(episode.task_id), int(episode.init_state_id), bool(episode.success),
+                   bool(episode.aborted), int(episode.length), int(episode.env_steps), bool(kept))
+
+
 class TrainingRun:
     """A resumable training run in ``cfg.train.output_dir``; call :meth:`run`."""
 
     def __init__(self, cfg: Any, policy: Any = None, env: Any = None, prm: Any = None,
-                 progress_bar: bool = True, tensorboard: bool = True) -> None:
-        """Build (or take) the policy, environment and PRM; nothing runs until :meth:`run`."""
+                 progress_bar: bool = True, tensorboard: bool = True,
+                 ranks: Ranks | None | str = "torchrun") -> None:
+        """Build (or take) the policy, environment and PRM; nothing runs until :meth:`run`.
+
+        ``ranks``: the data-parallel job; ``"torchrun"`` joins the one torchrun started this
+        process in (None without torchrun or with one rank: the single-process run).
+        """
         self.cfg = cfg
+        self.ranks = distributed.from_environment(cfg.policy.device) if ranks == "torchrun" else ranks
+        self.main = self.ranks is None or self.ranks.is_main
+        """Rank 0 (or the only process): writes checkpoints, logs and results."""
+        rank = self.ranks.rank if self.ranks is not None else 0
         self.out = Path(cfg.train.output_dir)
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
@@ -112,13 +152,14 @@ class TrainingRun:
         self.progress_bar = progress_bar
         self.tensorboard = tensorboard
         self.rng = np.random.default_rng(seed)
-        self.generators = {"decode": torch.Generator().manual_seed(seed + 1),
+        # Every rank samples its own episodes; all ranks share the plan rng and the minibatch order.
+        self.generators = {"decode": torch.Generator().manual_seed(seed + 1 + rank * RANK_SEED_STRIDE),
                            "update": torch.Generator().manual_seed(seed + 2)}
         cur = cfg.curriculum
         self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
                                          target_success=cur.target_success,
                                          temperature=cur.temperature, floor=cur.floor, ema=cur.ema, seed=seed)
-        self.trainer = PPOTrainer(self.policy, cfg.ppo)
+        self.trainer = PPOTrainer(self.policy, cfg.ppo, self.ranks)
         self.solved = SolvedContexts(cfg.train.skip_solved_streak)
         self.iteration = 0
         self.env_steps = 0
@@ -129,17 +170,30 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything :meth:`resume` needs for an exact continuation."""
-        return {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": self.wall_s,
-                "config": to_dict(self.cfg),
-                "trainable": ckpt.trainable_tensors(self.policy), "trainer": self.trainer.state_dict(),
-                "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generators, self.rng),
-                "solved_contexts": self.solved.state_dict(),
-                "history": self.history, "evals": self.evals}
+        """Everything :meth:`resume` needs for an exact continuation.
+
+        Data-parallel: a collective (every rank calls it); it adds each rank's sampling stream.
+        """
+        state = {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": self.wall_s,
+                 "config": to_dict(self.cfg),
+                 "trainable": ckpt.trainable_tensors(self.policy), "trainer": self.trainer.state_dict(),
+                 "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generators, self.rng),
+                 "solved_contexts": self.solved.state_dict(),
+                 "history": self.history, "evals": self.evals}
+        if self.ranks is not None:
+            state["world_size"] = self.ranks.world_size
+            state["rank_decode"] = self.ranks.all_gather_objects(self.generators["decode"].get_state(),
+                                                                 "sampling streams")
+        return state
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of the output dir if there is one (config must match)."""
-        state = ckpt.load_checkpoint(self.out)
+        """Load the latest checkpoint of the output dir if there is one (config must match).
+
+        Data-parallel: rank 0 reads it and sends it to the others (no shared disk needed).
+        """
+        state = ckpt.load_checkpoint(self.out) if self.main else None
+        if self.ranks is not None:
+            state = self.ranks.broadcast_object(state, "checkpoint")
         if state is None:
             return False
         ckpt.check_resume_config(state["config"], to_dict(self.cfg))
@@ -149,6 +203,13 @@ class TrainingRun:
         self.solved.load_state_dict(state.get("solved_contexts", {}))
         ckpt.restore_rng_state(state["rng"], self.generators, self.rng)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        if self.ranks is not None and self.ranks.rank > 0:
+            streams = state.get("rank_decode") or []
+            if len(streams) == self.ranks.world_size:  # same world size: each rank's own stream
+                self.generators["decode"].set_state(streams[self.ranks.rank])
+            else:  # another world size: a fresh stream of this rank's own for this iteration
+                fresh = np.random.SeedSequence([self.cfg.train.seed, self.ranks.rank, self.iteration])
+                self.generators["decode"].manual_seed(int(fresh.generate_state(1)[0]))
         self.wall_s = float(state.get("wall_s", 0.0))
         self.history, self.evals = list(state["history"]), list(state["evals"])
         return True
@@ -173,63 +234,96 @@ class TrainingRun:
                                  self.cfg.env.num_train_init_states, cfg.fresh_layout_fraction, self.solved)
         return [c for c in contexts for _ in range(size)][:cfg.episodes_per_iter]
 
+    def my_share(self, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The part of the iteration's plan this rank collects (all of it in one process).
+
+        Each rank runs its own environments on contiguous whole groups instead of rank 0
+        collecting and scattering: the rollouts (simulator and decoding) are most of an
+        iteration and parallelise this way, the images stay on the rank that made them and trains
+        on them, and group advantages and dynamic sampling need no exchange. Only small
+        per-episode summaries travel (curriculum, solved contexts, metrics).
+        """
+        if self.ranks is None:
+            return plan
+        size = min(self.cfg.train.group_size, self.cfg.train.episodes_per_iter)
+        return distributed.group_shares(plan, size, self.ranks.world_size)[self.ranks.rank]
+
+    def _everyone(self, items: list[Any], what: str) -> list[Any]:
+        """Every rank's ``items`` concatenated in rank order (``items`` itself in one process)."""
+        if self.ranks is None:
+            return items
+        return [item for part in self.ranks.all_gather_objects(items, what) for item in part]
+
     def train_iteration(self) -> dict[str, Any]:
         """Rollouts, advantages, PPO update and curriculum update of one iteration; returns metrics."""
         cfg = self.cfg
         start = time.perf_counter()
         decode = policy_decoder(self.policy, generator=self.generators["decode"])
-        episodes = collect_episodes(self.env, decode, self.rollout_plan())
+        episodes = collect_episodes(self.env, decode, self.my_share(self.rollout_plan()))
         rollout_s = time.perf_counter() - start
         usable = [e for e in episodes if not e.aborted and e.length > 0]
-        steps = sum(e.env_steps for e in episodes)
+        if cfg.ppo.uses_critic:
+            keep = np.ones(len(usable), dtype=bool)
+        else:  # groups never span ranks, so the filter is local
+            keep = informative_groups(np.array([e.success for e in usable]), group_ids(usable))
+        if self.ranks is None:
+            everyone, usable_all, keep_all = episodes, usable, keep
+        else:
+            kept = {id(e): bool(k) for e, k in zip(usable, keep)}
+            everyone = self._everyone([EpisodeSummary.of(e, kept.get(id(e), False)) for e in episodes],
+                                      "episode summaries")
+            usable_all = [e for e in everyone if not e.aborted and e.length > 0]
+            keep_all = np.array([e.kept for e in usable_all], dtype=bool)
+            rollout_s = max(self._everyone([rollout_s], "rollout times"))  # the ranks collect side by side
+        steps = sum(e.env_steps for e in everyone)
         self.env_steps += steps
-        metrics: dict[str, Any] = {"rollout/episodes": len(usable),
-                                   "rollout/aborted": len(episodes) - len(usable),
+        metrics: dict[str, Any] = {"rollout/episodes": len(usable_all),
+                                   "rollout/aborted": len(everyone) - len(usable_all),
                                    "rollout/env_steps": self.env_steps, "time/rollout_s": rollout_s,
                                    "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9),
-                                   "rollout/episodes_per_hour": 3600 * len(episodes) / max(rollout_s, 1e-9),
-                                   "rollout/decisions": sum(e.length for e in episodes)}
-        if not usable:
+                                   "rollout/episodes_per_hour": 3600 * len(everyone) / max(rollout_s, 1e-9),
+                                   "rollout/decisions": sum(e.length for e in everyone)}
+        if not usable_all:
             metrics["rollout/empty"] = 1.0
             return metrics
-        groups = group_ids(usable)
+        groups = group_ids(usable_all)
         for group in np.unique(groups):
-            members = [e for e, g in zip(usable, groups) if g == group]
+            members = [e for e, g in zip(usable_all, groups) if g == group]
             self.solved.update((members[0].task_id, members[0].init_state_id), [e.success for e in members])
-        for e in usable:
+        for e in usable_all:
             self.curriculum.update(e.task_id, e.success)
-        metrics.update({"rollout/success_rate": float(np.mean([e.success for e in usable])),
-                        "rollout/episode_length": float(np.mean([e.env_steps for e in usable])),
+        metrics.update({"rollout/success_rate": float(np.mean([e.success for e in usable_all])),
+                        "rollout/episode_length": float(np.mean([e.env_steps for e in usable_all])),
                         "rollout/solved_contexts": float(sum(map(self.solved.skipped, self.solved.runs)))})
         metrics.update(self.curriculum.metrics())
+        train_on = [e for e, k in zip(usable, keep) if k]
         if cfg.ppo.uses_critic:
-            train_on = usable
             self._bootstrap_values(train_on)
         else:
-            keep = informative_groups(np.array([e.success for e in usable]), groups)
-            train_on = [e for e, k in zip(usable, keep) if k]
             metrics.update({"rollout/groups": float(len(np.unique(groups))),
-                            "rollout/groups_kept": float(len(np.unique(groups[keep]))),
-                            "rollout/episodes_kept": float(len(train_on))})
-            if not train_on:  # every group uniform: nothing to compare, no update (and no new version)
+                            "rollout/groups_kept": float(len(np.unique(groups[keep_all]))),
+                            "rollout/episodes_kept": float(keep_all.sum())})
+            if not keep_all.any():  # every group uniform: nothing to compare, no update (and no new version)
                 metrics["ppo/no_update"] = 1.0
                 return metrics
-        if self.prm is not None:
+        if self.prm is not None and train_on:
             self.prm.score_episodes(train_on)
         rewards = [episode_rewards(e, cfg.reward.success_weight, cfg.reward.prm_weight if self.prm else 0.0)
                    for e in train_on]
         start = time.perf_counter()
-        batch = build_batch(train_on, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        if not cfg.ppo.uses_critic:
+        batch = build_batch(train_on, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda) if train_on else None
+        if batch is not None and not cfg.ppo.uses_critic:
             returns = np.array([r.sum() for r in rewards])
             advantages = group_advantages(returns, group_ids(train_on), cfg.ppo.advantage_estimator)
             batch.advantages = torch.as_tensor(np.repeat(advantages, [e.length for e in train_on]),
                                                dtype=torch.float32)
         metrics.update(self.trainer.update(batch, self.generators["update"]))
         metrics["time/update_s"] = time.perf_counter() - start
-        metrics["rollout/return"] = float(np.mean([r.sum() for r in rewards]))
+        returns_all = self._everyone([float(r.sum()) for r in rewards], "returns")
+        metrics["rollout/return"] = float(np.mean(returns_all))
         if self.prm is not None:
-            metrics["rollout/prm_final_progress"] = float(np.mean([e.progress[-1] for e in train_on]))
+            metrics["rollout/prm_final_progress"] = float(np.mean(self._everyone(
+                [float(e.progress[-1]) for e in train_on], "progress")))
         return metrics
 
     def evaluate(self) -> dict[str, Any]:
@@ -238,23 +332,30 @@ class TrainingRun:
         Greedy, or sampled at ``policy.temperature`` with ``train.eval_sample``; a sampled one
         draws from its own stream, seeded the same at every evaluation, so that it neither moves the
         rollouts' random state (exact resume) nor gives the start and the end different luck.
+        Data-parallel: each rank runs a contiguous share of the held-out episodes.
         """
         cfg = self.cfg
         assignments = eval_assignments(cfg.env.task_ids, cfg.train.eval_episodes,
                                        cfg.env.num_train_init_states)
         sample = cfg.train.eval_sample
-        decode = policy_decoder(self.policy, greedy=not sample,
-                                generator=torch.Generator().manual_seed(cfg.train.seed + EVAL_SEED_OFFSET))
+        rank = 0
+        if self.ranks is not None:
+            rank = self.ranks.rank
+            bounds = distributed.shard_bounds(len(assignments), self.ranks.world_size)
+            assignments = assignments[bounds[rank]:bounds[rank + 1]]
+        seed = cfg.train.seed + EVAL_SEED_OFFSET + rank * RANK_SEED_STRIDE
+        decode = policy_decoder(self.policy, greedy=not sample, generator=torch.Generator().manual_seed(seed))
         episodes = collect_episodes(self.env, decode, assignments)
-        episodes = [e for e in episodes if not e.aborted]
-        wins = sum(e.success for e in episodes)
-        low, high = wilson_interval(wins, len(episodes))
+        outcomes = self._everyone([(int(e.task_id), bool(e.success)) for e in episodes if not e.aborted],
+                                  "evaluation results")
+        wins = sum(success for _, success in outcomes)
+        low, high = wilson_interval(wins, len(outcomes))
         result: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.env_steps,
-                                  "eval/success_rate": wins / max(len(episodes), 1), "eval/ci_low": low,
-                                  "eval/ci_high": high, "eval/episodes": len(episodes),
+                                  "eval/success_rate": wins / max(len(outcomes), 1), "eval/ci_low": low,
+                                  "eval/ci_high": high, "eval/episodes": len(outcomes),
                                   "eval/protocol": eval_protocol(cfg)}
         for task in cfg.env.task_ids:
-            mine = [e.success for e in episodes if e.task_id == task]
+            mine = [success for task_id, success in outcomes if task_id == task]
             result[f"eval/success_task_{task}"] = float(np.mean(mine)) if mine else float("nan")
         return result
 
@@ -262,15 +363,18 @@ class TrainingRun:
     def run(self) -> dict[str, Any]:
         """Train up to ``train.iterations`` (resuming if a checkpoint exists); returns the summary."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume()
-        (self.out / "config.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": to_dict(cfg)}},
-                                                             sort_keys=False))
+        self.trainer.sync_ranks()  # data-parallel: every rank starts from rank 0's weights
+        if self.main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": to_dict(cfg)}},
+                                                                 sort_keys=False))
         if self.env is None:
             self.env = make_env(cfg.env)
-        writer = self._writer()
+        writer = self._writer() if self.main else None
         bar = None
-        if self.progress_bar:
+        if self.progress_bar and self.main:
             from tqdm import tqdm
             bar = tqdm(total=cfg.train.iterations, initial=min(self.iteration, cfg.train.iterations),
                        desc="vla-rl train", unit="it")
@@ -279,7 +383,8 @@ class TrainingRun:
 
         def out_of_time() -> bool:
             self.wall_s = wall_before + time.perf_counter() - clock
-            return bool(cfg.train.time_budget_s) and self.wall_s >= cfg.train.time_budget_s
+            late = bool(cfg.train.time_budget_s) and self.wall_s >= cfg.train.time_budget_s
+            return self.ranks.any(late, "time budget") if self.ranks is not None else late
         try:
             while self.iteration < cfg.train.iterations and not out_of_time():
                 if (cfg.train.eval_every and self.iteration % cfg.train.eval_every == 0
@@ -291,28 +396,35 @@ class TrainingRun:
                 self.history.append(metrics)
                 self._log(writer, metrics)
                 out_of_time()  # the checkpoint carries the wall time spent so far
-                ckpt.save_checkpoint(self.out, self.state_dict(), self.policy)
+                self._save_checkpoint()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(success=f"{metrics.get('rollout/success_rate', float('nan')):.2f}",
                                     kl=f"{metrics.get('ppo/approx_kl', float('nan')):.3f}")
             if cfg.train.eval_every and (not self.evals or self.evals[-1]["iteration"] != self.iteration):
                 self._record_eval(writer)
-                ckpt.save_checkpoint(self.out, self.state_dict(), self.policy)
+                self._save_checkpoint()
         finally:
             if bar is not None:
                 bar.close()
             if writer is not None:
                 writer.close()
         summary = self.summary(resumed)
-        write_results(self.out, self.history, self.evals, summary)
+        if self.main:
+            write_results(self.out, self.history, self.evals, summary)
         return summary
+
+    def _save_checkpoint(self) -> None:
+        state = self.state_dict()  # data-parallel: a collective, so every rank builds it
+        if self.main:
+            ckpt.save_checkpoint(self.out, state, self.policy)
 
     def _record_eval(self, writer: Any) -> None:
         result = self.evaluate()
         self.evals.append(result)
         self._log(writer, result, step=self.iteration)
-        write_results(self.out, self.history, self.evals, self.summary(False))
+        if self.main:
+            write_results(self.out, self.history, self.evals, self.summary(False))
 
     def _writer(self) -> Any:
         if not self.tensorboard:
@@ -321,6 +433,8 @@ class TrainingRun:
         return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration or None)
 
     def _log(self, writer: Any, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.main:
+            return
         step = metrics.get("iteration", 0) if step is None else step
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({k: v for k, v in metrics.items()}, default=float) + "\n")
@@ -336,6 +450,7 @@ class TrainingRun:
         rollout_s = sum(h.get("time/rollout_s", 0.0) for h in self.history)
         budget = cfg.train.time_budget_s
         return {"iterations": self.iteration, "env_steps": self.env_steps, "resumed": resumed,
+                "ranks": self.ranks.world_size if self.ranks is not None else 1,
                 "wall_s": round(self.wall_s, 1),
                 "stopped_by_time_budget": bool(budget) and self.wall_s >= budget
                 and self.iteration < cfg.train.iterations,
