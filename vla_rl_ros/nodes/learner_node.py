@@ -11,6 +11,10 @@ turns do not add up, are named, counted rejections (``learner/rejected_*``). Its
 (optimizer, curriculum, processed bags) is saved after each update, so a restarted learner
 resumes from its last version and never trains twice on a bag. Finished episodes also feed
 the curriculum, whose next pick for that environment goes back to the bridge.
+
+Under ``torchrun --nproc_per_node N -m vla_rl_ros.nodes.learner_node --ros-args ...`` rank 0 is
+this node and the other ranks run only its PPO updates, each on a shard of every batch
+(core/rl/learner_ranks.py): NCCL when the machine has CUDA, gloo otherwise.
 """
 from __future__ import annotations
 
@@ -67,7 +71,12 @@ class LearnerNode(Node):
         if cfg.ppo.advantage_estimator != "critic":
             self.get_logger().info(f"ppo.advantage_estimator={cfg.ppo.advantage_estimator!r} is for the "
                                    "in-process loop's groups; the learner node uses 'critic'")
-        self.trainer = PPOTrainer(self.policy, dataclasses.replace(cfg.ppo, advantage_estimator="critic"))
+        ppo = dataclasses.replace(cfg.ppo, advantage_estimator="critic")
+        from vla_rl_ros.core.rl import distributed
+        from vla_rl_ros.core.rl.learner_ranks import LeaderTrainer
+        ranks = distributed.from_environment(_rank_device())  # None without torchrun
+        self.trainer = (PPOTrainer(self.policy, ppo) if ranks is None
+                        else LeaderTrainer(self.policy, ppo, cfg, ranks))
         self.chunk_size = int(self.policy.chunk_size)
         arch = self.policy.arch
         self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
@@ -240,9 +249,23 @@ class LearnerNode(Node):
                 episode.final_value = float(value)
 
 
+def _rank_device() -> str:
+    # Every rank must pick the backend before rank 0 has read the parameters.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main(args=None) -> int:
-    """Console entry point ``vla-rl-learner``."""
-    return run_node(LearnerNode, args)
+    """Console entry point ``vla-rl-learner``; under torchrun, ranks > 0 serve rank 0's updates."""
+    from vla_rl_ros.core.rl import distributed
+    from vla_rl_ros.core.rl.learner_ranks import serve_updates, stop_workers
+    ranks = distributed.from_environment(_rank_device())
+    if ranks is not None and not ranks.is_main:
+        return serve_updates(ranks)
+    try:
+        return run_node(LearnerNode, args)
+    finally:
+        if ranks is not None:
+            stop_workers(ranks)
 
 
 if __name__ == "__main__":
