@@ -97,6 +97,23 @@ def test_the_profile_opens_one_interface_and_names_the_peers():
             multihost_profile(address, peers)
 
 
+def test_a_host_starts_only_its_part_of_the_graph():
+    from vla_rl_ros.graph.description import build_graph
+    (bridge,) = build_graph("train_sim", only="sim_bridge", bridge_namespace="host_b").nodes
+    assert (bridge.role, bridge.namespace) == ("sim_bridge", "host_b")
+    assert bridge.parameters["bridge_id"] == "host_b"
+    assert ("observations", "/observations") in bridge.remappings
+    assert bridge.parameters["min_observation_subscribers"] == 2  # the policy and recorder on host A
+    nodes = build_graph("train_sim", only="sim_bridge,policy,recorder", num_bridges="2",
+                        bridge_namespace="host_c").nodes
+    assert [(n.role, n.namespace) for n in nodes] == [("sim_bridge", "host_c_0"), ("sim_bridge", "host_c_1"),
+                                                      ("policy", ""), ("recorder", "")]
+    for arguments, message in (({"only": "learner,dancer"}, "roles of the train_sim graph"),
+                               ({"bridge_namespace": "host-b"}, "letters, digits and underscores")):
+        with pytest.raises(ValueError, match=message):
+            build_graph("train_sim", **arguments)
+
+
 @needs_two_hosts
 @pytest.mark.slow
 def test_hosts_meet_only_through_the_multihost_profiles(hosts, tmp_path):
@@ -118,7 +135,7 @@ def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts,
     from rclpy.node import Node
 
     from vla_rl_ros.cli.launch_cmd import Supervisor
-    from vla_rl_ros.graph.description import SHARED_BRIDGE_TOPICS, NodeSpec, build_graph, node_command
+    from vla_rl_ros.graph.description import build_graph, node_command
     from vla_rl_ros.msg import EpisodeResult, PolicyVersion
     from vla_rl_ros.nodes import qos
 
@@ -138,12 +155,10 @@ def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts,
     logs = tmp_path / "logs"
     host_a = Supervisor(graph, log_dir=str(logs))
 
-    # The remote bridge: its own namespace and bridge id, the shared topics remapped to the
-    # global ones, exactly what build_graph gives each of several bridges.
-    remote = NodeSpec("sim_bridge", "sim_bridge", "host_b",
-                      {"bridge_id": "host_b", "min_observation_subscribers": 2},
-                      [(t, "/" + t) for t in SHARED_BRIDGE_TOPICS])
-    remote_command = node_command(remote, graph, sys.executable)
+    # What `vla-rl launch train_sim only:=sim_bridge bridge_namespace:=host_b` starts on host B.
+    rollout_host = build_graph("train_sim", config=str(config), only="sim_bridge", bridge_namespace="host_b")
+    (remote,) = rollout_host.nodes
+    remote_command = node_command(remote, rollout_host, sys.executable)
     remote_env = dds_env(domain, profile_b, "SYSTEM_DEFAULT")
 
     def start_remote(log: str) -> subprocess.Popen:

@@ -9,6 +9,11 @@ Topology: every bridge publishes on the shared ``/observations`` topic (demultip
 ``bridge_id`` inside each batch); one policy node decodes for all of them. With several bridges
 each lives in its own namespace (``bridge_0``, ``bridge_1``...) and its topics are remapped to
 the shared global ones; its camera/joint-state topics stay inside its namespace.
+
+Over several hosts the same graph is split with two arguments: ``only`` starts some of its
+nodes (``sim_bridge`` on a rollout host; ``sim_bridge,policy,recorder`` beside a learner run
+under torchrun), ``bridge_namespace`` names a host's bridges apart from the other hosts'
+(``host_b``, or ``host_b_0``, ``host_b_1``... with several), with the same remappings.
 """
 from __future__ import annotations
 
@@ -88,6 +93,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "model_path": ("", "policy checkpoint directory ('' = the config file's policy.model_path)"),
     "output_dir": ("", "run directory for adapters, bags and logs ('' = the config file's train.output_dir)"),
     "log_level": ("info", f"ROS log level of every node: {', '.join(LOG_LEVELS)}"),
+    "only": ("", "comma-separated roles of the graph to start, e.g. sim_bridge on a rollout host, or "
+                 "sim_bridge,policy,recorder when the learner runs under torchrun ('' = every node)"),
+    "bridge_namespace": ("", "namespace of this host's bridges, e.g. host_b (with several: host_b_0, "
+                             "host_b_1, ...); it is also their bridge_id ('' = bridge_0, bridge_1, ... "
+                             "with several bridges, none with one)"),
 }
 
 
@@ -134,8 +144,14 @@ def build_graph(graph: str, overrides: dict[str, Any] | None = None, **arguments
     uses_prm = bool(cfg.reward.prm_path) and cfg.reward.prm_weight > 0
     consumers = 2 + int(uses_prm)  # policy + recorder (+ prm) must hear the first batch
     nodes = []
+    prefix = args["bridge_namespace"]
+    if prefix and not prefix.replace("_", "a").isalnum():
+        raise ValueError(f"bridge_namespace={prefix!r}: letters, digits and underscores")
     for index in range(num_bridges):
-        namespace = f"bridge_{index}" if num_bridges > 1 else ""
+        if prefix:
+            namespace = prefix if num_bridges == 1 else f"{prefix}_{index}"
+        else:
+            namespace = f"bridge_{index}" if num_bridges > 1 else ""
         bridge_params = dict(shared, min_observation_subscribers=consumers)
         if graph == "eval_sim":
             bridge_params["init_states"] = "eval"
@@ -149,6 +165,13 @@ def build_graph(graph: str, overrides: dict[str, Any] | None = None, **arguments
     nodes.append(NodeSpec("recorder", "recorder", "", dict(shared)))
     if graph == "train_sim":
         nodes.append(NodeSpec("learner", "learner", "", dict(shared)))
+    if args["only"]:
+        roles = [r.strip() for r in args["only"].split(",") if r.strip()]
+        known = sorted({n.role for n in nodes})
+        unknown = sorted(set(roles) - set(known))
+        if unknown or not roles:
+            raise ValueError(f"only={args['only']!r}: roles of the {graph} graph are {', '.join(known)}")
+        nodes = [n for n in nodes if n.role in roles]
     return GraphSpec(graph, params_file, args["log_level"], nodes)
 
 
