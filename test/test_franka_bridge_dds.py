@@ -76,7 +76,8 @@ class PolicyHarness(Node):
         chunk = np.asarray(action, np.float64).reshape(-1, 7)
         reply = convert.actions_to_msg(msg.bridge_id, msg.step_seq, list(msg.env_ids), 3,
                                        np.zeros((1, chunk.size)), np.zeros((1, len(chunk), 7)),
-                                       np.zeros((1, chunk.size)), np.zeros(1), 1.0)
+                                       np.zeros((1, chunk.size)), np.zeros(1), 1.0,
+                                       incarnation=msg.incarnation)
         reply.actions = [float(a) for a in chunk.ravel()]  # bypass the converter's checks: adversarial
         self.action_pub.publish(reply)
         with self.lock:
@@ -92,10 +93,11 @@ class PolicyHarness(Node):
 
 
 @pytest.fixture
-def graph(monkeypatch):
+def graph(monkeypatch, tmp_path):
     """Fake driver + policy harness spinning here, and a function that starts the bridge process."""
     # A private DDS domain: other test runs on this machine also publish 'observations' and 'actions'.
     isolate_dds(monkeypatch)
+    monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros_home"))  # where the e-stop reset token goes
     rclpy.init()
     driver, harness = FakeFrankaDriver(), PolicyHarness()
     executor = SingleThreadedExecutor()
@@ -261,6 +263,7 @@ def test_estop_latches_until_the_reset_service_and_shutdown_stops(graph):
     assert len(late) >= 10 and all(not xyz(m.twist.linear).any() for m in late)
     assert harness.diagnostics[-1].level == DiagnosticStatus.ERROR
     assert harness.reset_client.wait_for_service(timeout_sec=10)
+    (Path(os.environ["ROS_HOME"]) / "vla_rl_ros" / "franka_bridge" / "estop_reset").touch()  # the local act
     future = harness.reset_client.call_async(Trigger.Request())
     wait_for(future.done, 10, "estop_reset reply")
     assert future.result().success

@@ -5,13 +5,16 @@ test_franka_bridge_dds). A *remote client* — a node in a DDS participant of it
 any machine that discovers the bridge can run — tries to arm it and loosen every limit, presses
 the e-stop with a best-effort publisher, and streams end-effector poses with zero and NaN
 quaternions. Checked: every loosening is refused with a reason, counted in /diagnostics, and the
-driver's commands stay inside the limits the bridge started with; the best-effort e-stop
-latches; bad poses are counted and the bridge keeps serving.
+driver's commands stay inside the limits the bridge started with; the gripper widths may only
+narrow; the best-effort e-stop latches, and the remote client cannot clear it without the local
+reset token; bad poses are counted and the bridge keeps serving.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -23,6 +26,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
 
 import test_franka_bridge_dds
 from test_franka_bridge_dds import LIMITS, angle_between, random_actions, wait_for, xyz
@@ -203,5 +207,64 @@ def test_poses_with_zero_or_nan_quaternions_are_counted_and_the_bridge_keeps_ser
         wait_for(lambda: sum(t > sent_at for t, _ in driver.commands("pose")) >= 10, 15,
                  "driver commands after the bad poses", process)
         assert process.poll() is None, "franka_bridge died"
+    finally:
+        remote.close()
+
+
+def test_the_gripper_widths_can_only_narrow_remotely(graph):
+    driver, harness, start_bridge = graph
+    harness.action_fn = lambda seq: np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0 if seq % 2 else -1.0])
+    start_bridge(armed=True)
+    remote = RemoteClient()
+    try:
+        for name, value in (("gripper_open_width_m", 0.2), ("gripper_closed_width_m", -0.05),
+                            ("gripper_open_width_m", float("nan"))):
+            (result,) = remote.set_parameters([(name, value)])
+            assert not result.successful and name in result.reason, result.reason
+        assert remote.get_parameters(["gripper_open_width_m"])["gripper_open_width_m"] == 0.08
+        narrower = [("gripper_open_width_m", 0.06), ("gripper_closed_width_m", 0.01)]
+        assert all(r.successful for r in remote.set_parameters(narrower))
+        for name, value in (("gripper_open_width_m", 0.08), ("gripper_closed_width_m", 0.0)):
+            (result,) = remote.set_parameters([(name, value)])  # back to the start-up values: looser
+            assert not result.successful and "restarting the node" in result.reason
+        wait_for(lambda: remote.diagnostic("refused_parameter_changes") == "3", 10,
+                 "/diagnostics counting three loosenings (the invalid values are refused, not counted)")
+        changed_at = time.monotonic()
+        wait_for(lambda: {round(m.data, 3) for t, m in driver.commands("gripper") if t > changed_at + 0.3}
+                 >= {0.06, 0.01}, 20, "gripper commands at the narrowed widths")
+        widths = [m.data for _, m in driver.commands("gripper")]
+        assert min(widths) >= 0.0 and max(widths) <= 0.08, "a gripper command left the start-up interval"
+    finally:
+        remote.close()
+
+
+def test_a_remote_client_cannot_clear_the_estop_without_the_local_token(graph):
+    driver, harness, start_bridge = graph
+    harness.action_fn = random_actions(5)
+    process = start_bridge(armed=True)
+    wait_for(lambda: len(driver.commands("pose")) >= 5, 20, "moving commands")
+    remote = RemoteClient()
+    token = Path(os.environ["ROS_HOME"]) / "vla_rl_ros" / "franka_bridge" / "estop_reset"
+    try:
+        button = remote.node.create_publisher(Bool, "estop", qos.COMMAND)
+        wait_for(lambda: button.get_subscription_count() >= 1, 10, "the bridge subscribing estop")
+        token.touch()  # made before the latch: it does not count
+        time.sleep(1.1)
+        button.publish(Bool(data=True))
+        wait_for(lambda: remote.diagnostic("estop_latched") == "true", 10, "/diagnostics estop_latched=true")
+        refused = remote.call(Trigger, "estop_reset", Trigger.Request())
+        assert not refused.success and "local act" in refused.message and str(token) in refused.message
+        os.remove(token)
+        assert not remote.call(Trigger, "estop_reset", Trigger.Request()).success  # no token at all
+        latched_at = time.monotonic()
+        time.sleep(0.5)
+        late = [m for t, m in driver.commands("twist") if t > latched_at]
+        assert late and all(not xyz(m.twist.linear).any() for m in late), "the arm moved while latched"
+        wait_for(lambda: remote.diagnostic("refused_estop_resets") == "2", 10, "/diagnostics refused resets")
+        token.touch()  # the operator, on the robot's machine
+        reset = remote.call(Trigger, "estop_reset", Trigger.Request())
+        assert reset.success and not token.exists(), "the token is used up by one reset"
+        wait_for(lambda: remote.diagnostic("estop_latched") == "false", 10, "/diagnostics estop cleared")
+        assert process.poll() is None
     finally:
         remote.close()

@@ -70,6 +70,8 @@ def test_observation_batch_round_trip():
     (lambda m: setattr(m, "env_ids", [1, 1]), "duplicates"),
     (lambda m: setattr(m, "env_ids", []), "empty batch"),
     (lambda m: setattr(m, "instructions", ["", "x"]), "empty instruction"),
+    (lambda m: setattr(m, "instructions", ["pick " * 300, "x"]), "1500 characters, at most 1000"),
+    (lambda m: setattr(m, "proprio", np.full(16, 1e9, np.float32)), "magnitude 1e\\+09 exceeds 1000"),
 ])
 def test_malformed_observation_batches_are_rejected(mutate, reason):
     msg = _batch()
@@ -179,3 +181,32 @@ def test_episode_result_carries_terminal_observation():
     assert msg.num_decisions == 12  # K = 1: one decision per step
     chunked = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, num_decisions=2)
     assert (chunked.num_steps, chunked.num_decisions) == (12, 2)
+
+
+def test_episode_results_that_do_not_add_up_are_rejected():
+    final = _observations(1)[0]
+    good = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, final_observation=final,
+                                         num_decisions=2, incarnation=9)
+    assert convert.check_episode_result(good, image_size=16) is good and good.incarnation == 9
+    bad = [(dict(num_decisions=13), "12 env steps in 13 decisions"),
+           (dict(num_decisions=0), "12 env steps in 0 decisions"),
+           (dict(bridge_id=""), "bridge_id: empty"), (dict(reason="x" * 2000), "2000 characters"),
+           (dict(final_proprio=[float("nan")] * 8), "final_proprio: contains NaN")]
+    for fields, reason in bad:
+        msg = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, final_observation=final,
+                                            num_decisions=2)
+        for key, value in fields.items():
+            setattr(msg, key, value)
+        with pytest.raises(convert.MessageError, match=reason):
+            convert.check_episode_result(msg, image_size=16)
+    with pytest.raises(convert.MessageError, match="size 16x16, expected 32x32"):
+        convert.check_episode_result(good, image_size=32)
+    aborted = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 2, False, False, True, "worker crashed",
+                                            num_decisions=3)  # a crashed worker: fewer steps than decisions
+    assert convert.check_episode_result(aborted) is aborted
+
+
+def test_recorded_messages_are_bounded_by_the_graph_frames():
+    assert convert.max_message_bytes(2, 128) == 2 * (2 * 3 * 128 * 128 + 65536)
+    frame_4096 = 4096 * 4096 * 3
+    assert frame_4096 > 10 * convert.max_message_bytes(8, 224), "the 48 MB frame of issue 26 stays out"

@@ -55,7 +55,7 @@ def test_a_bag_waits_for_the_last_chunk_of_its_episodes(tmp_path, monkeypatch):
         pubs[topics.EPISODE_RESULTS].publish(convert.episode_result_to_msg(
             "b", 0, 0, 0, 0, 3, True, False, False, num_decisions=2, last_step_seq=2))
         spin_until(lambda: False, 0.5)
-        assert bags == [] and recorder.awaited == {("b", 2)}, "closed before the episode's last chunk"
+        assert bags == [] and recorder.awaited == {("b", 0, 2)}, "closed before the episode's last chunk"
         pubs[topics.ACTIONS].publish(late)
         assert spin_until(lambda: bags)
         assert not bags[0].partial

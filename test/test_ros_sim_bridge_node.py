@@ -50,7 +50,7 @@ def bridge(monkeypatch, request):
         width = values.shape[1] * 7
         act_pub.publish(convert.actions_to_msg(obs.bridge_id, obs.step_seq, list(obs.env_ids), 0,
                                                np.zeros((2, width)), values, np.zeros((2, width)),
-                                               np.zeros(2), 1.0))
+                                               np.zeros(2), 1.0, incarnation=obs.incarnation))
     assert spin_until(lambda: seen["obs"] and act_pub.get_subscription_count() and reset.service_is_ready())
     yield node, seen, reply, task_pub, reset, spin_until, executor
     executor.shutdown()

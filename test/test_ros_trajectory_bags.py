@@ -56,7 +56,7 @@ def test_episodes_are_rebuilt_across_bags_with_progress_and_terminal_observation
     spanning = to_core_episode(finished[0])
     assert spanning.truncated and not spanning.success and spanning.length == 3
     assert [int(img[0, 0, 0]) for img in spanning.images] == [1, 2, 3, 99]
-    assert list(carry["episodes"]) == [("b", 0, 12)]  # still running: kept for the next bag
+    assert list(carry["episodes"]) == [("b", 0, 0, 12)]  # still running: kept for the next bag
 
 
 def test_bags_open_with_a_plain_rosbags_reader(tmp_path):
@@ -184,10 +184,10 @@ def test_a_bag_of_another_chunk_size_is_a_named_rejection_that_leaves_the_carry_
     _end(other, 7, 5, 2, 30)
     other.close()
     finished, carry = read_episodes([tmp_path / "iter_000000"], chunk_size=K)
-    assert finished == [] and len(carry["episodes"][("b", 0, 7)].tokens) == 1
+    assert finished == [] and len(carry["episodes"][("b", 0, 0, 7)].tokens) == 1
     with pytest.raises(ChunkSizeError, match=r"iter_000001 holds action chunks of \[1\] action\(s\)"):
         read_episodes([tmp_path / "iter_000001"], carry, chunk_size=K)
-    assert len(carry["episodes"][("b", 0, 7)].tokens) == 1, "a rejected bag must not touch the carry"
+    assert len(carry["episodes"][("b", 0, 0, 7)].tokens) == 1, "a rejected bag must not touch the carry"
 
 
 def test_turns_that_do_not_add_up_are_counted_not_trained_on(tmp_path):

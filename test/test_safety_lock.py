@@ -3,7 +3,10 @@ import dataclasses
 
 import pytest
 
-from vla_rl_ros.core.safety import TIGHTER_WHEN_SMALLER, SafetyConfig, loosened_fields
+from vla_rl_ros.core.safety import SafetyConfig
+from vla_rl_ros.core.config_io import ConfigError
+from vla_rl_ros.core.safety_lock import (TIGHTER_WHEN_SMALLER, check_gripper_widths, gripper_widths_loosened,
+                                         loosened_fields)
 
 BASE = SafetyConfig(armed=False, control_rate_hz=10.0, watchdog_timeout_s=0.3)
 
@@ -43,3 +46,14 @@ def test_the_attack_of_issue_26_is_refused_on_every_count():
     names = {why.split(":")[0] for why in loosened_fields(BASE, attack)}
     assert names == {"safety.armed", "safety.workspace_min_m", "safety.workspace_max_m",
                      "safety.max_linear_speed_m_s", "safety.watchdog_timeout_s"}
+
+
+def test_gripper_widths_may_only_narrow_inside_their_start_up_interval():
+    start = (0.08, 0.0)  # (open, closed)
+    assert gripper_widths_loosened(start, (0.06, 0.01)) == []  # opens less, squeezes less
+    assert gripper_widths_loosened(start, (0.2, 0.0)) == ["gripper_open_width_m: 0.08 -> 0.2 (opens wider)"]
+    assert gripper_widths_loosened((0.08, 0.01), (0.08, 0.0)) == \
+        ["gripper_closed_width_m: 0.01 -> 0 (closes harder)"]
+    for widths in ((0.08, -0.01), (0.01, 0.02), (float("nan"), 0.0), (1.0, 0.0)):
+        with pytest.raises(ConfigError, match="gripper_open_width_m"):
+            check_gripper_widths(*widths)

@@ -85,34 +85,6 @@ class SafetyConfig:
         return 1.0 / self.control_rate_hz
 
 
-TIGHTER_WHEN_SMALLER = ("action_translation_scale_m", "action_rotation_scale_rad", "max_translation_step_m",
-                        "max_rotation_step_rad", "max_linear_speed_m_s", "max_angular_speed_rad_s",
-                        "watchdog_timeout_s", "state_timeout_s")
-"""Limits a running layer may only lower (a larger scale turns the same action into more motion)."""
-
-
-def loosened_fields(current: SafetyConfig, proposed: SafetyConfig) -> list[str]:
-    """Why ``proposed`` is looser than ``current`` (empty when every limit is the same or tighter).
-
-    Arming and any change of the control rate count as loosening: a running safety layer may
-    only disarm, shrink its box, lower its limits and shorten its timeouts.
-    """
-    why = []
-    if proposed.armed and not current.armed:
-        why.append("safety.armed: arming")
-    if proposed.control_rate_hz != current.control_rate_hz:
-        why.append(f"safety.control_rate_hz: {current.control_rate_hz:g} -> {proposed.control_rate_hz:g}")
-    for name in TIGHTER_WHEN_SMALLER:
-        old, new = getattr(current, name), getattr(proposed, name)
-        if new > old:
-            why.append(f"safety.{name}: {old:g} -> {new:g}")
-    for name, grows in (("workspace_min_m", False), ("workspace_max_m", True)):
-        old, new = getattr(current, name), getattr(proposed, name)
-        if any((n > o) if grows else (n < o) for o, n in zip(old, new)):
-            why.append(f"safety.{name}: {list(old)} -> {list(new)}")
-    return why
-
-
 # ----------------------------------------------------------------------------- rotations
 def quat_from_axis_angle(rotvec: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w) of a rotation vector (axis * angle)."""

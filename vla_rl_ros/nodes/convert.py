@@ -23,6 +23,23 @@ MAX_ABS_ACTION = 10.0
 """Continuous actions beyond this magnitude are malformed (LIBERO actions live in [-1, 1])."""
 MAX_CHUNK_SIZE = 36
 """Largest action chunk a message may carry (``policy.chunk_size``'s bound)."""
+MAX_ABS_PROPRIO = 1000.0
+"""Proprio values beyond this magnitude are malformed (positions in metres, angles in radians)."""
+MAX_INSTRUCTION_CHARS = 1000
+"""Longest instruction accepted (LIBERO's are under 100 characters; the prompt must fit the model)."""
+MAX_REASON_CHARS = 1000
+"""Longest abort reason an EpisodeResult may carry."""
+
+
+def max_message_bytes(num_envs: int, image_size: int) -> int:
+    """Largest serialised batch a recorder keeps.
+
+    That is ``num_envs`` entries of two rgb8 frames of ``image_size`` (agentview and wrist) plus
+    64 KiB each for the rest (instructions, proprio, headers). Anything bigger is not a message of
+    this graph, and recording it verbatim would let one publisher fill the disk (a 4096x4096 frame
+    is 48 MB).
+    """
+    return int(num_envs) * (2 * 3 * int(image_size) ** 2 + (64 << 10))
 
 
 class MessageError(ValueError):
@@ -77,6 +94,8 @@ class ObservationBatchData:
     observations: list[Observation]
     stamp: object = None
     """builtin_interfaces/Time of the header (kept so replies and recordings keep the timing)."""
+    incarnation: int = 0
+    """The bridge run that sent it (echoed in the reply)."""
 
     @property
     def images(self) -> np.ndarray:
@@ -96,8 +115,11 @@ class ObservationBatchData:
 
 def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
                         episode_ids: Sequence[int], observations: Sequence[Observation],
-                        header: Header | None = None) -> ObservationBatch:
-    """Build the ObservationBatch of one step of ``observations`` (entry i belongs to ``env_ids[i]``)."""
+                        header: Header | None = None, incarnation: int = 0) -> ObservationBatch:
+    """Build the ObservationBatch of one step of ``observations`` (entry i belongs to ``env_ids[i]``).
+
+    ``incarnation`` is the bridge run's id: step_seq and episode ids restart with it.
+    """
     count = len(observations)
     _require(len(env_ids) == count and len(episode_ids) == count,
              f"observations: {count} entries but {len(env_ids)} env_ids, {len(episode_ids)} episode_ids")
@@ -105,6 +127,7 @@ def observations_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int],
     if header is not None:
         msg.header = header
     msg.bridge_id = bridge_id
+    msg.incarnation = int(incarnation)
     msg.step_seq = int(step_seq)
     msg.env_ids = [int(e) for e in env_ids]
     msg.episode_ids = [int(e) for e in episode_ids]
@@ -146,6 +169,9 @@ def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
              f"{min_proprio_dim} (LIBERO layout)")
     proprio = np.asarray(msg.proprio, dtype=np.float32).reshape(count, msg.proprio_dim)
     _require(bool(np.isfinite(proprio).all()), "observations.proprio: contains NaN or inf")
+    _require(not proprio.size or float(np.abs(proprio).max()) <= MAX_ABS_PROPRIO,
+             f"observations.proprio: magnitude {float(np.abs(proprio).max()) if proprio.size else 0:.3g} "
+             f"exceeds {MAX_ABS_PROPRIO:g}")
     if known_task_ids is not None:
         unknown = sorted({int(t) for t in msg.task_ids} - {int(t) for t in known_task_ids})
         _require(not unknown, f"observations.task_ids: unknown task id(s) {unknown}, "
@@ -153,6 +179,9 @@ def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
     observations = []
     for i in range(count):
         _require(bool(msg.instructions[i].strip()), f"observations.instructions[{i}]: empty instruction")
+        _require(len(msg.instructions[i]) <= MAX_INSTRUCTION_CHARS,
+                 f"observations.instructions[{i}]: {len(msg.instructions[i])} characters, at most "
+                 f"{MAX_INSTRUCTION_CHARS}")
         wrist = (image_from_msg(msg.wrist_images[i], image_size, f"observations.wrist_images[{i}]")
                  if msg.wrist_images else None)
         observations.append(Observation(
@@ -163,7 +192,8 @@ def observations_from_msg(msg: ObservationBatch, image_size: int | None = None,
     return ObservationBatchData(bridge_id=msg.bridge_id, step_seq=int(msg.step_seq),
                                 env_ids=[int(e) for e in msg.env_ids],
                                 episode_ids=[int(e) for e in msg.episode_ids],
-                                observations=observations, stamp=msg.header.stamp)
+                                observations=observations, stamp=msg.header.stamp,
+                                incarnation=int(msg.incarnation))
 
 
 # ----------------------------------------------------------------------------- actions
@@ -185,16 +215,17 @@ class ActionBatchData:
     """float32 [B]."""
     temperature: float = 0.0
     chunk_size: int = 1
+    incarnation: int = 0
     extras: dict = field(default_factory=dict)
 
 
 def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy_version: int,
                    tokens: np.ndarray, actions: np.ndarray, log_probs: np.ndarray, values: np.ndarray,
-                   temperature: float, header: Header | None = None) -> ActionBatch:
+                   temperature: float, header: Header | None = None, incarnation: int = 0) -> ActionBatch:
     """Build the ActionBatch replying to one ObservationBatch with the policy's decode outputs.
 
     ``actions`` is [B, K, 7] (a chunk per entry) or [B, 7] (K = 1); ``tokens`` and ``log_probs``
-    hold K * 7 values per entry, in the same order.
+    hold K * 7 values per entry, in the same order; ``incarnation`` echoes the batch's.
     """
     count = len(env_ids)
     actions = np.asarray(actions, np.float32)
@@ -214,6 +245,7 @@ def actions_to_msg(bridge_id: str, step_seq: int, env_ids: Sequence[int], policy
     if header is not None:
         msg.header = header
     msg.bridge_id = bridge_id
+    msg.incarnation = int(incarnation)
     msg.step_seq = int(step_seq)
     msg.env_ids = [int(e) for e in env_ids]
     msg.policy_version = int(policy_version)
@@ -275,7 +307,8 @@ def actions_from_msg(msg: ActionBatch, expected_env_ids: Sequence[int] | None = 
     return ActionBatchData(
         bridge_id=msg.bridge_id, step_seq=int(msg.step_seq), env_ids=[int(e) for e in msg.env_ids],
         policy_version=int(msg.policy_version), tokens=tokens, actions=actions, log_probs=log_probs,
-        values=values, temperature=float(msg.temperature), chunk_size=chunk)
+        values=values, temperature=float(msg.temperature), chunk_size=chunk,
+        incarnation=int(msg.incarnation))
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -283,7 +316,8 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
                           num_steps: int, success: bool, truncated: bool, aborted: bool,
                           reason: str = "", header: Header | None = None,
                           final_observation: Observation | None = None,
-                          num_decisions: int | None = None, last_step_seq: int = 0) -> EpisodeResult:
+                          num_decisions: int | None = None, last_step_seq: int = 0,
+                          incarnation: int = 0) -> EpisodeResult:
     """Build the EpisodeResult of one finished episode, with its terminal observation when given.
 
     ``num_steps`` counts environment steps, ``num_decisions`` the policy's chunks (default: one
@@ -294,6 +328,7 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     if header is not None:
         msg.header = header
     msg.bridge_id = bridge_id
+    msg.incarnation = int(incarnation)
     msg.env_id, msg.episode_id, msg.task_id = int(env_id), int(episode_id), int(task_id)
     msg.init_state_id, msg.num_steps = int(max(init_state_id, 0)), int(num_steps)
     msg.num_decisions = int(num_steps if num_decisions is None else num_decisions)
@@ -303,6 +338,26 @@ def episode_result_to_msg(bridge_id: str, env_id: int, episode_id: int, task_id:
     if final_observation is not None:
         msg.final_image = image_to_msg(final_observation.image, header)
         msg.final_proprio = np.asarray(final_observation.proprio, np.float32).ravel()
+    return msg
+
+
+def check_episode_result(msg: EpisodeResult, image_size: int | None = None) -> EpisodeResult:
+    """``msg`` if it is a sound EpisodeResult, else MessageError naming the field.
+
+    Checked: a bridge id; every decision ran 1..MAX_CHUNK_SIZE env steps (at most that many for
+    an aborted episode; 0 decisions only with 0 steps); the abort reason's length; the terminal
+    observation's image (rgb8, of ``image_size`` when given) and a finite proprio.
+    """
+    _require(bool(msg.bridge_id), "episode_result.bridge_id: empty")
+    steps, decisions = int(msg.num_steps), int(msg.num_decisions)
+    _require((msg.aborted or decisions <= steps) and steps <= decisions * MAX_CHUNK_SIZE,
+             f"episode_result: {steps} env steps in {decisions} decisions (each runs 1..{MAX_CHUNK_SIZE})")
+    _require(len(msg.reason) <= MAX_REASON_CHARS,
+             f"episode_result.reason: {len(msg.reason)} characters, at most {MAX_REASON_CHARS}")
+    if msg.final_image.height or msg.final_image.width or len(msg.final_image.data):
+        image_from_msg(msg.final_image, image_size, "episode_result.final_image")
+    _require(bool(np.isfinite(np.asarray(msg.final_proprio, np.float32)).all()),
+             "episode_result.final_proprio: contains NaN or inf")
     return msg
 
 

@@ -16,7 +16,11 @@ last action has run (the chunk is fresh for K periods). When the chunk is spent 
 the pose and publishes the next observation (the decision point). A stop inside a chunk (e-stop,
 stale state) drops the rest of it. K = 1 keeps OpenVLA's loop: each action is commanded on
 arrival and stays fresh for ``safety.watchdog_timeout_s`` while the next one is computed.
-docs/franka.md lists every topic, type, QoS and parameter.
+Inputs are checked before use: a malformed camera frame, non-finite finger positions, an empty or
+over-long instruction and non-finite PRM progress are counted (``rejected_*`` in ``/diagnostics``)
+and ignored; an exception no check foresaw in a callback is counted too, and holds the arm.
+Like sim_bridge, every run has its own ``incarnation`` (start time in ns) in its observations and
+episode results. docs/franka.md lists every topic, type, QoS and parameter.
 """
 from __future__ import annotations
 
@@ -60,19 +64,23 @@ EXTRA_PARAMETERS = {
 }
 
 
+def camera_pixels(msg: Image) -> np.ndarray:
+    """uint8 [H, W, 3] RGB view of an rgb8 or bgr8 camera image; MessageError when malformed."""
+    bgr = msg.encoding == "bgr8"
+    if bgr:
+        msg = Image(header=msg.header, height=msg.height, width=msg.width, encoding="rgb8",
+                    is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data)
+    image = convert.image_from_msg(msg, what="camera")
+    return image[:, :, ::-1] if bgr else image
+
+
 def camera_frame(msg: Image, size: int) -> np.ndarray:
     """uint8 [size, size, 3] RGB of an rgb8 or bgr8 camera image: centre square crop, then resize.
 
     The policy takes square RGB frames of ``env.image_size`` (as LIBERO renders them); real
     cameras give wider BGR or RGB frames.
     """
-    bgr = msg.encoding == "bgr8"
-    if bgr:
-        msg = Image(header=msg.header, height=msg.height, width=msg.width, encoding="rgb8",
-                    is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data)
-    image = convert.image_from_msg(msg, what="camera")
-    if bgr:
-        image = image[:, :, ::-1]
+    image = camera_pixels(msg)
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -114,18 +122,24 @@ class FrankaBridgeNode(Node):
         self.pending_since = 0.0
         self.pending_stamp = None
         self.paused = False
+        self.incarnation = time.time_ns()
+        self.rejections = self.safety.rejections
 
-        self.create_subscription(Image, "camera/image_raw", self._on_image, qos.SENSOR_VIZ)
-        self.create_subscription(JointState, "joint_states", self._on_joints, qos.SENSOR_VIZ)
-        self.create_subscription(ActionBatch, topics.ACTIONS, self._on_actions, qos.BATCH)
-        self.create_subscription(StepRewardBatch, topics.STEP_REWARDS, self._on_rewards, qos.BATCH)
-        self.create_subscription(String, "instruction", self._on_instruction, qos.LATCHED)
+        def subscribe(msg_type, topic, kind, callback, profile):
+            self.create_subscription(msg_type, topic, self.rejections.guard(
+                kind, callback, on_error=self._hold_after_error), profile)
+        subscribe(Image, "camera/image_raw", "camera_images", self._on_image, qos.SENSOR_VIZ)
+        subscribe(JointState, "joint_states", "joint_states", self._on_joints, qos.SENSOR_VIZ)
+        subscribe(ActionBatch, topics.ACTIONS, "actions", self._on_actions, qos.BATCH)
+        subscribe(StepRewardBatch, topics.STEP_REWARDS, "step_rewards", self._on_rewards, qos.BATCH)
+        subscribe(String, "instruction", "instructions", self._on_instruction, qos.LATCHED)
         self.create_service(SetBool, "end_episode", self._on_end_episode)
         self.create_service(Trigger, "start_episode", self._on_start_episode)
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.episode_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
         self.marker_pub = self.create_publisher(MarkerArray, "markers", qos.COMMAND)
-        self.control_timer = self.create_timer(cfg.safety.control_period_s, self._on_control_tick)
+        self.control_timer = self.create_timer(cfg.safety.control_period_s, self.rejections.guard(
+            "control_ticks", self._on_control_tick, on_error=self._hold_after_error))
         self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_markers)
         self.get_logger().info(f"franka_bridge '{self.extra['bridge_id']}' up: "
                                f"{'ARMED' if cfg.safety.armed else 'dry run'}, "
@@ -134,6 +148,10 @@ class FrankaBridgeNode(Node):
 
     def _gripper_widths(self) -> tuple[float, float]:
         return float(self.extra["gripper_open_width_m"]), float(self.extra["gripper_closed_width_m"])
+
+    def _hold_after_error(self, err: Exception) -> None:
+        self.chunk.clear()
+        self.safety.publish(self.safety.filter.hold(f"internal error ({type(err).__name__}): holding"))
 
     def destroy_node(self) -> None:
         """Send a final stop (hold pose, zero twist) before the node goes away."""
@@ -152,19 +170,35 @@ class FrankaBridgeNode(Node):
 
     # ------------------------------------------------------------------ inputs
     def _on_image(self, msg: Image) -> None:
+        try:
+            camera_pixels(msg)  # checked on arrival: a bad frame never replaces the last good one
+        except convert.MessageError as err:
+            self.rejections("camera_images", str(err))
+            return
         self.image = msg
 
     def _on_joints(self, msg: JointState) -> None:
         names = list(self.extra["finger_joint_names"])
         index = {name: i for i, name in enumerate(msg.name)}
         if all(n in index and index[n] < len(msg.position) for n in names):
-            self.fingers = np.array([msg.position[index[n]] for n in names])
+            fingers = np.array([msg.position[index[n]] for n in names], np.float64)
+            if not (np.isfinite(fingers).all() and np.abs(fingers).max() <= 1.0):
+                self.rejections("joint_states", f"finger positions {fingers.tolist()} (NaN, inf or > 1 m)")
+                return
+            self.fingers = fingers
 
     def _on_instruction(self, msg: String) -> None:
+        if not msg.data.strip() or len(msg.data) > convert.MAX_INSTRUCTION_CHARS:
+            self.rejections("instructions", f"{len(msg.data)} characters: empty or more than "
+                                            f"{convert.MAX_INSTRUCTION_CHARS}")
+            return
         self.instruction = msg.data
 
     def _on_rewards(self, msg: StepRewardBatch) -> None:
         if msg.bridge_id == self.extra["bridge_id"] and len(msg.progress):
+            if not np.isfinite(msg.progress[0]):
+                self.rejections("step_rewards", f"progress {msg.progress[0]}")
+                return
             self.progress = float(msg.progress[0])
 
     def _on_end_episode(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -190,7 +224,7 @@ class FrankaBridgeNode(Node):
         self.episode_pub.publish(convert.episode_result_to_msg(
             str(self.extra["bridge_id"]), 0, self.episode_id, self._task_id(), 0,
             self.step_index, success, truncated, False, "", self.safety.header(), final_observation=final,
-            num_decisions=self.decisions, last_step_seq=self.last_seq))
+            num_decisions=self.decisions, last_step_seq=self.last_seq, incarnation=self.incarnation))
         self.safety.publish(self.safety.filter.hold(f"episode {self.episode_id} ended: "
                                                     "waiting for start_episode"))
         self.get_logger().info(f"episode {self.episode_id} ended after {self.step_index} steps "
@@ -208,7 +242,8 @@ class FrankaBridgeNode(Node):
     def _on_actions(self, msg: ActionBatch) -> None:
         if msg.bridge_id != self.extra["bridge_id"]:
             return
-        if self.pending_seq is None or msg.step_seq != self.pending_seq:
+        if (self.pending_seq is None or msg.step_seq != self.pending_seq
+                or msg.incarnation != self.incarnation):
             self.safety.record([f"ignored stale action step_seq={msg.step_seq} "
                                 f"(waiting for {self.pending_seq})"])
             return
@@ -277,7 +312,7 @@ class FrankaBridgeNode(Node):
         try:
             observation = self._observation()
         except convert.MessageError as err:
-            self.safety.record([f"camera image dropped: {err}"])
+            self.rejections("camera_images", str(err))
             return
         if observation is None or self.obs_pub.get_subscription_count() < int(
                 self.extra["min_observation_subscribers"]):
@@ -285,7 +320,8 @@ class FrankaBridgeNode(Node):
         self.step_seq += 1
         header = self.safety.header()
         self.obs_pub.publish(convert.observations_to_msg(
-            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation], header))
+            str(self.extra["bridge_id"]), self.step_seq, [0], [self.episode_id], [observation], header,
+            self.incarnation))
         self.pending_seq, self.pending_since, self.pending_stamp = self.step_seq, now, header.stamp
 
     def _publish_markers(self) -> None:

@@ -1,16 +1,27 @@
 """``learner``: PPO on recorded trajectory bags, versioned adapters, curriculum task assignments.
 
-For each announced bag (or every bag of ``offline_bag_dir`` at start-up, for offline training)
-the learner rebuilds the episodes as turns (one observation, its chunk of K actions as K x 7
-tokens, the env steps it executed), computes rewards (success plus PRM progress where every turn
-was scored), runs one PPO iteration of the core with the critic estimator (value head, GAE,
+The learner trains on every complete bag of ``graph.bag_dir`` in iteration order, each exactly
+once (``nodes/learner_bags.py``): a ``TrajectoryBagInfo`` only says when to look, so a learner
+that starts late, restarts or misses notices still takes every bag, and one already trained on
+is skipped. Bags waiting when an update starts are trained on together (at most
+``max_bags_per_update``; offline training takes one per update). From them it rebuilds the
+episodes as turns (one observation, its chunk of K actions as K x 7 tokens, the env steps it
+executed), keeps those the staleness rule admits (the oldest policy version of an episode at most
+``max_policy_lag`` behind the learner's), computes rewards (success plus PRM progress where every
+turn was scored), runs one PPO iteration of the core with the critic estimator (value head, GAE,
 critic warm-up; set here whatever ``ppo.advantage_estimator`` says, since the node has no groups
 of rollouts per context), writes adapter version N+1 atomically and announces it on the latched
-``policy_version`` topic with its chunk size. A bag of another chunk size, and an episode whose
-turns do not add up, are named, counted rejections (``learner/rejected_*``). Its state
-(optimizer, curriculum, processed bags) is saved after each update, so a restarted learner
-resumes from its last version and never trains twice on a bag. Finished episodes also feed
-the curriculum, whose next pick for that environment goes back to the bridge.
+``policy_version`` topic with its chunk size. An update with no usable episode, or one the NaN
+guard skipped, keeps the version. A bag of another chunk size, an unreadable bag, a notice naming
+a path outside ``graph.bag_dir``, and an episode whose turns do not add up are named, counted
+rejections (``learner/rejected_*``).
+
+Its state (optimizer, curriculum, bags done, keys of the episodes trained on, what the carry
+holds) is saved after each update, before the update is announced; it names the version it
+belongs to, and a restarted learner resumes from that version (an adapter directory written
+after it by an update that crashed before saving is ignored and later overwritten), so every
+finished episode is trained on exactly once across crashes. Finished episodes also feed the
+curriculum, whose next pick for that environment goes back to the bridge.
 
 Under ``torchrun --nproc_per_node N -m vla_rl_ros.nodes.learner_node --ros-args ...`` rank 0 is
 this node and the other ranks run only its PPO updates, each on a shard of every batch
@@ -28,30 +39,38 @@ import torch
 from rclpy.node import Node
 from std_msgs.msg import Header
 
+from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.rl.checkpoint import load_state_file, plain_state
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import EpisodeResult, PolicyVersion, TaskAssignment, TrajectoryBagInfo
-from vla_rl_ros.nodes import qos
+from vla_rl_ros.nodes import convert, qos
 from vla_rl_ros.nodes.adapters import latest_version, version_dir, weights_checksum
+from vla_rl_ros.nodes.learner_bags import (EpisodeLedger, carry_reference, complete_bags, inside,
+                                           restore_carry)
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
-from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_episodes
+from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_keyed
 
 EXTRA_PARAMETERS = {
-    "offline_bag_dir": ("", "Train on every iter_* bag of this directory at start-up (offline training); "
-                            "'' = only bags announced on trajectory_bags."),
+    "offline_bag_dir": ("", "Train on every iter_* bag of this directory at start-up, one update per bag "
+                            "(offline training); '' = the bags of graph.bag_dir, as they are announced."),
     "score_missing_steps": (True, "When reward.prm_path is set, score with the learner's own copy of the "
                                   "PRM the episodes the prm node did not fully score (it runs beside the "
                                   "control loop and can fall behind); false = outcome-only reward for "
                                   "those."),
-    "max_policy_lag": (0, "Train on an announced bag only if its policy version is at most this many "
-                          "versions behind the learner's (0 = strictly on-policy)."),
+    "max_policy_lag": (4, "Train on an episode only if the oldest policy version among its turns is at "
+                          "most this many versions behind the learner's (PPO's clipped ratio corrects a "
+                          "few versions of lag); older ones are counted as stale."),
+    "max_bags_per_update": (32, "Bags waiting when an update starts that it trains on together (a "
+                                "backlog recorded under one version, e.g. after a restart, is one "
+                                "on-policy update)."),
 }
 STATE_FILE = "learner_state.pt"
 
 
 class LearnerNode(Node):
-    """Consumes TrajectoryBagInfo, produces PolicyVersion and TaskAssignment."""
+    """Consumes trajectory bags (TrajectoryBagInfo), produces PolicyVersion and TaskAssignment."""
 
     def __init__(self, policy=None, **kwargs) -> None:
         super().__init__("learner", **kwargs)
@@ -63,6 +82,7 @@ class LearnerNode(Node):
         torch.manual_seed(cfg.train.seed)
         self.out = Path(cfg.train.output_dir).resolve()
         self.adapters_root = self.out / "adapters"
+        self.bag_dir = Path(cfg.graph.bag_dir).resolve()
         self.policy = policy if policy is not None else build_policy(cfg)
         self.prm = None
         if self.params.extra_values["score_missing_steps"]:
@@ -80,8 +100,7 @@ class LearnerNode(Node):
         self.chunk_size = int(self.policy.chunk_size)
         arch = self.policy.arch
         self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
-        self.rejected_bags = 0
-        self.rejected_episodes: dict[str, int] = {}
+        self.rejections = Rejections(self)
         cur = cfg.curriculum
         self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
                                          target_success=cur.target_success, temperature=cur.temperature,
@@ -90,48 +109,71 @@ class LearnerNode(Node):
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 2)
         self.version, self.version_path, self.version_sha = 0, "", ""
         self.processed: list[str] = []
+        self.refused: list[str] = []
+        """Bags rejected whole (another chunk size, unreadable): never tried again."""
+        self.ledger = EpisodeLedger()
         self.carry: dict = {}
         self.history: list[dict] = []
         self._resume()
 
+        guard = self.rejections.guard
         self.version_pub = self.create_publisher(PolicyVersion, topics.POLICY_VERSION, qos.LATCHED)
         self.assign_pub = self.create_publisher(TaskAssignment, topics.TASK_ASSIGNMENTS, qos.COMMAND)
-        self.create_subscription(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, self._on_bag,
-                                 qos.BAG_NOTICES)
-        self.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, self._on_episode, qos.BATCH)
+        self.create_subscription(TrajectoryBagInfo, topics.TRAJECTORY_BAGS,
+                                 guard("bag_notices", self._on_bag), qos.BAG_NOTICES)
+        self.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, guard("episode_results",
+                                 self._on_episode), qos.BATCH)
+        # Training runs from a one-shot timer, so notices that arrived together are one look at the
+        # bag directory; a guarded failure leaves the bags for the next look.
+        self.train_timer = self.create_timer(0.01, guard("updates", self._train_waiting))
         self._announce()
         self.get_logger().info(f"learner ready at policy version {self.version}")
         offline = self.params.extra_values["offline_bag_dir"]
         if offline:
-            complete = [b for b in sorted(Path(offline).glob("iter_*")) if (b / "metadata.yaml").is_file()]
-            self.get_logger().info(f"offline training on {len(complete)} bags of {offline}")
-            for bag in complete:  # a bag still being written has no metadata.yaml yet
-                self.train_on_bag(str(bag.resolve()))
+            bags = complete_bags(offline)  # a bag still being written has no metadata.yaml yet
+            self.get_logger().info(f"offline training on {len(bags)} bags of {offline}")
+            self.train_timer.cancel()
+            for bag in bags:
+                self.train_on_bags([str(bag)])
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
-        found = latest_version(self.adapters_root)
         state_path = self.out / STATE_FILE
-        if found is None:
-            return
-        version, path = found
-        self.policy.load_adapters(str(path))
-        self.version, self.version_path, self.version_sha = version, str(path), weights_checksum(path)
-        if state_path.is_file():
-            state = load_state_file(state_path)  # weights_only: a crafted file cannot run code
-            if int(state["version"]) == version:
-                self.trainer.load_state_dict(state["trainer"])
-                self.curriculum.load_state_dict(state["curriculum"])
-                self.processed = list(state["processed"])
-                self.history = list(state.get("history", []))
-        self.get_logger().info(f"resumed from policy version {version} ({path}); "
-                               f"{len(self.processed)} bags already trained on")
+        state = load_state_file(state_path) if state_path.is_file() else None  # weights_only: no code runs
+        found = latest_version(self.adapters_root)
+        version = int(state["version"]) if state is not None else (found[0] if found else 0)
+        if found is not None and found[0] > version:
+            self.get_logger().warning(f"adapters {found[1]} are newer than the learner state (v{version}): "
+                                      "an update crashed before its state was saved; they are ignored and "
+                                      "will be overwritten")
+        if version:
+            path = version_dir(self.adapters_root, version)
+            try:
+                self.policy.load_adapters(str(path))
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"cannot resume the learner from {path}: {err}") from None
+            self.version, self.version_path, self.version_sha = version, str(path), weights_checksum(path)
+        if state is not None:
+            self.trainer.load_state_dict(state["trainer"])
+            self.curriculum.load_state_dict(state["curriculum"])
+            self.processed = list(state["processed"])
+            self.refused = list(state.get("refused", []))
+            self.history = list(state.get("history", []))
+            self.ledger.load_state_dict(state.get("episodes", {}))
+            self.carry = restore_carry(state.get("carry", {}), self.chunk_size,
+                                       self.params.config.env.image_size)
+        if version or state is not None:
+            self.get_logger().info(f"resumed from policy version {version} ({len(self.processed)} bags and "
+                                   f"{len(self.ledger.trained)} episodes already trained on, "
+                                   f"{len(self.carry.get('episodes', {}))} unfinished episodes carried)")
 
     def _save_state(self) -> None:
         state = {"version": self.version, "trainer": self.trainer.state_dict(),
                  "curriculum": self.curriculum.state_dict(), "processed": self.processed,
-                 "history": self.history}
+                 "refused": self.refused, "history": self.history, "episodes": self.ledger.state_dict(),
+                 "carry": carry_reference(self.carry, self.processed)}
         tmp = self.out / (STATE_FILE + ".tmp")
+        self.out.mkdir(parents=True, exist_ok=True)
         torch.save(plain_state(state), tmp)
         tmp.replace(self.out / STATE_FILE)  # atomic: a crash leaves the previous state intact
 
@@ -143,6 +185,11 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------ curriculum
     def _on_episode(self, msg: EpisodeResult) -> None:
+        try:
+            convert.check_episode_result(msg)
+        except convert.MessageError as err:
+            self.rejections("episode_results", str(err))
+            return
         if msg.aborted or msg.task_id not in self.curriculum.task_ids:
             return
         self.curriculum.update(msg.task_id, msg.success)
@@ -159,48 +206,110 @@ class LearnerNode(Node):
             self._reject_bag(info.bag_path, f"its actions come in chunks of {info.chunk_size}, this "
                                             f"policy's in chunks of {self.chunk_size}")
             return
-        lag = self.version - int(info.policy_version)
-        if lag > int(self.params.extra_values["max_policy_lag"]):
-            # Rollouts outpaced learning: PPO wants data from the policy it updates, so a bag
-            # recorded under an older version is kept on disk but not trained on.
-            self.get_logger().info(f"bag {info.bag_path} is from policy v{info.policy_version}, "
-                                   f"{lag} versions behind v{self.version}: not trained on")
+        if not inside(info.bag_path, self.bag_dir):
+            self.rejections("bag_notices", f"{info.bag_path!r} is not under graph.bag_dir {self.bag_dir}")
             return
-        self.train_on_bag(info.bag_path, partial=info.partial)
+        if str(Path(info.bag_path).resolve()) in self.processed:
+            self.get_logger().info(f"bag {info.bag_path} already trained on; skipped")
+            return
+        self.train_timer.reset()
+
+    def waiting_bags(self) -> list[str]:
+        """Complete bags of graph.bag_dir not yet trained on nor refused, in iteration order."""
+        done = set(self.processed) | set(self.refused)
+        return [str(b) for b in complete_bags(self.bag_dir) if str(b) not in done]
+
+    def _train_waiting(self) -> None:
+        self.train_timer.cancel()
+        waiting = self.waiting_bags()
+        if waiting:
+            self.train_on_bags(waiting[:max(1, int(self.params.extra_values["max_bags_per_update"]))])
+        if len(waiting) > 1:
+            self.train_timer.reset()  # the rest after the executor has had its turn
 
     def train_on_bag(self, bag_path: str, partial: bool = False) -> dict | None:
-        """One PPO iteration on the finished episodes of ``bag_path``; its metrics, None if skipped."""
-        from vla_rl_ros.core.policy.policy import ChunkSizeError
-        from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
-        from vla_rl_ros.core.rl.rollout import EmptyRolloutError
-        if bag_path in self.processed:
-            self.get_logger().info(f"bag {bag_path} already trained on; skipped")
-            return None
+        """One PPO iteration on the finished episodes of ``bag_path`` (see :meth:`train_on_bags`)."""
+        return self.train_on_bags([bag_path])
+
+    def train_on_bags(self, bag_paths: list[str]) -> dict | None:
+        """One PPO iteration on the finished episodes of ``bag_paths``; its metrics, None if none was read.
+
+        Bags are done (never read again) once their episodes are trained on or left out with a
+        count; the version changes only when PPO actually updated the weights.
+        """
         cfg = self.params.config
         started = time.perf_counter()
-        try:
-            finished, self.carry = read_episodes([bag_path], self.carry, self.chunk_size)
-        except ChunkSizeError as err:
-            self._reject_bag(bag_path, str(err))
+        done = set(self.processed) | set(self.refused)
+        todo = [str(Path(p).resolve()) for p in bag_paths]
+        for path in [p for p in todo if p in done]:
+            self.get_logger().info(f"bag {path} already trained on; skipped")
+        todo = [p for p in todo if p not in done]
+        if todo:
+            self.get_logger().info(f"training on bags {todo} at policy version {self.version}")
+        carry, finished, read = self.carry, [], []
+        for path in todo:
+            try:
+                found, carry = read_episodes([path], carry, self.chunk_size, cfg.env.image_size)
+            except Exception as err:  # ChunkSizeError, a corrupt file: refused, the learner goes on
+                self._reject_bag(path, f"{type(err).__name__}: {err}")
+                continue
+            finished += found
+            read.append(path)
+        if not read:
+            self._save_state()
             return None
-        except Exception as err:  # a corrupt bag must not kill the learner
-            self.get_logger().error(f"cannot read bag {bag_path}: {err}")
-            return None
-        episodes, rejected, problems = rebuild_episodes(finished, self.token_range)
-        for reason, count in rejected.items():
-            self.rejected_episodes[reason] = self.rejected_episodes.get(reason, 0) + count
+        max_lag = int(self.params.extra_values["max_policy_lag"])
+        chosen, left_out = self.ledger.select(finished, self.version, max_lag)
+        keyed, rejected, problems = rebuild_keyed(chosen, self.token_range)
+        for reason, count in {**left_out, **rejected}.items():
+            self.ledger.count(reason, count)
         for problem in problems:
-            self.get_logger().warning(f"bag {bag_path}: not training on {problem}")
-        metrics: dict = {"learner/bag": bag_path, "learner/partial": bool(partial),
-                         "rollout/episodes": len(episodes),
+            self.get_logger().warning(f"bags {read}: not training on {problem}")
+        if left_out:
+            self.get_logger().warning(f"bags {read}: left out {left_out} at v{self.version} "
+                                      f"(max_policy_lag {max_lag})")
+        episodes = [episode for _, episode in keyed]
+        metrics: dict = {"learner/bags": ",".join(read), "rollout/episodes": len(episodes),
                          "rollout/env_steps": sum(e.env_steps for e in episodes),
                          "rollout/decisions": sum(e.length for e in episodes),
-                         **{f"learner/rejected_episodes_{k}": v for k, v in self.rejected_episodes.items()}}
-        self.processed.append(bag_path)
-        if not episodes:
-            self.get_logger().warning(f"bag {bag_path}: no usable episode; nothing to learn")
+                         "learner/orphans_evicted": int(carry.get("evicted", 0)),
+                         **{f"learner/rejected_episodes_{k}": v for k, v in self.ledger.counts.items()}}
+        if episodes:
+            try:
+                metrics.update(self._update(episodes))
+            except Exception as err:  # data the policy cannot score: the bags are done, the learner lives
+                self.get_logger().error(f"bags {read}: PPO update refused the data: "
+                                        f"{type(err).__name__}: {err}")
+                metrics["ppo/skipped"] = 1.0
+        else:
+            self.get_logger().warning(f"bags {read}: no usable episode; nothing to learn")
+        self.carry = carry
+        self.processed += read
+        if episodes and not metrics.get("ppo/skipped"):
+            self.ledger.add(key for key, _ in keyed)
+            self.version += 1
+            path = version_dir(self.adapters_root, self.version)
+            self.version_sha = self.policy.save_adapters(str(path), self.version)
+            self.version_path = str(path)
+            metrics.update({"learner/version": self.version, "time/update_s": time.perf_counter() - started})
+            self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
             self._save_state()
-            return metrics
+            self._announce()
+            self.get_logger().info(f"policy version {self.version} from {len(episodes)} episodes (success "
+                                   f"{metrics['rollout/success_rate']:.2f}) of bags {read} -> {path}")
+        else:
+            self.ledger.count("skipped_update", len(episodes))
+            self._save_state()
+            if episodes:
+                why = metrics.get("ppo/skip_reason", "error")
+                self.get_logger().warning(f"bags {read}: update skipped ({why}); the policy stays at "
+                                          f"v{self.version}")
+        return metrics
+
+    def _update(self, episodes) -> dict:
+        """Rewards, advantages and one PPO iteration on ``episodes``; the metrics."""
+        from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
+        cfg = self.params.config
         self._bootstrap(episodes)
         scored = [e.progress is not None for e in episodes]
         if self.prm is not None and not all(scored):
@@ -208,35 +317,23 @@ class LearnerNode(Node):
         rewards = [episode_rewards(e, cfg.reward.success_weight,
                                    cfg.reward.prm_weight if e.progress is not None else 0.0)
                    for e in episodes]
-        try:
-            batch = build_batch(episodes, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        except EmptyRolloutError as err:
-            self.get_logger().warning(f"bag {bag_path}: {err}")
-            return metrics
-        try:
-            metrics.update(self.trainer.update(batch, self.generator))
-        except ValueError as err:  # data the policy cannot score: skip the bag, keep the learner alive
-            self.get_logger().error(f"bag {bag_path}: PPO update refused the data: {err}")
-            self._save_state()
-            return metrics
-        self.version += 1
-        path = version_dir(self.adapters_root, self.version)
-        self.version_sha = self.policy.save_adapters(str(path), self.version)
-        self.version_path = str(path)
+        batch = build_batch(episodes, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        metrics = self.trainer.update(batch, self.generator)
         metrics.update({"rollout/success_rate": float(np.mean([e.success for e in episodes])),
-                        "rollout/prm_node_scored_fraction": float(np.mean(scored)),
-                        "learner/version": self.version, "time/update_s": time.perf_counter() - started})
-        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
-        self._save_state()
-        self._announce()
-        self.get_logger().info(f"policy version {self.version} from {len(episodes)} episodes "
-                               f"(success {metrics['rollout/success_rate']:.2f}) -> {path}")
+                        "rollout/prm_node_scored_fraction": float(np.mean(scored))})
         return metrics
 
+    @property
+    def rejected_bags(self) -> int:
+        """Bags refused whole so far."""
+        return self.rejections.counts.get("bags", 0)
+
     def _reject_bag(self, bag_path: str, why: str) -> None:
-        self.rejected_bags += 1
-        self.get_logger().error(f"bag {bag_path} rejected ({self.rejected_bags} so far, "
-                                f"learner/rejected_bags): {why}")
+        path = str(Path(bag_path).resolve())
+        if path not in self.refused and inside(path, self.bag_dir):
+            self.refused.append(path)  # never tried again (a bag outside graph.bag_dir never is)
+        count = self.rejections("bags", f"{bag_path}: {why}")
+        self.get_logger().error(f"bag {bag_path} rejected ({count} so far, learner/rejected_bags): {why}")
 
     def _bootstrap(self, episodes) -> None:
         """Critic value of the terminal observation of time-limit truncations (bootstrap, not termination)."""

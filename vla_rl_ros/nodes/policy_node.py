@@ -3,9 +3,11 @@
 Batches that arrive while the model is busy wait in a per-bridge slot; the next decode takes
 all of them in one batched call and replies to each bridge with its own ActionBatch: one chunk
 of ``policy.chunk_size`` actions per observation. A new PolicyVersion is only noted when it
-arrives; adapters are swapped between two decodes, never during one. A checksum mismatch, or a
-version (or adapter directory) made for chunks of another size, keeps the current weights with a
-logged reason and is counted (``refused_versions``); the node keeps serving.
+arrives; adapters are swapped between two decodes, never during one. A checksum mismatch, an
+adapter directory that does not verify (metadata that is not a JSON object of this format, weights
+that do not parse as safetensors or hold NaN/inf), or a version made for chunks of another size
+keeps the current weights with a logged reason and is counted (``refused_versions``); the node
+keeps serving. Replies echo the batch's bridge run (``incarnation``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from vla_rl_ros.msg import ActionBatch, ObservationBatch, PolicyVersion
 from vla_rl_ros.nodes import convert, qos
 from vla_rl_ros.nodes.adapters import weights_checksum
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
 
 EXTRA_PARAMETERS = {
@@ -66,13 +69,17 @@ class PolicyNode(Node):
         self.pending: dict[str, convert.ObservationBatchData] = {}
         self.decoded_batches = 0
         self.decode_seconds = 0.0
+        self.rejections = Rejections(self)
+        guard = self.rejections.guard
         self.action_pub = self.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
-        self.create_subscription(ObservationBatch, topics.OBSERVATIONS, self._on_observations, qos.BATCH)
-        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED)
+        self.create_subscription(ObservationBatch, topics.OBSERVATIONS,
+                                 guard("observations", self._on_observations), qos.BATCH)
+        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, guard("versions", self._on_version),
+                                 qos.LATCHED)
         # Decoding runs from a one-shot timer armed by arriving batches, after the executor has
         # handed over every message that was already waiting, so batches that arrived together
         # (several bridges) are decoded together.
-        self.decode_timer = self.create_timer(0.001, self._decode_pending)
+        self.decode_timer = self.create_timer(0.001, guard("decode", self._decode_pending))
         self.decode_timer.cancel()
         self.get_logger().info(f"policy ready (model {cfg.policy.model_path or 'new ' + cfg.policy.size}, "
                                f"chunks of {self.policy.chunk_size}, "
@@ -90,7 +97,8 @@ class PolicyNode(Node):
                                       f"step {msg.step_seq}: {err}")
             return
         previous = self.pending.get(batch.bridge_id)
-        if previous is None or batch.step_seq >= previous.step_seq:
+        newer_run = previous is not None and batch.incarnation != previous.incarnation
+        if previous is None or newer_run or batch.step_seq >= previous.step_seq:
             self.pending[batch.bridge_id] = batch
         self.decode_timer.reset()
 
@@ -117,7 +125,7 @@ class PolicyNode(Node):
             if msg.sha256 and checksum != msg.sha256:
                 raise ValueError(f"checksum of {path} is {checksum}, announced {msg.sha256}")
             self.policy.load_adapters(str(path))
-        except (OSError, ValueError) as err:  # ChunkSizeError is a ValueError too
+        except (OSError, ValueError) as err:  # ChunkSizeError and unverifiable adapters are ValueErrors
             self._refuse(msg, str(err))
             return
         self.version = int(msg.version)
@@ -152,7 +160,8 @@ class PolicyNode(Node):
             self.action_pub.publish(convert.actions_to_msg(
                 batch.bridge_id, batch.step_seq, batch.env_ids, self.version,
                 np.asarray(out.tokens)[start:end], np.asarray(out.actions)[start:end],
-                np.asarray(out.log_probs)[start:end], np.asarray(out.values)[start:end], temperature, header))
+                np.asarray(out.log_probs)[start:end], np.asarray(out.values)[start:end], temperature, header,
+                incarnation=batch.incarnation))
             start = end
 
 

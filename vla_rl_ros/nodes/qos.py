@@ -5,7 +5,7 @@
 - Batches and commands (observations, actions, step rewards, episode results, task
   assignments): reliable; a lost batch would stall or bias training.
 - Trajectory-bag notices: reliable and transient-local with a short history, so a learner that
-  subscribes late still hears of the bags recorded before it joined.
+  subscribes late is told at once that bags are waiting (it then takes every bag on disk).
 - Current policy version: reliable, transient-local, depth 1 ("latched"), so a policy node that
   (re)starts late still learns which adapters to load.
 """
@@ -32,7 +32,6 @@ LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 BAG_NOTICES = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """Transient-local keep-last 10: the learner loads its model for seconds (minutes at 7B) while the
-bridge and policy already roll out, and a volatile notice sent before it subscribed would be lost
-with the bag's training data. A late or restarted learner receives the last ten notices and skips
-the bags it already trained on or that are too old for ``max_policy_lag``. Volatile subscribers
-(viewers, tests) stay compatible."""
+bridge and policy already roll out. A notice only says when to look: the learner trains on every
+complete bag of ``graph.bag_dir`` it has not trained on, so notices beyond the last ten, or lost,
+lose no data. Volatile subscribers (viewers, tests) stay compatible."""

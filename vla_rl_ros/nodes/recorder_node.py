@@ -11,10 +11,17 @@ on ``trajectory_bags`` with the policy version that produced it, its env steps a
 Iterations continue after the highest bag already in ``graph.bag_dir`` (a restarted recorder
 never overwrites), and a bag closed early by shutdown or holding aborted episodes is marked
 ``partial``.
+
+Crash safety: the bag is synced (written and fsynced) each time an episode is complete in it, so
+a recorder killed mid-bag loses only the episodes running at that moment; at start-up it
+recovers every bag it left unfinished up to its last complete chunk (``bag_recovery``) and
+announces it, partial. What is recorded is bounded and checked first: a message larger than
+``convert.max_message_bytes`` (two frames of ``env.image_size`` per env of ``env.num_envs``), an
+ActionBatch or EpisodeResult that does not validate, is not written; it is logged and counted
+(``recorder/rejected_<kind>``).
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -22,26 +29,26 @@ from pathlib import Path
 
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
-from std_msgs.msg import Header
 
+import vla_rl_ros.msg as msgs
 from vla_rl_ros.graph import topics
-from vla_rl_ros.msg import (ActionBatch, EpisodeResult, ObservationBatch, PolicyVersion, StepRewardBatch,
-                            TrajectoryBagInfo)
-from vla_rl_ros.nodes import qos
+from vla_rl_ros.msg import ActionBatch, EpisodeResult, PolicyVersion, TrajectoryBagInfo
+from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.nodes.bag_recovery import BagTally, bag_iteration, incomplete_bags, recover_bag
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
-from vla_rl_ros.nodes.trajectory_bags import TrajectoryBagWriter, typestore
+from vla_rl_ros.nodes.trajectory_bags import RECORDED_TOPICS, TrajectoryBagWriter, typestore
 
-BAG_NAME = re.compile(r"^iter_(\d{6})$")
 CLOSE_GRACE_S = 2.0
 """How long a full bag waits for the last ActionBatch of its episodes before it closes anyway."""
 RECENT_ACTIONS = 1024
-"""ActionBatches remembered by (bridge, step_seq), to tell whether an episode's last one is in."""
+"""ActionBatches remembered by (bridge run, step_seq), to tell whether an episode's last one is in."""
 
 
 def next_iteration(bag_dir: Path) -> int:
     """One past the highest ``iter_NNNNNN`` bag in ``bag_dir`` (0 for an empty directory)."""
-    found = [int(m.group(1)) for p in bag_dir.glob("iter_*") if (m := BAG_NAME.match(p.name))]
+    found = [n for p in bag_dir.glob("iter_*") if (n := bag_iteration(p)) is not None]
     return max(found) + 1 if found else 0
 
 
@@ -54,71 +61,97 @@ class RecorderNode(Node):
         cfg = self.params.config
         self.bag_dir = Path(cfg.graph.bag_dir).resolve()
         self.bag_dir.mkdir(parents=True, exist_ok=True)
-        self.iteration = next_iteration(self.bag_dir)
+        self.max_bytes = convert.max_message_bytes(cfg.env.num_envs, cfg.env.image_size)
         self.store = typestore()
         self.writer: TrajectoryBagWriter | None = None
         self.current_version = 0
-        self.versions: set[int] = set()
         self.recent_actions: OrderedDict = OrderedDict()
-        self._reset_counts()
+        self.rejections = Rejections(self)
         self.info_pub = self.create_publisher(TrajectoryBagInfo, topics.TRAJECTORY_BAGS, qos.BAG_NOTICES)
-        recorded = ((topics.OBSERVATIONS, ObservationBatch), (topics.ACTIONS, ActionBatch),
-                    (topics.STEP_REWARDS, StepRewardBatch), (topics.EPISODE_RESULTS, EpisodeResult))
-        for topic, msg_type in recorded:
-            self.create_subscription(msg_type, topic, self._recorder_for(topic), qos.BATCH, raw=True)
-        self.create_subscription(PolicyVersion, topics.POLICY_VERSION, self._on_version, qos.LATCHED,
-                                 raw=True)
-        self.create_timer(0.05, self._close_when_complete)
-        self.get_logger().info(f"recording to {self.bag_dir} from iteration {self.iteration}")
+        self.recovered = [self._recover(path) for path in incomplete_bags(self.bag_dir)]
+        self.iteration = next_iteration(self.bag_dir)
+        self._reset_counts()
+        guard = self.rejections.guard
+        for topic in RECORDED_TOPICS:
+            profile = qos.LATCHED if topic == topics.POLICY_VERSION else qos.BATCH
+            msg_type = getattr(msgs, RECORDED_TOPICS[topic])
+            self.create_subscription(msg_type, topic, guard(topic, self._recorder_for(topic)), profile,
+                                     raw=True)
+        self.create_timer(0.05, guard("close", self._close_when_complete))
+        self.get_logger().info(f"recording to {self.bag_dir} from iteration {self.iteration} "
+                               f"(messages up to {self.max_bytes} bytes)")
+
+    def _recover(self, path: Path) -> TrajectoryBagInfo:
+        tally, kept = recover_bag(path, self.store)
+        info = tally.info(str(path), bag_iteration(path), True, self.get_clock().now().to_msg())
+        self.info_pub.publish(info)
+        self.get_logger().warning(f"recovered bag {path} left unfinished by a crash: {kept} messages up to "
+                                  f"its last complete chunk, {info.num_episodes} finished episodes (partial)")
+        return info
 
     def _reset_counts(self) -> None:
-        self.episodes = self.steps = self.decisions = self.successes = self.aborted = 0
-        self.versions = set()
-        self.chunk_sizes: set[int] = set()
-        self.awaited: set[tuple[str, int]] = set()
-        """(bridge, step_seq) of the last ActionBatch of a counted episode, not yet in the bag."""
+        self.tally = BagTally()
+        self.awaited: set[tuple[str, int, int]] = set()
+        """(bridge, run, step_seq) of the last ActionBatch of a counted episode, not yet in the bag."""
         self.close_due: float | None = None
 
     def _open(self) -> TrajectoryBagWriter:
         if self.writer is None:
             self.writer = TrajectoryBagWriter(self.bag_dir / f"iter_{self.iteration:06d}", self.store)
-            self.versions.add(self.current_version)
+            self.tally.versions.add(self.current_version)
         return self.writer
 
     def _stamp(self) -> int:
         return self.get_clock().now().nanoseconds
 
+    def _admit(self, topic: str, raw: bytes):
+        """The message to count (or None for a topic that is only recorded); MessageError if refused."""
+        if len(raw) > self.max_bytes:
+            raise convert.MessageError(f"{len(raw)} bytes, more than {self.max_bytes} "
+                                       f"(env.num_envs x two {self.params.config.env.image_size} px frames)")
+        if topic == topics.ACTIONS:
+            msg = deserialize_message(raw, ActionBatch)
+            convert.actions_from_msg(msg)  # a batch no bridge would run is not rollout data
+            return msg
+        if topic == topics.EPISODE_RESULTS:
+            return convert.check_episode_result(deserialize_message(raw, EpisodeResult),
+                                                self.params.config.env.image_size)
+        if topic == topics.POLICY_VERSION:
+            return deserialize_message(raw, PolicyVersion)
+        return None
+
     def _recorder_for(self, topic: str):
         def record(raw: bytes) -> None:
+            try:
+                msg = self._admit(topic, raw)
+            except convert.MessageError as err:
+                self.rejections(topic, str(err))
+                return
+            if topic == topics.POLICY_VERSION:
+                self.current_version = int(msg.version)
             self._open().write(topic, raw, self._stamp())
             if topic == topics.ACTIONS:
-                actions = deserialize_message(raw, ActionBatch)
-                self.versions.add(int(actions.policy_version))
-                self.chunk_sizes.add(int(actions.chunk_size))
-                key = (actions.bridge_id, int(actions.step_seq))
+                self.tally.add_actions(msg)
+                key = (msg.bridge_id, int(msg.incarnation), int(msg.step_seq))
                 self.recent_actions[key] = None
                 while len(self.recent_actions) > RECENT_ACTIONS:
                     self.recent_actions.popitem(last=False)
-                self.awaited.discard(key)
+                if key in self.awaited:
+                    self.awaited.discard(key)
+                    self.writer.sync()  # the episode that ran it is complete in the bag now
                 self._close_when_complete()
             elif topic == topics.EPISODE_RESULTS:
-                self._count_episode(deserialize_message(raw, EpisodeResult))
+                self._count_episode(msg)
         return record
 
-    def _on_version(self, raw: bytes) -> None:
-        self.current_version = int(deserialize_message(raw, PolicyVersion).version)
-        self._open().write(topics.POLICY_VERSION, raw, self._stamp())
-
     def _count_episode(self, result: EpisodeResult) -> None:
-        self.episodes += 1
-        self.steps += result.num_steps
-        self.decisions += result.num_decisions
-        self.successes += int(result.success)
-        self.aborted += int(result.aborted)
-        key = (result.bridge_id, int(result.last_step_seq))
+        self.tally.add_result(result)
+        key = (result.bridge_id, int(result.incarnation), int(result.last_step_seq))
         if result.last_step_seq and key not in self.recent_actions:
             self.awaited.add(key)
-        if self.episodes >= self.params.config.train.episodes_per_iter and self.close_due is None:
+        else:
+            self.writer.sync()  # durable: a crash from here on does not lose this episode
+        if self.tally.episodes >= self.params.config.train.episodes_per_iter and self.close_due is None:
             self.close_due = time.monotonic() + CLOSE_GRACE_S
         self._close_when_complete()
 
@@ -135,18 +168,16 @@ class RecorderNode(Node):
         if self.writer is None:
             return None
         self.writer.close()
-        if len(self.chunk_sizes) > 1:
-            self.get_logger().warning(f"bag {self.writer.path} mixes chunk sizes {sorted(self.chunk_sizes)}")
-        info = TrajectoryBagInfo(
-            header=Header(stamp=self.get_clock().now().to_msg()), bag_path=str(self.writer.path),
-            iteration=self.iteration, policy_version=max(self.versions) if self.versions else 0,
-            num_episodes=self.episodes, num_steps=self.steps, num_successes=self.successes,
-            partial=bool(partial or self.aborted), num_decisions=self.decisions,
-            chunk_size=next(iter(self.chunk_sizes)) if len(self.chunk_sizes) == 1 else 0)
+        if len(self.tally.chunk_sizes) > 1:
+            self.get_logger().warning(f"bag {self.writer.path} mixes chunk sizes "
+                                      f"{sorted(self.tally.chunk_sizes)}")
+        info = self.tally.info(str(self.writer.path), self.iteration, partial,
+                               self.get_clock().now().to_msg())
         self.info_pub.publish(info)
         marker = " (partial)" if info.partial else ""
         self.get_logger().info(f"bag {info.bag_path}: {info.num_episodes} episodes, {info.num_successes} "
-                               f"successes, policy v{info.policy_version}{marker}")
+                               f"successes, policy v{info.policy_version}{marker} "
+                               f"{self.rejections.summary('recorder')}")
         self.writer = None
         self.iteration += 1
         self._reset_counts()

@@ -6,7 +6,7 @@ controller, another policy runtime): absolute pose targets on ``command_in/pose`
 (geometry_msgs/PoseStamped in the base frame) and gripper widths on ``command_in/gripper``
 (std_msgs/Float64, metres) come out limited on ``command/*`` (armed) or ``dry_run/command/*``.
 Parameters: the ``safety.*`` section (``config/franka.yaml``) plus ``base_frame`` and the gripper
-widths. docs/franka.md lists the topics.
+widths (tighten-only at runtime, like ``safety.*``). docs/franka.md lists the topics.
 """
 from __future__ import annotations
 

@@ -6,18 +6,24 @@ run or driver: the driver topics get a publisher only while armed), the measured
 pose, logging of every clamp and stop, and ``/diagnostics``. docs/franka.md lists the topics.
 
 Runtime parameter changes may only tighten the layer: disarm, shrink the workspace box, lower a
-step or speed limit, shorten a timeout. Arming, any loosening, a new control rate and switching
-``use_sim_time`` are refused (counted, logged, in ``/diagnostics``). The parameter services
-answer any DDS participant that can reach the node, and ROS 2 without SROS2 access control has
-no notion of who the caller is; so the one act that proves an operator at the robot is starting
-the process there, and arming is ``safety.armed:=true`` on its command line or params file
-(``ros2 launch ... armed:=true``). Disarming stays a remote action, because it is always safe.
+step or speed limit, shorten a timeout, narrow the gripper widths. Arming, any loosening, a new
+control rate and switching ``use_sim_time`` are refused (counted, logged, in ``/diagnostics``).
+The parameter services answer any DDS participant that can reach the node, and ROS 2 without
+SROS2 access control has no notion of who the caller is; so the one act that proves an operator
+at the robot is starting the process there, and arming is ``safety.armed:=true`` on its command
+line or params file (``ros2 launch ... armed:=true``). Disarming stays a remote action, because
+it is always safe. For the same reason clearing a latched e-stop needs a local act as well as the
+``estop_reset`` call: a token file that the operator creates on the robot's machine (see
+:func:`estop_reset_token`), which no DDS participant can write.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import stat
 import time
+from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -29,8 +35,10 @@ from std_msgs.msg import Bool, Float64, Header
 from std_srvs.srv import Trigger
 
 from vla_rl_ros.core.config_io import ConfigError, from_dict, to_dict
-from vla_rl_ros.core.safety import EefPose, SafeCommand, SafetyConfig, SafetyFilter, loosened_fields
+from vla_rl_ros.core.safety import EefPose, SafeCommand, SafetyConfig, SafetyFilter
+from vla_rl_ros.core.safety_lock import check_gripper_widths, gripper_widths_loosened, loosened_fields
 from vla_rl_ros.nodes import qos
+from vla_rl_ros.nodes.rejections import Rejections
 
 COMMAND_TOPICS = ("command/pose", "command/twist", "command/gripper")
 DRY_RUN_PREFIX = "dry_run/"
@@ -40,6 +48,36 @@ ESTOP_ANY_PUBLISHER = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                                  durability=DurabilityPolicy.VOLATILE)
 """Matches reliable and best-effort, volatile and transient-local e-stop publishers alike: a
 QoS-incompatible e-stop button is only a warning at discovery, while the arm keeps moving."""
+GRIPPER_PARAMETERS = ("gripper_open_width_m", "gripper_closed_width_m")
+"""Node parameters of the commanded gripper widths (tighten-only, like ``safety.*``)."""
+ESTOP_RESET_TOKEN_S = 60.0
+"""A reset token older than this (or older than the latch) does not clear the e-stop."""
+
+
+def estop_reset_token(node: Node) -> Path:
+    """The file whose fresh creation on the robot's machine lets ``estop_reset`` clear the e-stop.
+
+    ``$ROS_HOME/vla_rl_ros/<node's fully qualified name>/estop_reset`` (``ROS_HOME`` defaults to
+    ``~/.ros``), in a directory only the node's user may write: creating it (``touch``) proves a
+    person or program on that machine, as that user, asked for the reset. Its path comes from the
+    environment the process was started with, not from a parameter, so no remote caller can move it.
+    """
+    home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
+    name = node.get_fully_qualified_name().strip("/").replace("/", ".")
+    return home / "vla_rl_ros" / name / "estop_reset"
+
+
+def fresh_local_token(path: Path, since: float, now: float) -> str:
+    """'' when ``path`` is a regular file of this user created in [since, now], else why not."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return f"no reset token {path}"
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        return f"{path} is not a regular file of this user"
+    if not since - 1.0 <= info.st_mtime <= now + 1.0 or now - info.st_mtime > ESTOP_RESET_TOKEN_S:
+        return f"{path} was not created after the latch and within {ESTOP_RESET_TOKEN_S:g} s"
+    return ""
 
 
 def _plain(value):
@@ -80,15 +118,24 @@ class SafetyLayer:
         self.filter = SafetyFilter(config)
         self.hardware_id = hardware_id
         self.frame_id = frame_id
+        check_gripper_widths(*gripper_widths_m)
         self.gripper_widths_m = gripper_widths_m
         """(open, closed) widths published for action[6] <= 0 and > 0."""
+        self.rejections = Rejections(node)
+        """Inputs the node refused (malformed camera frames, joint states...): ``rejected_*`` diagnostics."""
+        self.reset_token = estop_reset_token(node)
+        self.reset_token.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.reset_token.parent, 0o700)
+        self.estop_latched_at = 0.0
+        self.refused_estop_resets = 0
         self.pose: EefPose | None = None
         self.last_command: SafeCommand | None = None
         self.events_total = 0
         self.refused_parameter_changes = 0
         self.rejected_poses = 0
         self.last_events: collections.deque = collections.deque(maxlen=5)
-        node.create_subscription(PoseStamped, "eef_pose", self._on_pose, qos.SENSOR_VIZ)
+        node.create_subscription(PoseStamped, "eef_pose", self.rejections.guard("eef_poses", self._on_pose),
+                                 qos.SENSOR_VIZ)
         # A best-effort subscription matches every publisher, but it would also take a reliable
         # publisher's messages best-effort; the reliable one keeps those reliable. A message from
         # a reliable publisher then arrives twice, which a latch does not mind.
@@ -108,6 +155,7 @@ class SafetyLayer:
         current = self._current_config()
         changes = {p.name[len(SAFETY_PREFIX):]: _plain(p.value) for p in parameters
                    if p.name.startswith(SAFETY_PREFIX)}
+        widths = {p.name: p.value for p in parameters if p.name in GRIPPER_PARAMETERS}
         why = [f"{p.name}: the watchdog and control timers run on this clock (sim time without "
                "/clock stops them)" for p in parameters if p.name == "use_sim_time"
                and bool(p.value) != bool(self.node.get_parameter("use_sim_time").value)]
@@ -117,6 +165,14 @@ class SafetyLayer:
             except ConfigError as err:
                 return SetParametersResult(successful=False, reason=str(err))
             why += loosened_fields(current, proposed)
+        if widths:
+            try:
+                proposed_widths = tuple(float(widths.get(n, w)) for n, w in zip(GRIPPER_PARAMETERS,
+                                                                                self.gripper_widths_m))
+                check_gripper_widths(*proposed_widths)
+            except (ConfigError, TypeError, ValueError) as err:
+                return SetParametersResult(successful=False, reason=str(err))
+            why += gripper_widths_loosened(self.gripper_widths_m, proposed_widths)
         if not why:
             return SetParametersResult(successful=True)
         self.refused_parameter_changes += 1
@@ -188,15 +244,31 @@ class SafetyLayer:
         if not msg.data:
             return  # releasing the button never clears the latch: only estop_reset does
         if not self.filter.estop_latched:
-            self.node.get_logger().error("E-STOP latched: holding pose until 'estop_reset' is called")
+            self.estop_latched_at = time.time()
+            self.node.get_logger().error(f"E-STOP latched: holding pose until 'estop_reset' is called after "
+                                         f"`touch {self.reset_token}` on this machine")
         self.filter.latch_estop("estop topic")
         self.publish(self.filter.tick(time.monotonic()))
         self.publish_diagnostics()
 
     def _on_estop_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Clear a latched e-stop, only with a fresh local token (module docstring); consumes it."""
+        if not self.filter.estop_latched:
+            response.success, response.message = False, "e-stop was not latched"
+            return response
+        why = fresh_local_token(self.reset_token, self.estop_latched_at, time.time())
+        if why:
+            self.refused_estop_resets += 1
+            response.success = False
+            response.message = (f"refused: clearing a latched e-stop needs a local act: on the robot's "
+                                f"machine, as the node's user, `touch {self.reset_token}`, then call "
+                                f"estop_reset within {ESTOP_RESET_TOKEN_S:g} s ({why})")
+            self.record([f"refused estop_reset #{self.refused_estop_resets}: {why}"])
+            self.publish_diagnostics()
+            return response
+        self.reset_token.unlink(missing_ok=True)  # one token, one reset
         response.success = self.filter.reset_estop()
-        response.message = ("e-stop cleared; the arm moves again on the next fresh command"
-                            if response.success else "e-stop was not latched")
+        response.message = "e-stop cleared; the arm moves again on the next fresh command"
         self.node.get_logger().warning(response.message)
         return response
 
@@ -253,6 +325,9 @@ class SafetyLayer:
                    KeyValue(key="events_total", value=str(self.events_total)),
                    KeyValue(key="refused_parameter_changes", value=str(self.refused_parameter_changes)),
                    KeyValue(key="rejected_eef_poses", value=str(self.rejected_poses)),
+                   KeyValue(key="refused_estop_resets", value=str(self.refused_estop_resets)),
+                   *[KeyValue(key=f"rejected_{k}", value=str(v))
+                     for k, v in sorted(self.rejections.counts.items())],
                    KeyValue(key="last_events", value=" | ".join(self.last_events))]
         status = DiagnosticStatus(level=level, name=f"{self.node.get_name()}: safety", message=message,
                                   hardware_id=self.hardware_id, values=values)

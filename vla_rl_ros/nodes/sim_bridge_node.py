@@ -1,8 +1,8 @@
 """``sim_bridge``: N simulated environments behind the graph's observation/action interface.
 
 Publishes one ObservationBatch per decision point, applies the matching ActionBatch (by
-``bridge_id`` and ``step_seq``; stale, foreign or malformed batches, and chunks of another size
-than ``policy.chunk_size``, are dropped with a logged reason and counted), emits an EpisodeResult
+``bridge_id``, ``incarnation`` and ``step_seq``; stale, foreign or malformed batches, and chunks of
+another size than ``policy.chunk_size``, are dropped with a logged reason and counted), emits an EpisodeResult
 when an episode ends and resets that environment to the next task: the one the curriculum
 assigned (TaskAssignment), else a uniformly drawn training task. Each environment runs its whole
 chunk of K actions (``step_chunk``: fewer when its episode ends inside the chunk) and is observed
@@ -10,6 +10,10 @@ once, after it, so the next ObservationBatch comes K control steps later; episod
 the step counters count environment steps.
 A policy that stays silent for ``graph.action_timeout_s`` is reported and the pending batch is
 re-sent until it answers, so no step is lost when the policy node restarts.
+Every run of the node has its own ``incarnation`` (its start time in ns), carried by its
+observations and episode results: step_seq and episode ids restart at every run, so a restarted
+bridge's episodes never collide with the previous run's (nor are a late reply to the previous run
+applied). Task assignments queue at most ``MAX_QUEUED_ASSIGNMENTS`` per env (oldest dropped, counted).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
 from vla_rl_ros.nodes import convert, qos
 from vla_rl_ros.nodes.params import ExperimentParameters
+from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
 
 EXTRA_PARAMETERS = {
@@ -39,6 +44,8 @@ EXTRA_PARAMETERS = {
     "min_observation_subscribers": (1, "Start stepping only once this many nodes subscribe to observations "
                                        "(policy, recorder, prm), so the first steps are not lost."),
 }
+MAX_QUEUED_ASSIGNMENTS = 4
+"""Task assignments kept per env (the curriculum sends one per finished episode)."""
 
 
 def make_environments(cfg) -> VectorEnvLike:
@@ -70,7 +77,8 @@ class SimBridgeNode(Node):
             raise ConfigError(f"init_states={split!r}: 'train' or 'eval'")
         self.init_state_pool = (train_init_states if split == "train" else eval_init_states)(
             cfg.env.num_train_init_states)
-        self.assignments: list[deque] = [deque() for _ in range(self.num_envs)]
+        self.assignments: list[deque] = [deque(maxlen=MAX_QUEUED_ASSIGNMENTS) for _ in range(self.num_envs)]
+        self.incarnation = time.time_ns()
         self.next_episode_id = 0
         self.episode_ids = [0] * self.num_envs
         self.episode_tasks = [(0, 0)] * self.num_envs
@@ -86,11 +94,14 @@ class SimBridgeNode(Node):
         self.decisions_done = 0
         self.rejected_actions = 0
         self.rejected_pending = False
+        self.rejections = Rejections(self)
+        guard = self.rejections.guard
 
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.result_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
-        self.create_subscription(ActionBatch, topics.ACTIONS, self._on_actions, qos.BATCH)
-        self.create_subscription(TaskAssignment, topics.TASK_ASSIGNMENTS, self._on_assignment, qos.COMMAND)
+        self.create_subscription(ActionBatch, topics.ACTIONS, guard("actions", self._on_actions), qos.BATCH)
+        self.create_subscription(TaskAssignment, topics.TASK_ASSIGNMENTS, guard("task_assignments",
+                                 self._on_assignment), qos.COMMAND)
         self.create_service(Trigger, topics.RESET_SERVICE, self._on_reset_request)
         self.viz_images = [self.create_publisher(Image, topics.viz_image(i), qos.SENSOR_VIZ)
                            for i in range(self.num_envs)]
@@ -101,8 +112,8 @@ class SimBridgeNode(Node):
         self.started = time.monotonic()
         self.create_timer(10.0, self._log_rate)
         self.viz_timer = self.create_timer(1.0 / cfg.graph.viz_rate_hz, self._publish_viz)
-        self.get_logger().info(f"bridge {self.bridge_id}: {self.num_envs} {cfg.env.backend} envs, "
-                               f"tasks {self.task_ids}, chunks of {self.chunk_size}")
+        self.get_logger().info(f"bridge {self.bridge_id} (incarnation {self.incarnation}): {self.num_envs} "
+                               f"{cfg.env.backend} envs, tasks {self.task_ids}, chunks of {self.chunk_size}")
 
     # ------------------------------------------------------------------ episodes
     def _next_assignment(self, env_id: int) -> tuple[int, int]:
@@ -128,7 +139,8 @@ class SimBridgeNode(Node):
         self.result_pub.publish(convert.episode_result_to_msg(
             self.bridge_id, env_id, self.episode_ids[env_id], task_id, init_id, self.episode_steps[env_id],
             success, truncated, aborted, reason, self._header(), self.observations.get(env_id),
-            num_decisions=self.episode_decisions[env_id], last_step_seq=self.episode_last_seq[env_id]))
+            num_decisions=self.episode_decisions[env_id], last_step_seq=self.episode_last_seq[env_id],
+            incarnation=self.incarnation))
         self.episodes_done += 1
 
     # ------------------------------------------------------------------ stepping
@@ -140,7 +152,7 @@ class SimBridgeNode(Node):
         env_ids = list(range(self.num_envs))
         self.pending = convert.observations_to_msg(
             self.bridge_id, self.step_seq, env_ids, [self.episode_ids[i] for i in env_ids],
-            [self.observations[i] for i in env_ids], self._header())
+            [self.observations[i] for i in env_ids], self._header(), self.incarnation)
         self.obs_pub.publish(self.pending)
         self.published_at = time.monotonic()
         self.rejected_pending = False
@@ -150,14 +162,16 @@ class SimBridgeNode(Node):
             return  # another bridge's reply on the shared topic
         try:  # validate first: a malformed batch is reported even when it is also stale
             batch = convert.actions_from_msg(msg, chunk_size=self.chunk_size)
-            if self.pending is None or msg.step_seq != self.pending.step_seq:
+            if (self.pending is None or msg.step_seq != self.pending.step_seq
+                    or msg.incarnation != self.incarnation):
                 self.get_logger().debug(f"ignoring actions for step {msg.step_seq} (stale or duplicate)")
                 return
             batch = convert.actions_from_msg(msg, list(self.pending.env_ids), self.chunk_size)
         except convert.MessageError as err:
             # No env steps: the episode goes on from the same observation, re-sent by the watchdog.
             self.rejected_actions += 1
-            self.rejected_pending = self.pending is not None and msg.step_seq == self.pending.step_seq
+            self.rejected_pending = (self.pending is not None and msg.step_seq == self.pending.step_seq
+                                     and msg.incarnation == self.incarnation)
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq} "
                                       f"({self.rejected_actions} so far): {err}")
             return
@@ -224,7 +238,8 @@ class SimBridgeNode(Node):
         self.get_logger().info(f"rollout/env_steps={self.steps_done} rollout/decisions={self.decisions_done} "
                                f"rollout/episodes={self.episodes_done} "
                                f"rollout/env_steps_per_s={self.steps_done / max(elapsed, 1e-9):.1f} "
-                               f"rollout/rejected_action_batches={self.rejected_actions}")
+                               f"rollout/rejected_action_batches={self.rejected_actions} "
+                               f"{self.rejections.summary('bridge')}")
 
     # ------------------------------------------------------------------ commands
     def _on_assignment(self, msg: TaskAssignment) -> None:
@@ -233,9 +248,12 @@ class SimBridgeNode(Node):
         try:
             picks = convert.task_assignments_from_msg(msg, self.num_envs, set(self.task_ids))
         except convert.MessageError as err:
-            self.get_logger().warning(f"rejected TaskAssignment: {err}")
+            self.rejections("task_assignments", f"TaskAssignment: {err}")
             return
         for env_id, task_id, init_id in picks:
+            if len(self.assignments[env_id]) == MAX_QUEUED_ASSIGNMENTS:
+                self.rejections("task_assignments", f"env {env_id} already has {MAX_QUEUED_ASSIGNMENTS} "
+                                                    "queued; the oldest is dropped")
             self.assignments[env_id].append((task_id, init_id))
 
     def _on_reset_request(self, request, response):

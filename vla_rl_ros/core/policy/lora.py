@@ -88,15 +88,30 @@ def save_adapter_dir(directory: str | Path, peft_model: PeftModel, value_head: t
 
 
 def read_adapter_dir(directory: str | Path, peft_model: PeftModel) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Metadata and tensors of an adapter directory, verified (sha256, LoRA shape) before use."""
+    """Metadata and tensors of an adapter directory, verified before use; ValueError says why not.
+
+    Checked: ``adapter.json`` is a JSON object of this format; the weights' sha256 matches it; the
+    LoRA shape matches ``peft_model``; the weights file parses as safetensors; every tensor is
+    finite. A checksum proves only that the file is the one announced, not that its numbers are
+    usable: NaN weights with a valid checksum used to load and then fail every decode.
+    """
     directory = Path(directory)
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     for path in (meta_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"adapter directory {directory} lacks {path.name}")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_path}: not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    for key, least, required in (("version", 0, True), ("chunk_size", 1, False)):
+        value = meta.get(key)
+        if (required or value is not None) and not (type(value) is int and value >= least):
+            raise ValueError(f"{meta_path}: {key} is {value!r}, expected an integer >= {least}")
     digest = sha256_file(weights_path)
     if digest != meta.get("sha256"):
         raise ValueError(f"{weights_path}: sha256 {digest} does not match {meta.get('sha256')} in "
@@ -105,7 +120,16 @@ def read_adapter_dir(directory: str | Path, peft_model: PeftModel) -> tuple[dict
     found = {k: meta.get(k) for k in expected}
     if found != expected:
         raise ValueError(f"{directory}: adapters were saved for LoRA {found}, this policy has {expected}")
-    return meta, load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own SafetensorError (no ValueError) on garbage
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err})") \
+            from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{weights_path}: non-finite weights in {len(bad)} tensor(s), "
+                         f"e.g. {', '.join(bad[:3])}")
+    return meta, tensors
 
 
 def apply_adapter_tensors(peft_model: PeftModel, value_head: torch.nn.Module,

@@ -1,0 +1,161 @@
+"""SIGKILL of the recorder, the learner and the bridge mid-iteration, on the toy training graph
+(issue 26): every finished episode is trained on exactly once.
+
+bridge + policy + recorder + learner run as separate processes (as ``vla-rl launch`` starts
+them); a watcher node records every EpisodeResult and the time each episode was first observed.
+The recorder is killed with episodes of its open bag already finished, the learner while an
+update runs, the bridge in the middle of its episodes; each is restarted. At the end the learner's
+state (the keys of the episodes it trained on) is compared with what the bags on disk hold and
+with what the bridge reported:
+
+- no episode is trained on twice, and every usable episode in the bags was trained on;
+- every episode that had finished before the recorder was killed was trained on (its bag was
+  recovered), and so was every episode that ran wholly after the restarted recorder was up;
+- the only episodes not trained on are the ones running while the recorder was dead (their
+  middle was never recorded) and those the killed bridge left unfinished (never reported).
+"""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dds_domains import isolate_dds
+from test_graph_toy import Watcher, _log
+from vla_rl_ros.cli.launch_cmd import Supervisor
+from vla_rl_ros.graph.description import build_graph
+from vla_rl_ros.nodes.bag_episodes import episode_key_text
+from vla_rl_ros.nodes.learner_bags import complete_bags
+from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_keyed
+
+pytestmark = pytest.mark.slow
+
+
+def graph_config(tmp_path: Path) -> Path:
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
+        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
+                "max_episode_steps": 4},
+        "policy": {"size": "tiny", "image_size": 32},
+        "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
+        "train": {"episodes_per_iter": 4, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
+        "graph": {"action_timeout_s": 3.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    return config
+
+
+class EpisodeClock:
+    """When the watcher first saw each episode and when its result came (time.monotonic())."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.first_seen: dict[str, float] = {}
+        self.ended: dict[str, tuple[float, object]] = {}
+        self._obs = self._res = 0
+
+    def update(self) -> None:
+        now = time.monotonic()
+        for msg in self.watcher.observations[self._obs:]:
+            for env, episode in zip(msg.env_ids, msg.episode_ids):
+                key = episode_key_text((msg.bridge_id, msg.incarnation, env, episode))
+                self.first_seen.setdefault(key, now)
+        for msg in self.watcher.results[self._res:]:
+            self.ended.setdefault(episode_key_text((msg.bridge_id, msg.incarnation, msg.env_id,
+                                                    msg.episode_id)), (now, msg))
+        self._obs, self._res = len(self.watcher.observations), len(self.watcher.results)
+
+
+def test_sigkill_of_recorder_learner_and_bridge_loses_no_finished_episode(tmp_path, monkeypatch):
+    isolate_dds(monkeypatch)
+    logs = tmp_path / "logs"
+    supervisor = Supervisor(build_graph("train_sim", config=str(graph_config(tmp_path))), log_dir=str(logs))
+    watcher = Watcher(logs)
+    clock = EpisodeClock(watcher)
+
+    def wait(predicate, timeout, what):
+        watcher.wait_for(lambda: (clock.update(), predicate())[1], timeout, what)
+
+    def kill(label):
+        _, process = supervisor.processes[label]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    supervisor.start()
+    try:
+        wait(lambda: any(v.version >= 1 for v in watcher.versions), 300, "policy version 1")
+
+        # 1. The recorder, with finished episodes in its open bag.
+        bags_before = len(watcher.bags)
+        wait(lambda: len(watcher.bags) > bags_before, 120, "a bag closing")
+        results_at_bag = len(watcher.results)
+        wait(lambda: len(watcher.results) >= results_at_bag + 2, 120, "two results into the open bag")
+        time.sleep(0.5)
+        recorder_killed = time.monotonic()
+        kill("/recorder")
+        wait(lambda: time.monotonic() > recorder_killed + 3, 10, "episodes while the recorder is dead")
+        supervisor.restart("/recorder")
+        wait(lambda: "recovered bag" in _log(logs, "recorder"), 120, "the recorder recovering its bag")
+        recorder_back = time.monotonic() + 3.0  # discovery: what is published before may not reach it
+
+        # 2. The learner, inside an update.
+        updates = _log(logs, "learner").count("training on bags")
+        wait(lambda: _log(logs, "learner").count("training on bags") > updates, 180, "an update starting")
+        kill("/learner")
+        supervisor.restart("/learner")
+        wait(lambda: _log(logs, "learner").count("learner ready at policy version") >= 2, 180, "learner back")
+
+        # 3. The bridge, in the middle of its episodes.
+        incarnations = {o.incarnation for o in watcher.observations}
+        time.sleep(1.0)
+        kill("/sim_bridge")
+        supervisor.restart("/sim_bridge")
+        wait(lambda: {o.incarnation for o in watcher.observations} - incarnations, 120, "the new bridge run")
+        version_now = max(v.version for v in watcher.versions)
+        wait(lambda: max(v.version for v in watcher.versions) >= version_now + 2, 300, "two more versions")
+
+        # Orderly end: no more episodes, the recorder closes its bag, the learner trains on it.
+        for label in ("/sim_bridge", "/recorder"):
+            _, process = supervisor.processes[label]
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0
+        bag_dir = tmp_path / "run" / "bags"
+        state_file = tmp_path / "run" / "learner_state.pt"
+
+        def learner_done() -> bool:
+            state = torch.load(state_file, weights_only=True)
+            return set(state["processed"]) | set(state["refused"]) >= {str(b) for b in complete_bags(bag_dir)}
+        wait(learner_done, 300, "the learner taking every bag")
+        assert all(supervisor.processes[n][1].poll() is None for n in ("/learner", "/policy"))
+    finally:
+        supervisor.stop(grace_s=10.0)
+        clock.update()
+        watcher.close()
+
+    state = torch.load(state_file, weights_only=True)
+    trained = state["episodes"]["trained"]
+    assert len(trained) == len(set(trained)), "an episode was trained on twice"
+    assert not state["refused"] and state["episodes"]["counts"].get("stale", 0) == 0, state["episodes"]
+    # What the bags hold, read the way the learner reads them.
+    finished, carry = read_episodes([str(b) for b in complete_bags(bag_dir)], None, 1, 32)
+    keyed, rejected, _ = rebuild_keyed(finished)
+    in_bags = {episode_key_text(k) for k, _ in keyed}
+    assert in_bags == set(trained), (sorted(in_bags ^ set(trained)), rejected)
+    assert not list(bag_dir.glob("*.crashed"))
+    assert all((b / "metadata.yaml").is_file() for b in bag_dir.iterdir()), "a bag left unfinished"
+
+    reported = {k: msg for k, (_, msg) in clock.ended.items() if not msg.aborted}
+    before_kill = {k for k, (t, msg) in clock.ended.items() if not msg.aborted and t < recorder_killed - 1.0}
+    after_restart = {k for k in reported if clock.first_seen.get(k, 0.0) > recorder_back}
+    assert before_kill and after_restart
+    assert before_kill <= set(trained), f"lost to the kill: {sorted(before_kill - set(trained))}"
+    assert after_restart <= set(trained), f"lost after the restarts: {sorted(after_restart - set(trained))}"
+    lost = set(reported) - set(trained)
+    during_outage = {k for k in lost if clock.first_seen.get(k, 0.0) <= recorder_back
+                     and clock.ended[k][0] >= recorder_killed - 1.0}
+    assert lost == during_outage, f"lost outside the recorder's outage: {sorted(lost - during_outage)}"
+    assert len({k.split("|")[1] for k in reported}) == 2, "one bridge incarnation per run"
+    print(f"\nfinished episodes reported {len(reported)}, trained on {len(trained)} (each once), lost to a "
+          f"SIGKILL: 0 finished before a kill, {len(during_outage)} running while the recorder was dead; "
+          f"orphans evicted {carry['evicted']}; rejected in bags {rejected}")

@@ -1,0 +1,52 @@
+"""Counted, logged rejections: how a node turns bad input into a number instead of a crash.
+
+Nodes validate what they consume (``nodes/convert.py``, the core's loaders) and report a bad
+message or file through :class:`Rejections`: a warning that says what was refused and why, and a
+counter per kind. :meth:`Rejections.guard` wraps a subscription or timer callback as the last line:
+rclpy re-raises a callback's exception out of spin, which ends the process (and, for a required
+node, the whole graph), so an exception that no check foresaw is logged with its traceback and
+counted as ``<kind>_errors`` instead, and the node goes on with the next message.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+from rclpy.node import Node
+
+
+class Rejections:
+    """Counters of refused inputs of one node, by kind (``observations``, ``bags``, ...)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, kind: str, why: str) -> int:
+        """Count and log one refused ``kind`` input; returns how many of that kind so far."""
+        count = self.counts[kind] = self.counts.get(kind, 0) + 1
+        # Throttled per call site: a publisher flooding bad messages must not flood the log too.
+        self.node.get_logger().warning(f"rejected {kind} ({count} so far): {why}", throttle_duration_sec=1.0)
+        return count
+
+    def guard(self, kind: str, callback: Callable, on_error: Callable[[Exception], None] | None = None):
+        """``callback`` that counts and logs any exception as ``<kind>_errors`` instead of raising.
+
+        ``on_error(exception)`` runs after the count (the Franka bridge stops the arm there).
+        """
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as err:  # the node must outlive any single message
+                count = self.counts[f"{kind}_errors"] = self.counts.get(f"{kind}_errors", 0) + 1
+                self.node.get_logger().error(
+                    f"{kind}: unexpected {type(err).__name__}: {err} ({count} so far); the node goes on\n"
+                    f"{traceback.format_exc(limit=6)}", throttle_duration_sec=1.0)
+                if on_error is not None:
+                    on_error(err)
+                return None
+        return guarded
+
+    def summary(self, prefix: str) -> str:
+        """``prefix/rejected_<kind>=<n>`` for every kind counted, for a node's periodic log line."""
+        return " ".join(f"{prefix}/rejected_{k}={v}" for k, v in sorted(self.counts.items()))
