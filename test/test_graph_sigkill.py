@@ -71,7 +71,13 @@ class EpisodeClock:
 def test_sigkill_of_recorder_learner_and_bridge_loses_no_finished_episode(tmp_path, monkeypatch):
     isolate_dds(monkeypatch)
     logs = tmp_path / "logs"
-    supervisor = Supervisor(build_graph("train_sim", config=str(graph_config(tmp_path))), log_dir=str(logs))
+    graph = build_graph("train_sim", config=str(graph_config(tmp_path)))
+    for spec in graph.nodes:
+        if spec.role == "sim_bridge":
+            # The watcher subscribes to observations too: without this, a restarted bridge could
+            # start once the policy and the watcher hear it, before the recorder does.
+            spec.parameters["min_observation_subscribers"] += 1
+    supervisor = Supervisor(graph, log_dir=str(logs))
     watcher = Watcher(logs)
     clock = EpisodeClock(watcher)
 
