@@ -23,7 +23,6 @@ import yaml
 
 from dds_domains import fresh_domain_id
 from two_hosts import TwoHosts, unavailable
-from vla_rl_ros.graph import topics
 from vla_rl_ros.graph.dds_profile import multihost_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +39,11 @@ node.create_subscription(String, 'chatter',
                          lambda m: got.append(m.data) if sys.argv[1] not in m.data else None, 10)
 pub = node.create_publisher(String, 'chatter', 10)
 end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end and not got:
+while time.monotonic() < end:
     rclpy.spin_once(node, timeout_sec=0.05)
     pub.publish(String(data='hello from ' + sys.argv[1]))
+    if got:  # go on talking a little, for the other side to hear this one too
+        end = min(end, time.monotonic() + 5.0)
 print('heard ' + got[0] if got else 'heard nothing', flush=True)
 """
 
@@ -127,22 +128,31 @@ def test_hosts_meet_only_through_the_multihost_profiles(hosts, tmp_path):
         ("heard hello from node_b", "heard hello from node_a")
 
 
+WATCHER = """  # host A's view of the graph: one line per EpisodeResult (its bridge) and PolicyVersion
+import sys, rclpy
+from rclpy.node import Node
+from vla_rl_ros.graph import topics
+from vla_rl_ros.msg import EpisodeResult, PolicyVersion
+from vla_rl_ros.nodes import qos
+rclpy.init()
+node = Node('multihost_watcher')
+out = open(sys.argv[1], 'a', buffering=1)
+node.create_subscription(EpisodeResult, topics.EPISODE_RESULTS,
+                         lambda m: out.write(f'result {m.bridge_id}\\n'), qos.BATCH)
+node.create_subscription(PolicyVersion, topics.POLICY_VERSION,
+                         lambda m: out.write(f'version {m.version}\\n'), qos.LATCHED)
+rclpy.spin(node)
+"""
+
+
 @needs_two_hosts
 @pytest.mark.slow
-def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts, tmp_path, monkeypatch):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-
+def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts, tmp_path):
     from vla_rl_ros.cli.launch_cmd import Supervisor
     from vla_rl_ros.graph.description import build_graph, node_command
-    from vla_rl_ros.msg import EpisodeResult, PolicyVersion
-    from vla_rl_ros.nodes import qos
 
     profile_a, profile_b = profiles(hosts, tmp_path)
     domain = fresh_domain_id()
-    for name, value in dds_env(domain, profile_a, "SYSTEM_DEFAULT").items():
-        monkeypatch.setenv(name, value)
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
@@ -151,29 +161,40 @@ def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts,
         "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
         "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
         "graph": {"action_timeout_s": 5.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
-    graph = build_graph("train_sim", config=str(config))
     logs = tmp_path / "logs"
-    host_a = Supervisor(graph, log_dir=str(logs))
+    logs.mkdir()
+    # Every process of host A, the watcher included, runs on host A's profile. (Not this test
+    # process: Fast DDS reads a process's profile file once, and an earlier test may have.)
+    env_a = dds_env(domain, profile_a, "SYSTEM_DEFAULT")
+    host_a = Supervisor(build_graph("train_sim", config=str(config)), log_dir=str(logs))
 
     # What `vla-rl launch train_sim only:=sim_bridge bridge_namespace:=host_b` starts on host B.
-    rollout_host = build_graph("train_sim", config=str(config), only="sim_bridge", bridge_namespace="host_b")
+    rollout_host = build_graph("train_sim", config=str(config), only="sim_bridge",
+                               bridge_namespace="host_b")
     (remote,) = rollout_host.nodes
     remote_command = node_command(remote, rollout_host, sys.executable)
-    remote_env = dds_env(domain, profile_b, "SYSTEM_DEFAULT")
 
     def start_remote(log: str) -> subprocess.Popen:
         with open(logs / log, "ab") as out:
-            return subprocess.Popen([str(hosts.run_on_b), *remote_command], env=remote_env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen([str(hosts.run_on_b), *remote_command], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=dds_env(domain, profile_b, "SYSTEM_DEFAULT"))
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    watcher = Node("multihost_watcher", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(watcher)
-    results, versions = [], []
-    watcher.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, results.append, qos.BATCH)
-    watcher.create_subscription(PolicyVersion, topics.POLICY_VERSION, versions.append, qos.LATCHED)
+    seen = tmp_path / "seen.txt"
+    seen.touch()
+
+    def lines(kind: str) -> list[str]:
+        return [line.split(" ", 1)[1] for line in seen.read_text().splitlines()
+                if line.startswith(kind + " ")]
+
+    def version() -> int:
+        return max(map(int, lines("version")), default=0)
+
+    def episodes(bridge: str) -> int:
+        return sum(b == bridge for b in lines("result"))
+
+    def local_episodes() -> int:
+        return sum(b != "host_b" for b in lines("result"))
 
     def wait_for(predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -183,49 +204,47 @@ def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts,
                                 + "\n".join(log.read_text(errors="replace").splitlines()[-10:])
                                 for log in sorted(logs.glob("*.log")))
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")
-            executor.spin_once(timeout_sec=0.1)
+            time.sleep(0.2)
 
-    def version() -> int:
-        return max((v.version for v in versions), default=0)
-
-    def remote_episodes() -> int:
-        return sum(r.bridge_id == "host_b" for r in results)
-
-    remote_bridge = None
-    host_a.start()
+    remote_bridge = watcher = None
+    previous = dict(os.environ)
+    os.environ.update(env_a)  # what the Supervisor passes to host A's nodes
     try:
+        host_a.start()
+        with open(logs / "watcher.log", "ab") as errors:
+            watcher = subprocess.Popen([sys.executable, "-c", WATCHER, str(seen)], env=env_a,
+                                       stdout=subprocess.DEVNULL, stderr=errors)
         wait_for(lambda: version() >= 1, 240, "policy version 1 from host A's own bridge")
 
         # Join mid-run: host B's episodes are decoded by host A's policy (they could not end otherwise).
         remote_bridge = start_remote("host_b_sim_bridge.log")
-        wait_for(lambda: remote_episodes() >= 2, 180, "two episodes of the bridge on host B")
+        wait_for(lambda: episodes("host_b") >= 2, 180, "two episodes of the bridge on host B")
 
         # Leave without a goodbye (power cut): training goes on from host A's bridge.
         os.killpg(remote_bridge.pid, signal.SIGKILL)
         remote_bridge.wait(timeout=30)
-        before, local_before = version(), sum(r.bridge_id != "host_b" for r in results)
+        before, local_before = version(), local_episodes()
         wait_for(lambda: version() >= before + 2, 240, "two more policy versions after host B left")
-        assert sum(r.bridge_id != "host_b" for r in results) > local_before
+        assert local_episodes() > local_before
         assert all(process.poll() is None for _, process in host_a.processes.values()), "a node on A died"
 
         # And join again.
-        count = remote_episodes()
+        count = episodes("host_b")
         remote_bridge = start_remote("host_b_sim_bridge_again.log")
-        wait_for(lambda: remote_episodes() >= count + 2, 180, "episodes of host B after it joined again")
+        wait_for(lambda: episodes("host_b") >= count + 2, 180, "episodes of host B after it joined again")
         bags = tmp_path / "run" / "bags"
         complete = [b for b in bags.glob("iter_*") if (b / "metadata.yaml").is_file()]
         assert any(b"host_b" in (b / f"{b.name}.mcap").read_bytes() for b in complete), "no bag of host B"
     finally:
+        os.environ.clear()
+        os.environ.update(previous)
         if remote_bridge is not None and remote_bridge.poll() is None:
-            os.killpg(remote_bridge.pid, signal.SIGTERM)
-            try:
-                remote_bridge.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(remote_bridge.pid, signal.SIGKILL)
+            os.killpg(remote_bridge.pid, signal.SIGKILL)
+            remote_bridge.wait(timeout=30)
+        if watcher is not None:
+            watcher.kill()
+            watcher.wait(timeout=30)
         host_a.stop(grace_s=10.0)
-        executor.shutdown()
-        watcher.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def discovery_server(address: str) -> subprocess.Popen | None:
