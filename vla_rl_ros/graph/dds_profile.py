@@ -7,7 +7,9 @@ memory between the nodes of that host as before, UDP on loopback plus the one in
 dedicated robot/cluster network (never every interface), and unicast discovery with the host's
 own address and its peers' as initial peers (no multicast). Run the nodes with
 ``ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT`` so that the profile alone decides
-(``LOCALHOST`` would keep discovery on this host).
+(``LOCALHOST`` would keep discovery on this host). Every process of the host uses the profile,
+``ros2`` tools included: discovery traffic goes to the host's network address only, so a
+process left on the loopback profile does not see the host's nodes.
 """
 from __future__ import annotations
 
