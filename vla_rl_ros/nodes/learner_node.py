@@ -357,12 +357,18 @@ def main(args=None) -> int:
     from vla_rl_ros.core.rl.learner_ranks import serve_updates, stop_workers
     ranks = distributed.from_environment(_rank_device())
     if ranks is not None and not ranks.is_main:
-        return serve_updates(ranks)
+        try:
+            return serve_updates(ranks)
+        finally:
+            distributed.shutdown()
     try:
         return run_node(LearnerNode, args)
     finally:
         if ranks is not None:
             stop_workers(ranks)
+            # Leave the group before the interpreter exits: gloo's threads torn down at exit
+            # aborted rank 0 ("terminate called without an active exception") now and then.
+            distributed.shutdown()
 
 
 if __name__ == "__main__":
