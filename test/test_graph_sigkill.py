@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from dds_domains import isolate_dds
 from test_graph_toy import Watcher, _log
@@ -31,19 +30,13 @@ from vla_rl_ros.graph.description import build_graph
 from vla_rl_ros.nodes.bag_episodes import episode_key_text
 from vla_rl_ros.nodes.learner_bags import complete_bags
 from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_keyed
+from toy_graph_params import write_toy_graph_params
 
 pytestmark = pytest.mark.slow
 
 
 def graph_config(tmp_path: Path) -> Path:
-    config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
-                "max_episode_steps": 4},
-        "policy": {"size": "tiny", "image_size": 32},
-        "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
-        "train": {"episodes_per_iter": 4, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
-        "graph": {"action_timeout_s": 3.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    config = write_toy_graph_params(tmp_path, episodes_per_iter=4, action_timeout_s=3.0)
     return config
 
 

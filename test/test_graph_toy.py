@@ -30,6 +30,7 @@ from vla_rl_ros.graph.description import build_graph
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, PolicyVersion, StepRewardBatch, \
     TaskAssignment, TrajectoryBagInfo
 from vla_rl_ros.nodes import convert, qos
+from toy_graph_params import write_toy_graph_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -86,14 +87,7 @@ def _log(log_dir: Path, name: str) -> str:
 
 def toy_training_graph(tmp_path: Path):
     """The train_sim graph on the toy env with the tiny policy: 2 envs, 4-step episodes, 2 per bag."""
-    config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
-                "max_episode_steps": 4},
-        "policy": {"size": "tiny", "image_size": 32},
-        "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
-        "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
-        "graph": {"action_timeout_s": 3.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    config = write_toy_graph_params(tmp_path, episodes_per_iter=2, action_timeout_s=3.0)
     return build_graph("train_sim", config=str(config))
 
 

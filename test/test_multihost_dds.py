@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dds_domains import fresh_domain_id
 from two_hosts import TwoHosts, unavailable
+from toy_graph_params import write_toy_graph_params
 from vla_rl_ros.graph.dds_profile import multihost_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,14 +153,7 @@ def test_a_bridge_on_another_host_joins_and_leaves_while_training_goes_on(hosts,
 
     profile_a, profile_b = profiles(hosts, tmp_path)
     domain = fresh_domain_id()
-    config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "env": {"backend": "toy", "task_ids": [0, 1], "num_envs": 2, "image_size": 32,
-                "max_episode_steps": 4},
-        "policy": {"size": "tiny", "image_size": 32},
-        "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
-        "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
-        "graph": {"action_timeout_s": 5.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+    config = write_toy_graph_params(tmp_path, episodes_per_iter=2, action_timeout_s=5.0)
     logs = tmp_path / "logs"
     logs.mkdir()
     # Every process of host A, the watcher included, runs on host A's profile. (Not this test
