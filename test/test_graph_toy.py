@@ -206,10 +206,15 @@ def test_a_learner_that_starts_late_trains_on_bags_announced_before_it_joined(tm
     rollouts.start()
     try:
         watcher.wait_for(lambda: len(watcher.bags) >= 2, 180, "two bags announced")
-        _, bridge = rollouts.processes["/sim_bridge"]
-        bridge.send_signal(signal.SIGINT)
-        bridge.wait(timeout=30)
-        watcher.executor.spin_once(timeout_sec=1.0)
+        # The recorder stops too: one still running could close and announce another bag after the
+        # snapshot below (a partial one, at its shutdown), which the learner would rightly take.
+        for label in ("/sim_bridge", "/recorder"):
+            _, process = rollouts.processes[label]
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+        settle = time.monotonic() + 2.0  # every notice already sent reaches the watcher
+        while time.monotonic() < settle:
+            watcher.executor.spin_once(timeout_sec=0.1)
         announced = {b.bag_path for b in watcher.bags}
         assert all(b.policy_version == 0 for b in watcher.bags)
 

@@ -9,6 +9,8 @@ counted as ``<kind>_errors`` instead, and the node goes on with the next message
 """
 from __future__ import annotations
 
+import re
+import time
 import traceback
 from typing import Callable
 
@@ -18,15 +20,27 @@ from rclpy.node import Node
 class Rejections:
     """Counters of refused inputs of one node, by kind (``observations``, ``bags``, ...)."""
 
+    THROTTLE_S = 1.0
+    """A flood of one bad message must not flood the log: each reason is logged at most once a second."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
         self.counts: dict[str, int] = {}
+        self._last_logged: dict[tuple[str, str], float] = {}
 
     def __call__(self, kind: str, why: str) -> int:
         """Count and log one refused ``kind`` input; returns how many of that kind so far."""
         count = self.counts[kind] = self.counts.get(kind, 0) + 1
-        # Throttled per call site: a publisher flooding bad messages must not flood the log too.
-        self.node.get_logger().warning(f"rejected {kind} ({count} so far): {why}", throttle_duration_sec=1.0)
+        # Throttled per reason (the text without its numbers), not per call site: a flood of one bad
+        # message must not hide the first rejection of another kind of bad message (rclpy's own
+        # throttle is per call site, and every rejection goes through this line).
+        reason = (kind, re.sub(r"\d+", "#", why))
+        now = time.monotonic()
+        if len(self._last_logged) > 1024:  # reasons quoting names a sender chooses must not grow it forever
+            self._last_logged.clear()
+        if now - self._last_logged.get(reason, -self.THROTTLE_S) >= self.THROTTLE_S:
+            self._last_logged[reason] = now
+            self.node.get_logger().warning(f"rejected {kind} ({count} so far): {why}")
         return count
 
     def guard(self, kind: str, callback: Callable, on_error: Callable[[Exception], None] | None = None):
