@@ -45,12 +45,14 @@ LIMITS = dict(step=0.02, rot=0.15, speed=0.25, ang=1.0, lo=np.array([0.25, -0.4,
 
 class PolicyHarness(Node):
     """Answers observations with ``self.action_fn(step_seq)``: one action [7] or a chunk [K, 7]
-    (None = stay silent); records the rest."""
+    (None = stay silent), ``self.delay_fn(step_seq)`` seconds late when set (a slow policy);
+    records the rest."""
 
     def __init__(self) -> None:
         super().__init__("policy_harness")
         self.lock = threading.Lock()
         self.action_fn = None
+        self.delay_fn = None
         self.sent: list[tuple[float, int]] = []
         self.observations: list[ObservationBatch] = []
         self.dry_run: list = []
@@ -79,9 +81,18 @@ class PolicyHarness(Node):
                                        np.zeros((1, chunk.size)), np.zeros(1), 1.0,
                                        incarnation=msg.incarnation)
         reply.actions = [float(a) for a in chunk.ravel()]  # bypass the converter's checks: adversarial
+        delay = self.delay_fn(msg.step_seq) if self.delay_fn else 0.0
+        if delay > 0:  # from a timer thread, so the executor (and the fake driver) keep spinning
+            threading.Timer(delay, self._reply, (reply, msg.step_seq)).start()
+        else:
+            self._reply(reply, msg.step_seq)
+
+    def _reply(self, reply: ActionBatch, step_seq: int) -> None:
+        if not rclpy.ok():
+            return  # a late reply after the test ended
         self.action_pub.publish(reply)
         with self.lock:
-            self.sent.append((time.monotonic(), msg.step_seq))
+            self.sent.append((time.monotonic(), step_seq))
 
     def _on_dry(self, msg) -> None:
         with self.lock:

@@ -40,7 +40,8 @@ def test_small_action_passes_unchanged_with_libero_scaling():
     np.testing.assert_allclose(cmd.target.position, [0.505, -0.005, 0.3])
     assert rotation_angle_between(cmd.target.quaternion, IDENTITY) == pytest.approx(0.05, abs=1e-6)
     assert cmd.gripper_closed is True
-    np.testing.assert_allclose(cmd.linear_velocity, [0.1, -0.1, 0.0])  # 5 mm per 50 ms period
+    # The 5 mm step spread over the twist horizon: the watchdog (0.5 s) plus two 50 ms periods.
+    np.testing.assert_allclose(cmd.linear_velocity, np.array([0.005, -0.005, 0.0]) / 0.6)
 
 
 def test_huge_action_is_clamped_to_range_step_and_velocity():
@@ -152,9 +153,11 @@ def test_an_action_of_a_chunk_is_fresh_for_what_the_caller_says_never_longer_tha
     # A longer freshness cannot loosen the watchdog, and a plain action gets the full timeout again.
     safety.update_state(HOME, now=1.0)
     safety.filter_action([0.2, 0, 0, 0, 0, 0, 0], now=1.0, fresh_for_s=60.0)
+    safety.update_state(HOME, now=1.4)  # the pose keeps streaming: only the action goes stale
     assert safety.tick(1.49) is None and safety.tick(1.51).stopped
     safety.update_state(HOME, now=2.0)
     safety.filter_action([0.2, 0, 0, 0, 0, 0, 0], now=2.0)
+    safety.update_state(HOME, now=2.4)
     assert safety.tick(2.49) is None and safety.tick(2.51).stopped
 
 

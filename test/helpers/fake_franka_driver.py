@@ -5,8 +5,11 @@ It publishes what a franka_ros2 / ros2_control setup (plus a camera driver) publ
 seven Panda joints and two fingers) and ``eef_pose`` (geometry_msgs/PoseStamped); and it obeys
 ``command/pose`` (the end-effector goes to the target), ``command/twist`` and
 ``command/gripper`` (std_msgs/Float64 width in metres). Every received command is recorded with
-its arrival time so tests can check what reached the driver. This is the only fake in the
-Franka tests: there is no arm here.
+its arrival time so tests can check what reached the driver, and every pose target with the
+arm's pose when it arrived (how far that command asked the arm to jump). :meth:`guide_to` plays
+an operator moving the arm by hand (Franka's guiding mode): the arm goes where it is pushed and
+does not follow pose targets until :meth:`release`. This is the only fake in the Franka tests:
+there is no arm here.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class FakeFrankaDriver(Node):
         self.quaternion = np.array([1.0, 0.0, 0.0, 0.0])  # gripper pointing down: 180 deg about x
         self.finger_width = 0.08
         self.received: dict[str, list] = {"pose": [], "twist": [], "gripper": []}
+        self.arm_at_pose_command: list[tuple[np.ndarray, np.ndarray]] = []
+        """(position, quaternion) of the arm when each ``received["pose"]`` entry arrived."""
+        self.guided = False
         self.image = np.zeros((image_size, image_size, 3), np.uint8)
         self.image[:, : image_size // 2] = (200, 30, 30)
         self.image_pub = self.create_publisher(Image, "camera/image_raw", qos.SENSOR_VIZ)
@@ -49,6 +55,9 @@ class FakeFrankaDriver(Node):
     def _on_pose(self, msg: PoseStamped) -> None:
         with self.lock:
             self.received["pose"].append((time.monotonic(), msg))
+            self.arm_at_pose_command.append((self.position.copy(), self.quaternion.copy()))
+            if self.guided:
+                return  # held by the operator's hand: the controller's target is not followed
             p, q = msg.pose.position, msg.pose.orientation
             self.position = np.array([p.x, p.y, p.z])
             self.quaternion = np.array([q.x, q.y, q.z, q.w])
@@ -81,6 +90,24 @@ class FakeFrankaDriver(Node):
                       step=self.image.shape[1] * 3, data=self.image.tobytes())
         image.header.stamp, image.header.frame_id = stamp, "camera"
         self.image_pub.publish(image)
+
+    def guide_to(self, position, quaternion) -> None:
+        """The operator takes the arm and moves it to ``position``, ``quaternion`` (it stays guided)."""
+        with self.lock:
+            self.guided = True
+            self.position = np.asarray(position, np.float64).copy()
+            self.quaternion = np.asarray(quaternion, np.float64).copy()
+        self._publish_state()
+
+    def release(self) -> None:
+        """The operator lets go: pose targets move the arm again."""
+        with self.lock:
+            self.guided = False
+
+    def pose_commands_with_arm(self) -> list:
+        """``(arrival_time, msg, arm_position, arm_quaternion)`` of every pose target so far."""
+        with self.lock:
+            return [(t, m, p, q) for (t, m), (p, q) in zip(self.received["pose"], self.arm_at_pose_command)]
 
     def commands(self, kind: str) -> list:
         """Copy of the ``(arrival_time, msg)`` list of one command kind: pose, twist or gripper."""

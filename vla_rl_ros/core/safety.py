@@ -7,8 +7,11 @@ A policy action is LIBERO's OSC_POSE delta (xyz, axis-angle rotation, gripper) i
 - per-step limits on translation and rotation,
 - velocity limits (the step must be executable within one control period, and within the
   actual time since the previous command, at the configured maximum speeds),
+- a twist that moves a controller holding it until the next command at most one step, however
+  late that command comes (:meth:`SafetyFilter.twist_horizon_s` says why and how),
 - NaN / inf / wrong-length actions, stale robot state and a latched e-stop: all mean *stop*
-  (hold the pose where the stop began, zero twist),
+  (hold where the arm is, zero twist); a hold follows the arm when it is moved more than one
+  step away from it (by hand, a push), so no command ever asks for a jump,
 - a watchdog: no fresh action within ``watchdog_timeout_s`` (a chunk's action: less) means stop.
 
 Every clamp and stop is counted under a stable name in :attr:`SafetyFilter.counters` and
@@ -23,12 +26,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla_rl_ros.core.config_io import check
+# EefPose, the rotation helpers and proprio_from_state live in safety_pose (re-exported here).
+from vla_rl_ros.core.safety_pose import (EefPose, axis_angle_from_quat, normalize_quat,  # noqa: F401
+                                         proprio_from_state, quat_from_axis_angle, quat_multiply,
+                                         rotation_angle)
 
 ACTION_DIM = 7
 COUNTER_NAMES = (
     "clamp_action_range", "clamp_translation_step", "clamp_rotation_step", "clamp_velocity",
     "clamp_workspace", "stop_invalid_action", "stop_watchdog", "stop_estop", "stop_stale_state",
-    "ignored_action_estopped",
+    "ignored_action_estopped", "hold_reanchored",
 )
 """Stable names of the counters (also the diagnostics keys)."""
 
@@ -85,63 +92,6 @@ class SafetyConfig:
         return 1.0 / self.control_rate_hz
 
 
-# ----------------------------------------------------------------------------- rotations
-def quat_from_axis_angle(rotvec: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) of a rotation vector (axis * angle)."""
-    rotvec = np.asarray(rotvec, dtype=np.float64)
-    angle = float(np.linalg.norm(rotvec))
-    if angle < 1e-12:
-        return np.array([0.0, 0.0, 0.0, 1.0])
-    axis = rotvec / angle
-    return np.concatenate([axis * math.sin(angle / 2.0), [math.cos(angle / 2.0)]])
-
-
-def axis_angle_from_quat(quat: np.ndarray) -> np.ndarray:
-    """Rotation vector of a quaternion (x, y, z, w), angle in [0, pi] (robosuite's quat2axisangle)."""
-    quat = normalize_quat(quat)
-    if quat[3] < 0:  # q and -q are the same rotation; pick the short way round
-        quat = -quat
-    sin_half = float(np.linalg.norm(quat[:3]))
-    if sin_half < 1e-12:
-        return np.zeros(3)
-    angle = 2.0 * math.atan2(sin_half, float(quat[3]))
-    return quat[:3] / sin_half * angle
-
-
-def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of quaternions (x, y, z, w): rotation b first, then a."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
-
-
-def normalize_quat(quat: np.ndarray) -> np.ndarray:
-    """Unit quaternion; raises ValueError for a zero or non-finite one."""
-    quat = np.asarray(quat, dtype=np.float64)
-    norm = float(np.linalg.norm(quat))
-    if not (math.isfinite(norm) and norm > 1e-9):
-        raise ValueError(f"quaternion {quat.tolist()} cannot be normalised")
-    return quat / norm
-
-
-# ----------------------------------------------------------------------------- values
-@dataclass
-class EefPose:
-    """End-effector pose in the robot base frame."""
-
-    position: np.ndarray
-    """float64 [3] metres."""
-    quaternion: np.ndarray
-    """float64 [4] (x, y, z, w), unit."""
-
-    def is_finite(self) -> bool:
-        """True when every component is a finite number."""
-        return bool(np.isfinite(self.position).all() and np.isfinite(self.quaternion).all())
-
-
 @dataclass
 class SafeCommand:
     """What the bridge sends to the driver for one action or one watchdog tick."""
@@ -149,30 +99,17 @@ class SafeCommand:
     target: EefPose | None
     """Cartesian pose target; None only while no robot pose has ever been received."""
     linear_velocity: np.ndarray
-    """float64 [3] m/s twist (zero when stopped)."""
+    """float64 [3] m/s twist: the step spread over the twist horizon (zero when stopped)."""
     angular_velocity: np.ndarray
-    """float64 [3] rad/s twist (zero when stopped)."""
+    """float64 [3] rad/s twist: the rotation spread over the twist horizon (zero when stopped)."""
     gripper_closed: bool | None
     """Gripper command; None = leave the gripper as it is (stops never open the hand)."""
     stopped: bool
-    """True for a stop (hold pose, zero twist)."""
+    """True for a stop (hold where the arm is, zero twist)."""
     reason: str = ""
     """Why it stopped: 'watchdog', 'estop', 'invalid_action: ...', 'stale_state', 'no_action_yet'."""
     events: list[str] = field(default_factory=list)
     """Human-readable clamp or stop events raised while building this command."""
-
-
-def proprio_from_state(pose: EefPose, finger_positions: np.ndarray) -> np.ndarray:
-    """LIBERO-style proprio: eef position (3), eef axis-angle (3), gripper finger positions (2).
-
-    A Franka reports both finger joints as positive distances from the centre; LIBERO's sim
-    reports the second one negative. The second is negated here so that finger 0 minus finger 1
-    is the opening on both (what a state-reading policy reads as "gripper N cm").
-    """
-    fingers = np.zeros(2) if finger_positions is None else np.asarray(finger_positions, np.float64)
-    fingers = np.resize(fingers, 2) if fingers.size else np.zeros(2)
-    fingers = np.array([abs(fingers[0]), -abs(fingers[1])])
-    return np.concatenate([pose.position, axis_angle_from_quat(pose.quaternion), fingers]).astype(np.float32)
 
 
 def _clamp_norm(vector: np.ndarray, limit: float) -> tuple[np.ndarray, bool]:
@@ -251,11 +188,8 @@ class SafetyFilter:
             self.counters["clamp_action_range"] += 1
             events.append(f"clamp_action_range: {np.round(action, 4).tolist()} -> [-1, 1]")
         cfg = self.config
-        command = self._step(clipped[:3] * cfg.action_translation_scale_m, clipped[3:6] *
-                             cfg.action_rotation_scale_rad, bool(clipped[6] > 0.0), now, events)
-        if fresh_for_s is not None:
-            self._fresh_for_s = min(float(fresh_for_s), cfg.watchdog_timeout_s)
-        return command
+        return self._step(clipped[:3] * cfg.action_translation_scale_m, clipped[3:6] *
+                          cfg.action_rotation_scale_rad, bool(clipped[6] > 0.0), now, events, fresh_for_s)
 
     def filter_target(self, target: EefPose, gripper_closed: bool | None, now: float) -> SafeCommand:
         """Safe command for an absolute pose target from any other source (teleop, another controller)."""
@@ -289,8 +223,11 @@ class SafetyFilter:
         return None
 
     def _step(self, delta_pos: np.ndarray, delta_rot: np.ndarray, gripper_closed: bool | None, now: float,
-              events: list[str]) -> SafeCommand:
-        """Limit a wanted displacement (metres, rotation vector) from the measured pose; the shared core."""
+              events: list[str], fresh_for_s: float | None = None) -> SafeCommand:
+        """Limit a wanted displacement (metres, rotation vector) from the measured pose; the shared core.
+
+        The command is fresh for ``fresh_for_s`` (None: ``watchdog_timeout_s``, never longer).
+        """
         cfg = self.config
         period = cfg.control_period_s
         since_last = period if self._last_command_time is None else max(now - self._last_command_time, 1e-3)
@@ -313,14 +250,34 @@ class SafetyFilter:
                          normalize_quat(quat_multiply(quat_from_axis_angle(delta_rot), current.quaternion)))
         self._gripper_closed = gripper_closed
         self._last_action_time = now
-        self._fresh_for_s = cfg.watchdog_timeout_s
+        self._fresh_for_s = (cfg.watchdog_timeout_s if fresh_for_s is None
+                             else min(float(fresh_for_s), cfg.watchdog_timeout_s))
         self._last_command_time = now
         self.stopped = False
         self.stop_reason = ""
         self._hold = None
-        return SafeCommand(target=target, linear_velocity=delta_pos / period,
-                           angular_velocity=delta_rot / period,
+        horizon = self.twist_horizon_s()
+        return SafeCommand(target=target, linear_velocity=delta_pos / horizon,
+                           angular_velocity=delta_rot / horizon,
                            gripper_closed=self._gripper_closed, stopped=False, events=events)
+
+    def twist_horizon_s(self) -> float:
+        """Seconds the last command's twist may stand: the step is spread over them.
+
+        A Cartesian velocity controller executes a twist until the next one arrives, and the next
+        one this filter can vouch for is the watchdog's zero twist: at most ``fresh_for_s`` after
+        the command plus one control period (the watchdog checks once a period), plus one more
+        period for a late timer or a late delivery (the slack the watchdog tests allow). A policy's
+        next action may come sooner, never later. Spread over this horizon, a held twist moves the
+        arm along the segment from the measured pose towards the target and never past it: at
+        most one step, never out of the box, however late the next command. The pose target still
+        carries the whole step; a controller that follows only the twist moves slower than the
+        policy asks (period / horizon of each step when actions come every period), which is the
+        price of not depending on command timing. Dividing by one period instead (issue 26) let
+        such a controller move 27.9 mm between two commands (75 mm when the policy's reply came
+        late), with a step limit of 20 mm.
+        """
+        return self._fresh_for_s + 2.0 * self.config.control_period_s
 
     def reject_action(self, why: str) -> SafeCommand:
         """Stop because an action was malformed (wrong length, NaN, inf, out of any sane range)."""
@@ -328,7 +285,7 @@ class SafetyFilter:
         return self._stop_command(f"invalid_action: {why}", [f"stop: invalid action ({why})"], new=True)
 
     def hold(self, reason: str) -> SafeCommand:
-        """Stop on purpose (arming, new limits): hold the pose until the next fresh action; not counted."""
+        """Stop on purpose (arming, new limits, episode end): hold where the arm is; not counted."""
         return self._stop_command(reason, [], new=True)
 
     def tick(self, now: float) -> SafeCommand | None:
@@ -342,6 +299,10 @@ class SafetyFilter:
                 events.append(f"stop: watchdog, no fresh action for {now - self._last_action_time:.3g} s")
             reason = self.stop_reason if self.stopped and self.stop_reason else "watchdog"
             return self._stop_command(reason, events)
+        if not self.stopped and now - self._pose_time > self.config.state_timeout_s:
+            # A moving arm whose pose stream died stops now, not when the action goes stale: the
+            # filter no longer knows where the arm is relative to its target.
+            return self._stale_state(now)
         if self.stopped:  # an invalid action or stale state stopped us; keep holding until a good action
             return self._stop_command(self.stop_reason, [])
         return None
@@ -358,8 +319,9 @@ class SafetyFilter:
         return limited
 
     def _enter_stop(self, reason: str) -> None:
-        if not self.stopped or self._hold is None:
-            self._hold = self._pose
+        # Every stop holds where the arm is now (the latest measured pose), never a pose held
+        # before: the arm may have been moved since (issue 26: a 0.49 m jump back after a hand move).
+        self._hold = self._pose
         self.stopped = True
         self.stop_reason = reason
         self._last_command_time = None
@@ -368,8 +330,28 @@ class SafetyFilter:
         if new or not self.stopped:
             self._enter_stop(reason)
             self._last_action_time = -math.inf  # a stop needs a fresh good action to end
-        if self._hold is None:
-            self._hold = self._pose
+        events = self._follow_the_arm(list(events))
         zero = np.zeros(3)
         return SafeCommand(target=self._hold, linear_velocity=zero, angular_velocity=zero.copy(),
                            gripper_closed=self._gripper_closed, stopped=True, reason=reason, events=events)
+
+    def _follow_the_arm(self, events: list[str]) -> list[str]:
+        """Move the hold to the latest measured pose when the arm is more than one step from it.
+
+        Within one step the hold stays where the stop began, so it resists drift and small pushes
+        like any hold (re-targeting the measured pose every period would let a loaded arm creep);
+        beyond it the arm was moved on purpose (by hand, in guiding mode, by a collision), and
+        pulling it back would be a jump no moving command may make.
+        """
+        pose, cfg = self._pose, self.config
+        if pose is None or self._hold is None:
+            self._hold = pose
+            return events
+        off = float(np.linalg.norm(pose.position - self._hold.position))
+        turned = rotation_angle(pose.quaternion, self._hold.quaternion)
+        if off > cfg.max_translation_step_m or turned > cfg.max_rotation_step_rad:
+            self.counters["hold_reanchored"] += 1
+            events.append(f"hold_reanchored: the arm is {off:.3g} m, {turned:.3g} rad from the held pose "
+                          "(moved externally): holding where it is")
+            self._hold = pose
+        return events
