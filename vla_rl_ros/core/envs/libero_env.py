@@ -6,6 +6,7 @@ Importing this module does not import LIBERO or MuJoCo: that happens on the firs
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -149,17 +150,47 @@ def proprio_from_obs(raw: dict) -> np.ndarray:
     return np.concatenate([raw["robot0_eef_pos"], axis_angle, raw["robot0_gripper_qpos"]]).astype(np.float32)
 
 
+@contextmanager
+def xml_processor_while_constructing(processor):
+    """Make robosuite environments constructed inside this block compile their MJCF through ``processor``.
+
+    robosuite's own hook (``set_xml_processor``) can only be set on an existing environment, and
+    the constructor has already compiled the scene by then; hooking ``_initialize_sim`` for the
+    duration of the constructor applies it to that first compile without building twice. The
+    processor stays set on the environment, so a later hard reset compiles the same way. The hook
+    is process-wide while the block runs: environment workers are processes and build one at a time.
+    """
+    if processor is None:
+        yield
+        return
+    from robosuite.environments.base import MujocoEnv
+    original = MujocoEnv._initialize_sim
+
+    def initialize_sim(env, xml_string=None):
+        env.set_xml_processor(processor)
+        return original(env, xml_string)
+
+    MujocoEnv._initialize_sim = initialize_sim
+    try:
+        yield
+    finally:
+        MujocoEnv._initialize_sim = original
+
+
 class LiberoEnv:
     """A LIBERO task scene with standard episode handling.
 
     One simulator lives at a time; ``reset`` to another task rebuilds it (3-7 s on a CPU), so
     callers that can should group episodes by task. ``render=False`` skips cameras entirely
     (the images are then black frames of the configured size) for fast expert runs and tests.
+    ``visual_mesh_faces`` > 0 renders decimated copies of the render-only meshes (at most that
+    many triangles each; cached in ``visual_mesh_cache_dir``), see :mod:`.visual_meshes`.
     """
 
     def __init__(self, suite: str, image_size: int = 128, wrist_camera: bool = False,
                  render: bool = True, settle_steps: int = 10, max_episode_steps: int = 0,
-                 render_gpu: int | None = None, seed: int = 0) -> None:
+                 render_gpu: int | None = None, seed: int = 0, visual_mesh_faces: int = 0,
+                 visual_mesh_cache_dir: str = "") -> None:
         """Check ``suite`` exists; the simulator is built lazily on the first reset."""
         self.suite = suite
         self.tasks = list_tasks(suite) if suite else []
@@ -181,6 +212,11 @@ class LiberoEnv:
         self.frames_rendered = 0
         """Camera frames rendered so far (rendering dominates a CPU step: benchmarks and tests count it)."""
         self._init_states: dict[int, np.ndarray] = {}
+        self.mesh_decimator = None
+        """The :class:`VisualMeshDecimator` (its built/reused counters), when meshes are decimated."""
+        if visual_mesh_faces > 0 and render:  # without rendering nothing would draw the copies
+            from vla_rl_ros.core.envs.visual_meshes import VisualMeshDecimator
+            self.mesh_decimator = VisualMeshDecimator(visual_mesh_faces, visual_mesh_cache_dir or None)
 
     def _build(self, task: TaskSpec) -> None:
         from libero.libero.envs import OffScreenRenderEnv
@@ -199,7 +235,8 @@ class LiberoEnv:
             kwargs["render_gpu_device_id"] = self.render_gpu
         if not self.render:
             kwargs.update(has_offscreen_renderer=False)
-        self.sim = OffScreenRenderEnv(**kwargs)
+        with xml_processor_while_constructing(self.mesh_decimator):
+            self.sim = OffScreenRenderEnv(**kwargs)
         # robosuite rebuilds the whole MuJoCo model and renderer on every reset by default (3-6 s on
         # a CPU). set_init_state overwrites the full simulator state anyway: measured against hard
         # resets, proprio differs by < 3e-4 and pixels by <= 2/255 (controller warm state), the same

@@ -48,7 +48,8 @@ def _worker_main(connection, cfg: EnvConfig, render_gpu: int | None) -> None:
     from vla_rl_ros.core.envs.libero_env import LiberoEnv
     env = LiberoEnv(cfg.suite, image_size=cfg.image_size, wrist_camera=cfg.wrist_camera, render=cfg.render,
                     settle_steps=cfg.settle_steps, max_episode_steps=cfg.max_episode_steps,
-                    render_gpu=render_gpu, seed=cfg.seed)
+                    render_gpu=render_gpu, seed=cfg.seed, visual_mesh_faces=cfg.visual_mesh_faces,
+                    visual_mesh_cache_dir=cfg.visual_mesh_cache_dir)
     expert = None
     expert_ready = False
     noise_rng = np.random.default_rng(cfg.seed)
