@@ -14,11 +14,17 @@ def node_action(spec: NodeSpec, graph: GraphSpec):
     """A launch_ros ``Node`` for ``spec``; a required node that exits shuts the whole launch down."""
     from launch.actions import Shutdown
     from launch_ros.actions import Node
+
+    from vla_rl_ros.cli.launch_cmd import STOP_GRACE_S
     return Node(package=PACKAGE, executable=spec.executable, name=spec.name, namespace=spec.namespace,
                 parameters=[graph.params_file, dict(spec.parameters)],
                 remappings=list(spec.remappings),
                 ros_arguments=["--log-level", graph.log_level],
                 output="screen", emulate_tty=True,
+                # launch's own default is SIGTERM 5 s after Ctrl-C's SIGINT: a learner finishing
+                # its update outlasts that, and was killed on its way out (exit -15, "process has
+                # died"). The same grace as `vla-rl launch` gives, before SIGTERM and before SIGKILL.
+                sigterm_timeout=str(STOP_GRACE_S), sigkill_timeout=str(STOP_GRACE_S),
                 on_exit=Shutdown(reason=f"required node {spec.name} exited") if spec.required else None)
 
 
