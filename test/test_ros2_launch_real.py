@@ -102,10 +102,10 @@ def test_train_sim_launch_starts_the_training_graph_and_trains(ros2_launch, tmp_
                                                                           "policy.size": "tiny"}
         assert probe.parameters("/learner", ["train.output_dir", "graph.bag_dir"]) == \
             {"train.output_dir": str(run), "graph.bag_dir": str(run / "bags")}
-        published, subscribed = probe.topics_of("/sim_bridge")
-        assert {"/observations", "/episode_results", "/env_0/image_raw"} <= published, published
+        published, _ = probe.wait_for_topics(
+            "/sim_bridge", {"/observations", "/episode_results", "/env_0/image_raw"},
+            {"/actions", "/task_assignments"})
         assert "/env_1/image_raw" not in published   # num_envs:=1 overrides the file's 2
-        assert {"/actions", "/task_assignments"} <= subscribed, subscribed
 
         probe.wait_for(lambda: any(v.version >= 1 for v in versions), JOB_S, "policy version 1")
         assert results and all(r.env_id == 0 for r in results)
@@ -133,10 +133,10 @@ def test_eval_sim_launch_runs_two_namespaced_bridges_on_held_out_states(ros2_lau
         for index, bridge in enumerate(sorted(bridges)):
             assert probe.parameters(bridge, ["bridge_id", "init_states", "env.num_envs"]) == \
                 {"bridge_id": f"bridge_{index}", "init_states": "eval", "env.num_envs": 1}
-            published, subscribed = probe.topics_of(bridge)
-            # The shared topics are remapped to the root; camera and reset stay in the namespace.
-            assert {"/observations", "/episode_results", f"/bridge_{index}/env_0/image_raw"} <= published
-            assert {"/actions", "/task_assignments"} <= subscribed, subscribed
+            # The shared topics are remapped to the root; the camera stays in the bridge's namespace.
+            published, subscribed = probe.wait_for_topics(
+                bridge, {"/observations", "/episode_results", f"/bridge_{index}/env_0/image_raw"},
+                {"/actions", "/task_assignments"})
             assert not {t for t in published | subscribed if t.startswith(f"/bridge_{index}/observations")}
         assert probe.parameters("/policy", ["greedy"]) == {"greedy": True}
 
@@ -197,16 +197,16 @@ def test_deploy_franka_launch_dry_runs_against_the_fake_driver(ros2_launch, tmp_
                           "env.max_episode_steps": 6}
         assert probe.parameters("/policy", ["greedy", "policy.size"]) == {"greedy": True,
                                                                           "policy.size": "tiny"}
-        published, subscribed = probe.topics_of("/franka_bridge")
-        assert {f"{arm}/camera/image_raw", f"{arm}/joint_states", f"{arm}/eef_pose"} <= subscribed, subscribed
-        assert "/dry_run/command/pose" in published, published
-        assert not {t for t in published if t.startswith(f"{arm}/") or t.startswith("/command/")}, \
-            f"a dry run must not even have a publisher on the driver's command topics: {published}"
+        probe.wait_for_topics("/franka_bridge", {"/dry_run/command/pose", "/dry_run/command/gripper"},
+                              {f"{arm}/camera/image_raw", f"{arm}/joint_states", f"{arm}/eef_pose"})
 
         probe.wait_for(lambda: results, JOB_S, "the first episode ending at env.max_episode_steps")
         assert results[0].truncated and results[0].num_steps == 6 and results[0].bridge_id == "franka"
         assert len(dry_poses) >= 6, len(dry_poses)
         assert not driver.commands("pose") and not driver.commands("gripper"), "a dry run reached the driver"
+        published, _ = probe.topics_of("/franka_bridge")   # long discovered by now
+        assert not {t for t in published if t.startswith(f"{arm}/") or t.startswith("/command/")}, \
+            f"a dry run must not even have a publisher on the driver's command topics: {published}"
         # Every node reports its rejected inputs on /diagnostics too; the safety layer's status is one.
         safety = probe.wait_for(lambda: [s for array in diagnostics for s in array.status
                                          if s.name == "franka_bridge: safety"], 10, "safety diagnostics")

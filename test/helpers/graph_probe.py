@@ -64,19 +64,44 @@ class GraphProbe:
                              f"nodes {sorted(expected)} (seen: {sorted(self.node_names())})")
 
     def parameters(self, node: str, names: list[str], timeout_s: float = 30.0) -> dict:
-        """``{name: value}`` of parameters of the node with fully qualified name ``node``."""
+        """``{name: value}`` of parameters of the node with fully qualified name ``node``, all declared.
+
+        rclpy starts a node's parameter services before the node's own constructor declares its
+        parameters, so an early answer may hold unset (None) values: asked again until none is.
+        """
         client = AsyncParameterClient(self.node, node)  # lives as long as the probe: no destroy()
         self.wait_for(client.services_are_ready, timeout_s, f"parameter services of {node}")
-        future = client.get_parameters(names)
-        self.wait_for(future.done, timeout_s, f"parameters {names} of {node}")
-        return {name: parameter_value_to_python(value) for name, value in zip(names, future.result().values)}
+        answer: dict = {}
+
+        def all_declared() -> bool:
+            future = client.get_parameters(names)
+            self.wait_for(future.done, timeout_s, f"parameters {names} of {node}")
+            answer.update({n: parameter_value_to_python(v) for n, v in zip(names, future.result().values)})
+            return None not in answer.values()
+        self.wait_for(all_declared, timeout_s, f"parameters {names} of {node} declared (last: {answer})")
+        return answer
 
     def topics_of(self, node: str) -> tuple[set[str], set[str]]:
-        """(published, subscribed) topic names of the node with fully qualified name ``node``."""
+        """(published, subscribed) topic names of the node with fully qualified name ``node``, now."""
         namespace, _, name = node.rpartition("/")
         published = self.node.get_publisher_names_and_types_by_node(name, namespace or "/")
         subscribed = self.node.get_subscriber_names_and_types_by_node(name, namespace or "/")
         return {t for t, _ in published}, {t for t, _ in subscribed}
+
+    def wait_for_topics(self, node: str, published: set[str], subscribed: set[str],
+                        timeout_s: float = 30.0) -> tuple[set[str], set[str]]:
+        """Wait until ``node`` publishes and subscribes at least these; returns all of its topics then.
+
+        Discovery can announce a node before the publishers and subscriptions its constructor makes.
+        """
+        def present():
+            topics = self.topics_of(node)
+            return topics if published <= topics[0] and subscribed <= topics[1] else None
+        try:
+            return self.wait_for(present, timeout_s, f"{node} publishing {sorted(published)} "
+                                                     f"and subscribing {sorted(subscribed)}")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{node} (published, subscribed): {self.topics_of(node)}") from None
 
     def close(self) -> None:
         self.executor.shutdown()
