@@ -1,5 +1,7 @@
 """Counted rejections (nodes/rejections.py): every bad input is counted; the log is throttled per
 reason, so a flood of one bad message cannot hide the first rejection of another."""
+import time
+
 import rclpy
 import pytest
 from rclpy.node import Node
@@ -61,8 +63,8 @@ def test_the_same_reason_is_logged_again_after_the_throttle(node, monkeypatch):
     rejections("observations", "size 9x9, expected 32x32")
     clock[0] += Rejections.THROTTLE_S
     rejections("observations", "size 10x10, expected 32x32")
-    assert [line.split(": ", 1)[1] for line in node.recorded.lines] == ["size 8x8, expected 32x32",
-                                                                       "size 10x10, expected 32x32"]
+    logged = [line.split(": ", 1)[1] for line in node.recorded.lines]
+    assert logged == ["size 8x8, expected 32x32", "size 10x10, expected 32x32"]
     assert rejections.summary("policy") == "policy/rejected_observations=3"
 
 
@@ -74,3 +76,37 @@ def test_a_callback_that_raises_is_counted_and_the_node_goes_on(node):
     assert rejections.counts["observations_errors"] == 2
     assert len(stopped) == 2 and isinstance(stopped[0], KeyError)
     assert "unexpected KeyError" in node.recorded.lines[0]
+
+
+def test_counts_go_out_on_diagnostics(monkeypatch):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.executors import SingleThreadedExecutor
+
+    from dds_domains import isolate_dds
+    from vla_rl_ros.nodes import qos
+    isolate_dds(monkeypatch)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node, monitor = LoggedNode(context), Node("monitor", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    for each in (node, monitor):
+        executor.add_node(each)
+    seen = []
+    monitor.create_subscription(DiagnosticArray, "/diagnostics", lambda m: seen.extend(m.status), qos.COMMAND)
+    try:
+        rejections = Rejections(node)
+        rejections("bag_notices", "outside graph.bag_dir")
+        rejections("bag_notices", "outside graph.bag_dir")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(s.level == DiagnosticStatus.WARN for s in seen):
+            executor.spin_once(timeout_sec=0.1)
+        warned = next(s for s in seen if s.level == DiagnosticStatus.WARN)
+        assert warned.name == "rejecting_node: rejected inputs"
+        assert {kv.key: kv.value for kv in warned.values} == {"rejected_bag_notices": "2"}
+        quiet_from = len(seen)  # no new rejection: the next status is OK, the count stays
+        while time.monotonic() < deadline and len(seen) == quiet_from:
+            executor.spin_once(timeout_sec=0.1)
+        assert seen[quiet_from].level == DiagnosticStatus.OK and "2 in all" in seen[quiet_from].message
+    finally:
+        executor.shutdown()
+        rclpy.shutdown(context=context)

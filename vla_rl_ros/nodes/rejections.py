@@ -6,6 +6,11 @@ counter per kind. :meth:`Rejections.guard` wraps a subscription or timer callbac
 rclpy re-raises a callback's exception out of spin, which ends the process (and, for a required
 node, the whole graph), so an exception that no check foresaw is logged with its traceback and
 counted as ``<kind>_errors`` instead, and the node goes on with the next message.
+
+The counts also go out on ``/diagnostics`` once a second (one status per node, named
+``<node>: rejected inputs``; WARN while new rejections arrive, OK otherwise), so a monitor
+(rqt_robot_monitor, a fleet dashboard) sees a node refusing input without reading its log. The
+Franka bridge reports them in its own status instead (nodes/safety_io.py).
 """
 from __future__ import annotations
 
@@ -14,7 +19,11 @@ import time
 import traceback
 from typing import Callable
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
+from std_msgs.msg import Header
+
+from vla_rl_ros.nodes import qos
 
 
 class Rejections:
@@ -23,10 +32,14 @@ class Rejections:
     THROTTLE_S = 1.0
     """A flood of one bad message must not flood the log: each reason is logged at most once a second."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, diagnostics: bool = True) -> None:
         self.node = node
         self.counts: dict[str, int] = {}
         self._last_logged: dict[tuple[str, str], float] = {}
+        self._reported_total = 0
+        if diagnostics:
+            self._diagnostics = node.create_publisher(DiagnosticArray, "/diagnostics", qos.COMMAND)
+            node.create_timer(1.0, self.publish_diagnostics)
 
     def __call__(self, kind: str, why: str) -> int:
         """Count and log one refused ``kind`` input; returns how many of that kind so far."""
@@ -60,6 +73,19 @@ class Rejections:
                     on_error(err)
                 return None
         return guarded
+
+    def publish_diagnostics(self) -> None:
+        """One ``/diagnostics`` status with every count (WARN if any arrived since the last one)."""
+        total = sum(self.counts.values())
+        fresh = total - self._reported_total
+        self._reported_total = total
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if fresh else DiagnosticStatus.OK,
+            name=f"{self.node.get_name()}: rejected inputs", hardware_id=self.node.get_fully_qualified_name(),
+            message=f"{fresh} rejected in the last second, {total} in all" if total else "none rejected",
+            values=[KeyValue(key=f"rejected_{k}", value=str(v)) for k, v in sorted(self.counts.items())])
+        self._diagnostics.publish(DiagnosticArray(header=Header(stamp=self.node.get_clock().now().to_msg()),
+                                                  status=[status]))
 
     def summary(self, prefix: str) -> str:
         """``prefix/rejected_<kind>=<n>`` for every kind counted, for a node's periodic log line."""

@@ -121,7 +121,7 @@ class SafetyLayer:
         check_gripper_widths(*gripper_widths_m)
         self.gripper_widths_m = gripper_widths_m
         """(open, closed) widths published for action[6] <= 0 and > 0."""
-        self.rejections = Rejections(node)
+        self.rejections = Rejections(node, diagnostics=False)  # in this node's own status
         """Inputs the node refused (malformed camera frames, joint states...): ``rejected_*`` diagnostics."""
         self.reset_token = estop_reset_token(node)
         self.reset_token.parent.mkdir(parents=True, exist_ok=True)
