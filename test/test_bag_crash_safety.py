@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-import torch
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -35,6 +34,7 @@ from vla_rl_ros.core.envs.base import Observation
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TrajectoryBagInfo
 from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.nodes.trajectory_bags import (TrajectoryBagWriter, read_episodes, rebuild_episodes,
                                               to_core_episode, typestore)
 
@@ -242,7 +242,7 @@ def test_a_skipped_update_keeps_the_policy_version(tmp_path, monkeypatch, toy_ep
         assert metrics["ppo/skipped"] == 1.0 and node.version == 0
         assert not (tmp_path / "run" / "adapters").exists()
         assert node.ledger.trained == [] and node.ledger.counts["skipped_update"] == len(toy_episodes)
-        state = torch.load(tmp_path / "run" / "learner_state.pt", weights_only=True)
+        state = ckpt.load_checkpoint(tmp_path / "run")
         assert state["version"] == 0 and state["processed"] == [str(bag_dir / "iter_000000")]
     finally:
         close(node, context)

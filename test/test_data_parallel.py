@@ -169,7 +169,8 @@ def test_a_survivor_in_a_collective_says_in_one_line_what_happened(tmp_path):
 # ---------------------------------------------------------------------------- the learner node under torchrun
 LEARNER = {"env.backend": "toy", "env.image_size": 32, "env.task_ids": [0, 1], "env.num_envs": 2,
            "env.max_episode_steps": 8, "policy.size": "tiny", "policy.image_size": 32,
-           "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 1, "ppo.epochs": 2, "train.torch_threads": 1}
+           "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 1, "ppo.epochs": 2, "train.torch_threads": 1,
+           "ppo.advantage_estimator": "critic"}  # the bags are not recorded in groups of one context
 
 
 def write_bags(directory: Path, count: int, per_bag: int) -> list[Path]:
@@ -261,7 +262,7 @@ def test_the_learner_node_under_torchrun_trains_as_one_process(tmp_path, monkeyp
                             "--params-file", str(params)],
                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        state = tmp_path / "ranks" / "learner_state.pt"
+        state = ckpt.checkpoint_dir(tmp_path / "ranks") / ckpt.STATE_FILE
         deadline = time.monotonic() + 300
         while not (state.is_file() and ckpt.load_state_file(state)["version"] == 2):
             assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]

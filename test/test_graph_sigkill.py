@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from dds_domains import isolate_dds
 from test_graph_toy import Watcher, _log
@@ -29,6 +28,7 @@ from vla_rl_ros.cli.launch_cmd import Supervisor
 from vla_rl_ros.graph.description import build_graph
 from vla_rl_ros.nodes.bag_episodes import episode_key_text
 from vla_rl_ros.nodes.learner_bags import complete_bags
+from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_keyed
 from toy_graph_params import write_toy_graph_params
 
@@ -115,8 +115,8 @@ def test_sigkill_of_recorder_learner_and_bridge_loses_no_finished_episode(tmp_pa
         kill("/sim_bridge")
         supervisor.restart("/sim_bridge")
         wait(lambda: {o.incarnation for o in watcher.observations} - incarnations, 120, "the new bridge run")
-        wait(lambda: sum(r.incarnation not in incarnations and not r.aborted for r in watcher.results) >= 2, 120,
-             "two episodes of the new bridge run")
+        wait(lambda: sum(r.incarnation not in incarnations and not r.aborted for r in watcher.results) >= 2,
+             120, "two episodes of the new bridge run")
         version_now = max(v.version for v in watcher.versions)
         wait(lambda: max(v.version for v in watcher.versions) >= version_now + 2, 300, "two more versions")
 
@@ -126,10 +126,9 @@ def test_sigkill_of_recorder_learner_and_bridge_loses_no_finished_episode(tmp_pa
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=30) == 0
         bag_dir = tmp_path / "run" / "bags"
-        state_file = tmp_path / "run" / "learner_state.pt"
 
         def learner_done() -> bool:
-            state = torch.load(state_file, weights_only=True)
+            state = ckpt.load_checkpoint(tmp_path / "run")
             return set(state["processed"]) | set(state["refused"]) >= {str(b) for b in complete_bags(bag_dir)}
         wait(learner_done, 300, "the learner taking every bag")
         assert all(supervisor.processes[n][1].poll() is None for n in ("/learner", "/policy"))
@@ -138,7 +137,7 @@ def test_sigkill_of_recorder_learner_and_bridge_loses_no_finished_episode(tmp_pa
         clock.update()
         watcher.close()
 
-    state = torch.load(state_file, weights_only=True)
+    state = ckpt.load_checkpoint(tmp_path / "run")
     trained = state["episodes"]["trained"]
     assert len(trained) == len(set(trained)), "an episode was trained on twice"
     assert not state["refused"] and state["episodes"]["counts"].get("stale", 0) == 0, state["episodes"]

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-import torch
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -29,6 +28,7 @@ from vla_rl_ros.graph import topics
 from vla_rl_ros.graph.description import build_graph
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, PolicyVersion, StepRewardBatch, \
     TaskAssignment, TrajectoryBagInfo
+from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.nodes import convert, qos
 from toy_graph_params import write_toy_graph_params
 
@@ -182,7 +182,8 @@ def test_training_graph_runs_rejects_bad_messages_and_survives_faults(toy_graph)
                  Parameter("train.output_dir", value=str(tmp_path / "offline")),
                  Parameter("env.backend", value="toy"), Parameter("env.task_ids", value=[0, 1]),
                  Parameter("env.image_size", value=32), Parameter("policy.size", value="tiny"),
-                 Parameter("policy.image_size", value=32), Parameter("ppo.minibatch_size", value=8)]
+                 Parameter("policy.image_size", value=32), Parameter("ppo.minibatch_size", value=8),
+                 Parameter("ppo.advantage_estimator", value="critic")]  # as the graph's (toy_graph_params)
     offline = LearnerNode(context=offline_context, parameter_overrides=overrides)
     try:
         assert len(offline.processed) == len(complete) == 3 and 2 <= offline.version <= 3
@@ -221,7 +222,7 @@ def test_a_learner_that_starts_late_trains_on_bags_announced_before_it_joined(tm
         learner.start()
         watcher.wait_for(lambda: any(v.version >= 1 for v in watcher.versions), 180,
                          "policy version 1 from a bag announced before the learner started")
-        state = torch.load(tmp_path / "run" / "learner_state.pt", weights_only=True)
+        state = ckpt.load_checkpoint(tmp_path / "run")
         assert state["processed"] and set(state["processed"]) <= announced, (state["processed"], announced)
         assert "learner ready at policy version 0" in _log(tmp_path / "logs", "learner")
     finally:
@@ -273,6 +274,8 @@ def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
                         "max_episode_steps": 4},
                 "policy": {"size": "tiny", "image_size": 32},
                 "reward": {"prm_path": str(tmp_path / "prm"), "prm_weight": 0.1},
+                # every toy episode of the untrained policy fails: group estimators would make no version
+                "ppo": {"advantage_estimator": "critic"},
                 "train": {"episodes_per_iter": 2, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
                 "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags")}}
     config = tmp_path / "toy.yaml"

@@ -90,7 +90,6 @@ def _learner(tmp_path: Path, context):
 
 
 def test_learner_resumes_its_state_and_refuses_a_crafted_one(tmp_path, monkeypatch, one_torch_thread):
-    from vla_rl_ros.nodes.learner_node import STATE_FILE
     isolate_dds(monkeypatch)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -108,8 +107,8 @@ def test_learner_resumes_its_state_and_refuses_a_crafted_one(tmp_path, monkeypat
         resumed.destroy_node()
 
         marker = tmp_path / "marker"
-        craft(tmp_path / "run" / STATE_FILE, marker)
-        with pytest.raises(ConfigError, match=r"refused .*learner_state\.pt"):
+        craft(ckpt.checkpoint_dir(tmp_path / "run") / ckpt.STATE_FILE, marker)
+        with pytest.raises(ConfigError, match=r"refused .*latest/state\.pt"):
             _learner(tmp_path, context)
         assert not marker.exists()
     finally:

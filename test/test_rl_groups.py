@@ -8,7 +8,8 @@ from vla_rl_ros.core.envs.splits import (HELDOUT_LAYOUT_BASE, TRAIN_LAYOUT_BASE,
                                          held_out_contexts, is_held_out)
 from vla_rl_ros.core.rl.groups import SolvedContexts, group_advantages, group_ids, informative_groups
 from vla_rl_ros.core.rl.rollout import Episode
-from vla_rl_ros.core.rl.train_loop import TrainingRun, draw_contexts
+from vla_rl_ros.core.rl.learner import draw_contexts
+from vla_rl_ros.core.rl.train_loop import TrainingRun
 
 
 def test_leave_one_out_and_grpo_by_hand():

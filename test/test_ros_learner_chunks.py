@@ -26,7 +26,8 @@ from vla_rl_ros.nodes.trajectory_bags import TrajectoryBagWriter, typestore
 K = 3
 SETTINGS = {"env.backend": "toy", "env.image_size": 32, "env.task_ids": [0, 1], "env.num_envs": 2,
             "env.max_episode_steps": 8, "policy.size": "tiny", "policy.image_size": 32,
-            "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 0}
+            "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 0,
+            "ppo.advantage_estimator": "critic"}  # three episodes of three contexts: no groups to compare
 
 
 def settings(chunk: int) -> dict:
@@ -90,7 +91,7 @@ def test_the_learner_trains_on_turns_of_chunks(chunk_bag, tmp_path, monkeypatch,
         assert metrics["rollout/decisions"] == sum(e.length for e in episodes)
         assert metrics["rollout/env_steps"] == sum(e.env_steps for e in episodes)
         assert metrics["ppo/skipped"] == 0.0 and metrics["ppo/warmup"] == 0.0 and node.rejected_bags == 0
-        assert node.trainer.cfg.advantage_estimator == "critic"  # the node's estimator, set explicitly
+        assert node.trainer.cfg.advantage_estimator == "critic"  # the config's estimator, as in vla-rl train
         announced = []
         node.version_pub.publish = announced.append  # what _announce sends on the latched topic
         node._announce()

@@ -14,8 +14,10 @@ from vla_rl_ros.nodes.trajectory_bags import TrajectoryBagWriter, typestore
 
 TINY = {"env.backend": "toy", "env.image_size": 32, "env.task_ids": [0, 1], "env.num_envs": 2,
         "env.max_episode_steps": 3, "policy.size": "tiny", "policy.image_size": 32,
-        "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 0, "train.torch_threads": 1}
-"""Parameters of the tiny policy on the toy env, as node parameter overrides."""
+        "ppo.minibatch_size": 4, "ppo.critic_warmup_iters": 0, "train.torch_threads": 1,
+        "ppo.advantage_estimator": "critic"}
+"""Parameters of the tiny policy on the toy env, as node parameter overrides (the critic estimator:
+the bags of these tests are not recorded in groups of one context)."""
 
 
 def collect_toy_episodes():

@@ -20,7 +20,9 @@ from vla_rl_ros.core.config_io import ConfigError  # noqa: E402
 
 # subcommand -> (module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("vla_rl_ros.cli.run_cmd", "the main job on the embedded default (demos, SFT, PRM, RL)"),
+    "train-graph": ("vla_rl_ros.cli.train_graph_cmd", "the main job: the train_sim ROS 2 graph learns from "
+                    "the embedded default, then a held-out evaluation and a report"),
+    "run": ("vla_rl_ros.cli.run_cmd", "the in-process pipeline from scratch (demos, SFT, PRM, RL)"),
     "demos": ("vla_rl_ros.cli.demos_cmd", "record scripted-expert LIBERO demonstrations as MCAP bags"),
     "sft": ("vla_rl_ros.cli.sft_cmd", "imitation (SFT) of the small VLA on recorded demonstrations"),
     "train-prm": ("vla_rl_ros.cli.train_prm_cmd", "train the process reward model on pseudo progress labels"),

@@ -7,21 +7,27 @@ is skipped. Bags waiting when an update starts are trained on together (at most
 ``max_bags_per_update``; offline training takes one per update). From them it rebuilds the
 episodes as turns (one observation, its chunk of K actions as K x 7 tokens, the env steps it
 executed), keeps those the staleness rule admits (the oldest policy version of an episode at most
-``max_policy_lag`` behind the learner's), computes rewards (success plus PRM progress where every
-turn was scored), runs one PPO iteration of the core with the critic estimator (value head, GAE,
-critic warm-up; set here whatever ``ppo.advantage_estimator`` says, since the node has no groups
-of rollouts per context), writes adapter version N+1 atomically and announces it on the latched
-``policy_version`` topic with its chunk size. An update with no usable episode, or one the NaN
-guard skipped, keeps the version. A bag of another chunk size, an unreadable bag, a notice naming
-a path outside ``graph.bag_dir``, and an episode whose turns do not add up are named, counted
-rejections (``learner/rejected_*``).
+``max_policy_lag`` behind the learner's) and hands them to the core's :class:`Learner`, the same
+one ``vla-rl train`` uses (core/rl/learner.py: curriculum, solved contexts, dynamic sampling,
+PRM scoring of what the PRM node did not score, rewards, group or critic advantages, the PPO
+update). It writes adapter version N+1 atomically and announces it on the latched
+``policy_version`` topic with its chunk size. An update with no usable episode, one whose groups
+were all uniform, or one the NaN guard skipped, keeps the version. A bag of another chunk size,
+an unreadable bag, a notice naming a path outside ``graph.bag_dir``, and an episode whose turns
+do not add up are named, counted rejections (``learner/rejected_*``).
 
-Its state (optimizer, curriculum, bags done, keys of the episodes trained on, what the carry
-holds) is saved after each update, before the update is announced; it names the version it
-belongs to, and a restarted learner resumes from that version (an adapter directory written
-after it by an update that crashed before saving is ignored and later overwritten), so every
-finished episode is trained on exactly once across crashes. Finished episodes also feed the
-curriculum, whose next pick for that environment goes back to the bridge.
+Task assignments follow the learner's plan: each finished episode frees its environment for the
+next (task, init state) of the plan, ``train.group_size`` episodes per context, so the episodes
+of a bag come in groups as in ``vla-rl train`` (a group split over two bags is learned from as
+two smaller groups; a group of one carries no comparison and is dropped).
+
+Its state is the core's checkpoint (core/rl/checkpoint.py, ``<train.output_dir>/checkpoints/
+latest``: weights, optimizer, curriculum, solved contexts, random streams) plus the graph's own
+part (bags done, keys of the episodes trained on, what the carry holds, the rest of the plan). It
+is saved after each update, before the update is announced; it names the version it belongs to,
+and a restarted learner resumes from that version (an adapter directory written after it by an
+update that crashed before saving is ignored and later overwritten), so every finished episode is
+trained on exactly once across crashes.
 
 Under ``torchrun --nproc_per_node N -m vla_rl_ros.nodes.learner_node --ros-args ...`` rank 0 is
 this node and the other ranks run only its PPO updates, each on a shard of every batch
@@ -29,7 +35,6 @@ this node and the other ranks run only its PPO updates, each on a shard of every
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,14 +44,14 @@ import torch
 from rclpy.node import Node
 from std_msgs.msg import Header
 
-from vla_rl_ros.core.config_io import ConfigError
-from vla_rl_ros.core.rl.checkpoint import load_state_file, plain_state
+from vla_rl_ros.core.config_io import to_dict
+from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import EpisodeResult, PolicyVersion, TaskAssignment, TrajectoryBagInfo
 from vla_rl_ros.nodes import convert, qos
 from vla_rl_ros.nodes.adapters import latest_version, version_dir, weights_checksum
-from vla_rl_ros.nodes.learner_bags import (EpisodeLedger, carry_reference, complete_bags, inside,
-                                           restore_carry)
+from vla_rl_ros.nodes.learner_bags import (EpisodeLedger, GroupAssembler, carry_reference, complete_bags,
+                                           inside, restore_carry)
 from vla_rl_ros.nodes.params import ExperimentParameters
 from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
@@ -62,11 +67,13 @@ EXTRA_PARAMETERS = {
     "max_policy_lag": (4, "Train on an episode only if the oldest policy version among its turns is at "
                           "most this many versions behind the learner's (PPO's clipped ratio corrects a "
                           "few versions of lag); older ones are counted as stale."),
+    "max_group_wait": (2, "Group estimators: updates an episode waits for the rest of its context's "
+                          "group (train.group_size) before it is learned from with the part that came "
+                          "(nodes/learner_bags.py GroupAssembler)."),
     "max_bags_per_update": (32, "Bags waiting when an update starts that it trains on together (a "
                                 "backlog recorded under one version, e.g. after a restart, is one "
                                 "on-policy update)."),
 }
-STATE_FILE = "learner_state.pt"
 
 
 class LearnerNode(Node):
@@ -76,7 +83,7 @@ class LearnerNode(Node):
         super().__init__("learner", **kwargs)
         self.params = ExperimentParameters(self, EXTRA_PARAMETERS)
         cfg = self.params.config
-        from vla_rl_ros.core.rl.curriculum import TaskCurriculum
+        from vla_rl_ros.core.rl.learner import Learner
         from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
         from vla_rl_ros.core.rl.train_loop import build_policy
         torch.manual_seed(cfg.train.seed)
@@ -88,30 +95,26 @@ class LearnerNode(Node):
         if self.params.extra_values["score_missing_steps"]:
             from vla_rl_ros.core.rl.train_loop import load_prm
             self.prm = load_prm(cfg, self.policy)  # None without reward.prm_path
-        if cfg.ppo.advantage_estimator != "critic":
-            self.get_logger().info(f"ppo.advantage_estimator={cfg.ppo.advantage_estimator!r} is for the "
-                                   "in-process loop's groups; the learner node uses 'critic'")
-        ppo = dataclasses.replace(cfg.ppo, advantage_estimator="critic")
         from vla_rl_ros.core.rl import distributed
         from vla_rl_ros.core.rl.learner_ranks import LeaderTrainer
         ranks = distributed.from_environment(_rank_device())  # None without torchrun
-        self.trainer = (PPOTrainer(self.policy, ppo) if ranks is None
-                        else LeaderTrainer(self.policy, ppo, cfg, ranks))
+        trainer = (PPOTrainer(self.policy, cfg.ppo) if ranks is None
+                   else LeaderTrainer(self.policy, cfg.ppo, cfg, ranks))
+        self.learner = Learner(cfg, self.policy, trainer, self.prm)
         self.chunk_size = int(self.policy.chunk_size)
         arch = self.policy.arch
         self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
         self.rejections = Rejections(self)
-        cur = cfg.curriculum
-        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
-                                         target_success=cur.target_success, temperature=cur.temperature,
-                                         floor=cur.floor, ema=cur.ema, seed=cfg.train.seed)
-        self.rng = np.random.default_rng(cfg.train.seed + 3)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed + 2)
+        self.plan: list[tuple[int, int]] = []
+        """The rest of the current plan: the contexts the next finished episodes' envs get."""
+        self.env_steps = 0
         self.version, self.version_path, self.version_sha = 0, "", ""
         self.processed: list[str] = []
         self.refused: list[str] = []
         """Bags rejected whole (another chunk size, unreadable): never tried again."""
         self.ledger = EpisodeLedger()
+        self.groups = (None if cfg.ppo.uses_critic else
+                       GroupAssembler(cfg.train.group_size, int(self.params.extra_values["max_group_wait"])))
         self.carry: dict = {}
         self.history: list[dict] = []
         self._resume()
@@ -137,45 +140,70 @@ class LearnerNode(Node):
                 self.train_on_bags([str(bag)])
 
     # ------------------------------------------------------------------ state
+    @property
+    def trainer(self):
+        """The PPO trainer (the core learner's)."""
+        return self.learner.trainer
+
+    @property
+    def curriculum(self):
+        """The task curriculum (the core learner's)."""
+        return self.learner.curriculum
+
     def _resume(self) -> None:
-        state_path = self.out / STATE_FILE
-        state = load_state_file(state_path) if state_path.is_file() else None  # weights_only: no code runs
+        state = ckpt.load_checkpoint(self.out)  # weights_only: no code runs
         found = latest_version(self.adapters_root)
         version = int(state["version"]) if state is not None else (found[0] if found else 0)
         if found is not None and found[0] > version:
             self.get_logger().warning(f"adapters {found[1]} are newer than the learner state (v{version}): "
                                       "an update crashed before its state was saved; they are ignored and "
                                       "will be overwritten")
+        if state is None:
+            if version:  # adapters without a state (e.g. a run made before states were kept): load them
+                self._load_version(version)
+            return
+        ckpt.check_resume_config(state["config"], to_dict(self.params.config))
+        ckpt.load_trainable_tensors(self.policy, state["trainable"])
+        self.learner.load_state_dict(state)
+        ckpt.restore_rng_state(state["rng"], {"update": self.learner.update_generator}, self.learner.rng)
         if version:
             path = version_dir(self.adapters_root, version)
-            try:
-                self.policy.load_adapters(str(path))
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"cannot resume the learner from {path}: {err}") from None
+            if not (path / "adapter.json").is_file() and not any(path.glob("*.safetensors")):
+                self.policy.save_adapters(str(path), version)  # the checkpoint holds the same weights
             self.version, self.version_path, self.version_sha = version, str(path), weights_checksum(path)
-        if state is not None:
-            self.trainer.load_state_dict(state["trainer"])
-            self.curriculum.load_state_dict(state["curriculum"])
-            self.processed = list(state["processed"])
-            self.refused = list(state.get("refused", []))
-            self.history = list(state.get("history", []))
-            self.ledger.load_state_dict(state.get("episodes", {}))
-            self.carry = restore_carry(state.get("carry", {}), self.chunk_size,
-                                       self.params.config.env.image_size)
-        if version or state is not None:
-            self.get_logger().info(f"resumed from policy version {version} ({len(self.processed)} bags and "
-                                   f"{len(self.ledger.trained)} episodes already trained on, "
-                                   f"{len(self.carry.get('episodes', {}))} unfinished episodes carried)")
+        self.env_steps = int(state.get("env_steps", 0))
+        self.processed = list(state["processed"])
+        self.refused = list(state.get("refused", []))
+        self.history = list(state.get("history", []))
+        self.plan = [tuple(c) for c in state.get("plan", [])]
+        self.ledger.load_state_dict(state.get("episodes", {}))
+        self.ledger.count("lost_waiting", len(state.get("waiting_for_group", [])))
+        self.carry = restore_carry(state.get("carry", {}), self.chunk_size, self.params.config.env.image_size)
+        self.get_logger().info(f"resumed from policy version {version} ({len(self.processed)} bags and "
+                               f"{len(self.ledger.trained)} episodes already trained on, "
+                               f"{len(self.carry.get('episodes', {}))} unfinished episodes carried)")
+
+    def _load_version(self, version: int) -> None:
+        from vla_rl_ros.core.config_io import ConfigError
+        path = version_dir(self.adapters_root, version)
+        try:
+            self.policy.load_adapters(str(path))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot resume the learner from {path}: {err}") from None
+        self.version, self.version_path, self.version_sha = version, str(path), weights_checksum(path)
 
     def _save_state(self) -> None:
-        state = {"version": self.version, "trainer": self.trainer.state_dict(),
-                 "curriculum": self.curriculum.state_dict(), "processed": self.processed,
-                 "refused": self.refused, "history": self.history, "episodes": self.ledger.state_dict(),
-                 "carry": carry_reference(self.carry, self.processed)}
-        tmp = self.out / (STATE_FILE + ".tmp")
-        self.out.mkdir(parents=True, exist_ok=True)
-        torch.save(plain_state(state), tmp)
-        tmp.replace(self.out / STATE_FILE)  # atomic: a crash leaves the previous state intact
+        """The core checkpoint (written atomically: a crash leaves the previous one) plus the graph's part."""
+        state = {"iteration": self.version, "env_steps": self.env_steps, "wall_s": 0.0,
+                 "config": to_dict(self.params.config), "trainable": ckpt.trainable_tensors(self.policy),
+                 **self.learner.state_dict(),
+                 "rng": ckpt.rng_state({"update": self.learner.update_generator}, self.learner.rng),
+                 "history": self.history, "evals": [],
+                 "version": self.version, "processed": self.processed, "refused": self.refused,
+                 "episodes": self.ledger.state_dict(), "carry": carry_reference(self.carry, self.processed),
+                 "plan": [list(c) for c in self.plan],
+                 "waiting_for_group": self.groups.keys() if self.groups is not None else []}
+        ckpt.save_checkpoint(self.out, state)
 
     def _announce(self) -> None:
         self.version_pub.publish(PolicyVersion(
@@ -192,10 +220,9 @@ class LearnerNode(Node):
             return
         if msg.aborted or msg.task_id not in self.curriculum.task_ids:
             return
-        self.curriculum.update(msg.task_id, msg.success)
-        cfg = self.params.config.env
-        task = self.curriculum.sample(1)[0]
-        init_state = int(self.rng.integers(cfg.num_train_init_states))
+        if not self.plan:
+            self.plan = self.learner.plan()
+        task, init_state = self.plan.pop(0)
         self.assign_pub.publish(TaskAssignment(
             header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=msg.bridge_id,
             env_ids=[msg.env_id], task_ids=[task], init_state_ids=[init_state]))
@@ -268,11 +295,14 @@ class LearnerNode(Node):
         if left_out:
             self.get_logger().warning(f"bags {read}: left out {left_out} at v{self.version} "
                                       f"(max_policy_lag {max_lag})")
+        if self.groups is not None:
+            keyed = self.groups.release(keyed)
         episodes = [episode for _, episode in keyed]
         metrics: dict = {"learner/bags": ",".join(read), "rollout/episodes": len(episodes),
                          "rollout/env_steps": sum(e.env_steps for e in episodes),
                          "rollout/decisions": sum(e.length for e in episodes),
                          "learner/orphans_evicted": int(carry.get("evicted", 0)),
+                         "learner/waiting_for_group": len(self.groups) if self.groups is not None else 0,
                          **{f"learner/rejected_episodes_{k}": v for k, v in self.ledger.counts.items()}}
         if episodes:
             try:
@@ -282,11 +312,14 @@ class LearnerNode(Node):
                                         f"{type(err).__name__}: {err}")
                 metrics["ppo/skipped"] = 1.0
         else:
-            self.get_logger().warning(f"bags {read}: no usable episode; nothing to learn")
+            waiting = f" ({len(self.groups)} wait for their groups)" if self.groups else ""
+            self.get_logger().warning(f"bags {read}: no usable episode{waiting}; nothing to learn yet")
         self.carry = carry
         self.processed += read
-        if episodes and not metrics.get("ppo/skipped"):
+        consumed = bool(episodes) and not metrics.get("ppo/skipped")
+        if consumed:  # learned from, even when every group was uniform (no gradient, no new version)
             self.ledger.add(key for key, _ in keyed)
+        if consumed and not metrics.get("ppo/no_update"):
             self.version += 1
             path = version_dir(self.adapters_root, self.version)
             self.version_sha = self.policy.save_adapters(str(path), self.version)
@@ -298,28 +331,24 @@ class LearnerNode(Node):
             self.get_logger().info(f"policy version {self.version} from {len(episodes)} episodes (success "
                                    f"{metrics['rollout/success_rate']:.2f}) of bags {read} -> {path}")
         else:
-            self.ledger.count("skipped_update", len(episodes))
+            if episodes and not consumed:
+                self.ledger.count("skipped_update", len(episodes))
             self._save_state()
-            if episodes:
+            if consumed:
+                self.get_logger().info(f"bags {read}: every group of {len(episodes)} episodes was uniform "
+                                       f"(no comparison, no gradient); the policy stays at v{self.version}")
+            elif episodes:
                 why = metrics.get("ppo/skip_reason", "error")
                 self.get_logger().warning(f"bags {read}: update skipped ({why}); the policy stays at "
                                           f"v{self.version}")
         return metrics
 
     def _update(self, episodes) -> dict:
-        """Rewards, advantages and one PPO iteration on ``episodes``; the metrics."""
-        from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
-        cfg = self.params.config
-        self._bootstrap(episodes)
+        """The core learner's update on ``episodes``; the metrics."""
         scored = [e.progress is not None for e in episodes]
-        if self.prm is not None and not all(scored):
-            self.prm.score_episodes([e for e in episodes if e.progress is None])
-        rewards = [episode_rewards(e, cfg.reward.success_weight,
-                                   cfg.reward.prm_weight if e.progress is not None else 0.0)
-                   for e in episodes]
-        batch = build_batch(episodes, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        metrics = self.trainer.update(batch, self.generator)
-        metrics.update({"rollout/success_rate": float(np.mean([e.success for e in episodes])),
+        metrics = self.learner.learn(episodes)
+        self.env_steps += metrics.pop("rollout/iteration_env_steps")
+        metrics.update({"rollout/env_steps": self.env_steps,
                         "rollout/prm_node_scored_fraction": float(np.mean(scored))})
         return metrics
 
@@ -334,16 +363,6 @@ class LearnerNode(Node):
             self.refused.append(path)  # never tried again (a bag outside graph.bag_dir never is)
         count = self.rejections("bags", f"{bag_path}: {why}")
         self.get_logger().error(f"bag {bag_path} rejected ({count} so far, learner/rejected_bags): {why}")
-
-    def _bootstrap(self, episodes) -> None:
-        """Critic value of the terminal observation of time-limit truncations (bootstrap, not termination)."""
-        truncated = [e for e in episodes if e.truncated]
-        if truncated:
-            out = self.policy.decode(np.stack([e.images[-1] for e in truncated]),
-                                     [e.instruction for e in truncated], greedy=True,
-                                     proprio=np.stack([e.proprio[-1] for e in truncated]))
-            for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
-                episode.final_value = float(value)
 
 
 def _rank_device() -> str:

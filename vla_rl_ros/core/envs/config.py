@@ -53,6 +53,11 @@ class EnvConfig:
     """A worker that does not finish a step within this is restarted and its episode aborted."""
     reset_timeout_s: float = 300.0
     """Same for a reset (which may build a new scene: 3-7 s on an idle CPU, much more under load)."""
+    toy_step_size: float = 0.1
+    """Toy backend: how far one action moves the gripper at most (0.2 with ``toy_reach_only`` gives
+    the 5-decode episodes the learning tests use: a fresh policy succeeds ~5 %, the oracle always)."""
+    toy_reach_only: bool = False
+    """Toy backend: reaching the target is success, no gripper close needed (the easier variant)."""
 
     def __post_init__(self) -> None:
         check(self.backend in KNOWN_BACKENDS, "env.backend", self.backend, f"one of {KNOWN_BACKENDS}")
@@ -66,6 +71,7 @@ class EnvConfig:
               self.visual_mesh_faces, "0 (original meshes) or >= 16")
         check(self.settle_steps >= 0, "env.settle_steps", self.settle_steps, "must be >= 0")
         check(self.step_timeout_s > 0, "env.step_timeout_s", self.step_timeout_s, "must be > 0")
+        check(0 < self.toy_step_size <= 1, "env.toy_step_size", self.toy_step_size, "in (0, 1]")
         check(self.reset_timeout_s > 0, "env.reset_timeout_s", self.reset_timeout_s, "must be > 0")
         check(1 <= self.num_train_init_states < 50, "env.num_train_init_states",
               self.num_train_init_states, "between 1 and 49 (LIBERO has 50 init states per task)")

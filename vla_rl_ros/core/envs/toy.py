@@ -218,7 +218,8 @@ def make_toy_vector_env(cfg) -> ToyVectorEnv:
     for task in cfg.task_ids:
         check_task(task)
     return ToyVectorEnv(num_envs=cfg.num_envs, image_size=cfg.image_size,
-                        max_episode_steps=cfg.max_episode_steps or DEFAULT_TOY_EPISODE_STEPS)
+                        max_episode_steps=cfg.max_episode_steps or DEFAULT_TOY_EPISODE_STEPS,
+                        step_size=cfg.toy_step_size, require_close=not cfg.toy_reach_only)
 
 
 class ToyProgressOracle:

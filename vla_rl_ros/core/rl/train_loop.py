@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,12 @@ import yaml
 from vla_rl_ros.core.config_io import to_dict
 from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.core.rl import distributed
-from vla_rl_ros.core.rl.buffer import build_batch, episode_rewards
-from vla_rl_ros.core.envs.splits import held_out_contexts, is_held_out, training_layout
-from vla_rl_ros.core.rl.curriculum import TaskCurriculum
+from vla_rl_ros.core.envs.splits import held_out_contexts
 from vla_rl_ros.core.rl.distributed import RANK_SEED_STRIDE, Ranks
-from vla_rl_ros.core.rl.groups import SolvedContexts, group_advantages, group_ids, informative_groups
+from vla_rl_ros.core.rl.learner import Learner
 from vla_rl_ros.core.rl.ppo_trainer import PPOTrainer
 from vla_rl_ros.core.rl.results import wilson_interval, write_results
-from vla_rl_ros.core.rl.rollout import Episode, collect_episodes, policy_decoder
+from vla_rl_ros.core.rl.rollout import collect_episodes, policy_decoder
 
 EVAL_SEED_OFFSET = 7_919
 """Sampled held-out evaluations draw from ``train.seed + EVAL_SEED_OFFSET``, apart from the rollouts'."""
@@ -83,46 +80,6 @@ def eval_assignments(task_ids: list[int], count: int, num_train_init_states: int
     return held_out_contexts(list(task_ids), count, num_train_init_states)
 
 
-def draw_contexts(count: int, tasks: list[int], rng: np.random.Generator, num_train_init_states: int,
-                  fresh_fraction: float, solved: SolvedContexts, tries: int = 20) -> list[tuple[int, int]]:
-    """``count`` training contexts for the tasks the curriculum drew (one per task draw).
-
-    Each is a training init state or, with probability ``fresh_fraction``, a fresh training
-    layout; a solved context is redrawn up to ``tries`` times. Never a held-out id.
-    """
-    contexts = []
-    for task in tasks[:count]:
-        for _ in range(tries):
-            init = (training_layout(rng) if rng.random() < fresh_fraction
-                    else int(rng.integers(0, num_train_init_states)))
-            if not solved.skipped((task, init)):
-                break
-        if is_held_out(init, num_train_init_states):  # the split's one guarantee: never train on these
-            raise AssertionError(f"drew held-out context {(task, init)}")
-        contexts.append((int(task), int(init)))
-    return contexts
-
-
-@dataclass
-class EpisodeSummary:
-    """What every rank needs to know of an episode another rank collected."""
-
-    task_id: int
-    init_state_id: int
-    success: bool
-    aborted: bool
-    length: int
-    env_steps: int
-    kept: bool = False
-    """Its group passed the dynamic-sampling filter (or the critic estimator trains on every episode)."""
-
-    @classmethod
-    def of(cls, episode: Episode, kept: bool = False) -> "EpisodeSummary":
-        """The summary of a finished episode."""
-        return cls(int(episode.task_id), int(episode.init_state_id), bool(episode.success),
-                   bool(episode.aborted), int(episode.length), int(episode.env_steps), bool(kept))
-
-
 class TrainingRun:
     """A resumable training run in ``cfg.train.output_dir``; call :meth:`run`."""
 
@@ -151,16 +108,11 @@ class TrainingRun:
         self.env = env
         self.progress_bar = progress_bar
         self.tensorboard = tensorboard
-        self.rng = np.random.default_rng(seed)
+        self.learner = Learner(cfg, self.policy, PPOTrainer(self.policy, cfg.ppo, self.ranks), self.prm,
+                               gather=None if self.ranks is None else self._everyone)
         # Every rank samples its own episodes; all ranks share the plan rng and the minibatch order.
         self.generators = {"decode": torch.Generator().manual_seed(seed + 1 + rank * RANK_SEED_STRIDE),
-                           "update": torch.Generator().manual_seed(seed + 2)}
-        cur = cfg.curriculum
-        self.curriculum = TaskCurriculum(cfg.env.task_ids, enabled=cur.enabled,
-                                         target_success=cur.target_success,
-                                         temperature=cur.temperature, floor=cur.floor, ema=cur.ema, seed=seed)
-        self.trainer = PPOTrainer(self.policy, cfg.ppo, self.ranks)
-        self.solved = SolvedContexts(cfg.train.skip_solved_streak)
+                           "update": self.learner.update_generator}
         self.iteration = 0
         self.env_steps = 0
         self.wall_s = 0.0
@@ -176,9 +128,8 @@ class TrainingRun:
         """
         state = {"iteration": self.iteration, "env_steps": self.env_steps, "wall_s": self.wall_s,
                  "config": to_dict(self.cfg),
-                 "trainable": ckpt.trainable_tensors(self.policy), "trainer": self.trainer.state_dict(),
-                 "curriculum": self.curriculum.state_dict(), "rng": ckpt.rng_state(self.generators, self.rng),
-                 "solved_contexts": self.solved.state_dict(),
+                 "trainable": ckpt.trainable_tensors(self.policy), **self.learner.state_dict(),
+                 "rng": ckpt.rng_state(self.generators, self.learner.rng),
                  "history": self.history, "evals": self.evals}
         if self.ranks is not None:
             state["world_size"] = self.ranks.world_size
@@ -198,10 +149,8 @@ class TrainingRun:
             return False
         ckpt.check_resume_config(state["config"], to_dict(self.cfg))
         ckpt.load_trainable_tensors(self.policy, state["trainable"])
-        self.trainer.load_state_dict(state["trainer"])
-        self.curriculum.load_state_dict(state["curriculum"])
-        self.solved.load_state_dict(state.get("solved_contexts", {}))
-        ckpt.restore_rng_state(state["rng"], self.generators, self.rng)
+        self.learner.load_state_dict(state)
+        ckpt.restore_rng_state(state["rng"], self.generators, self.learner.rng)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         if self.ranks is not None and self.ranks.rank > 0:
             streams = state.get("rank_decode") or []
@@ -215,24 +164,19 @@ class TrainingRun:
         return True
 
     # ------------------------------------------------------------------------ pieces
-    def _bootstrap_values(self, episodes: list[Episode]) -> None:
-        truncated = [e for e in episodes if e.truncated]
-        if not truncated:
-            return
-        out = self.policy.decode(np.stack([e.images[-1] for e in truncated]),
-                                 [e.instruction for e in truncated],
-                                 greedy=True, proprio=np.stack([e.proprio[-1] for e in truncated]))
-        for episode, value in zip(truncated, torch.as_tensor(out.values).reshape(-1).tolist()):
-            episode.final_value = float(value)
+    @property
+    def trainer(self) -> PPOTrainer:
+        """The PPO trainer (the learner's)."""
+        return self.learner.trainer
+
+    @property
+    def curriculum(self) -> Any:
+        """The task curriculum (the learner's)."""
+        return self.learner.curriculum
 
     def rollout_plan(self) -> list[tuple[int, int]]:
         """This iteration's assignments: ``episodes_per_iter`` episodes, ``group_size`` per context."""
-        cfg = self.cfg.train
-        size = min(cfg.group_size, cfg.episodes_per_iter)
-        count = -(-cfg.episodes_per_iter // size)
-        contexts = draw_contexts(count, self.curriculum.sample(count), self.rng,
-                                 self.cfg.env.num_train_init_states, cfg.fresh_layout_fraction, self.solved)
-        return [c for c in contexts for _ in range(size)][:cfg.episodes_per_iter]
+        return self.learner.plan()
 
     def my_share(self, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The part of the iteration's plan this rank collects (all of it in one process).
@@ -255,75 +199,20 @@ class TrainingRun:
         return [item for part in self.ranks.all_gather_objects(items, what) for item in part]
 
     def train_iteration(self) -> dict[str, Any]:
-        """Rollouts, advantages, PPO update and curriculum update of one iteration; returns metrics."""
-        cfg = self.cfg
+        """Rollouts of this rank's share of the plan, then the learner's update; returns metrics."""
         start = time.perf_counter()
         decode = policy_decoder(self.policy, generator=self.generators["decode"])
         episodes = collect_episodes(self.env, decode, self.my_share(self.rollout_plan()))
         rollout_s = time.perf_counter() - start
-        usable = [e for e in episodes if not e.aborted and e.length > 0]
-        if cfg.ppo.uses_critic:
-            keep = np.ones(len(usable), dtype=bool)
-        else:  # groups never span ranks, so the filter is local
-            keep = informative_groups(np.array([e.success for e in usable]), group_ids(usable))
-        if self.ranks is None:
-            everyone, usable_all, keep_all = episodes, usable, keep
-        else:
-            kept = {id(e): bool(k) for e, k in zip(usable, keep)}
-            everyone = self._everyone([EpisodeSummary.of(e, kept.get(id(e), False)) for e in episodes],
-                                      "episode summaries")
-            usable_all = [e for e in everyone if not e.aborted and e.length > 0]
-            keep_all = np.array([e.kept for e in usable_all], dtype=bool)
+        if self.ranks is not None:
             rollout_s = max(self._everyone([rollout_s], "rollout times"))  # the ranks collect side by side
-        steps = sum(e.env_steps for e in everyone)
+        metrics = self.learner.learn(episodes)
+        steps = metrics.pop("rollout/iteration_env_steps")
         self.env_steps += steps
-        metrics: dict[str, Any] = {"rollout/episodes": len(usable_all),
-                                   "rollout/aborted": len(everyone) - len(usable_all),
-                                   "rollout/env_steps": self.env_steps, "time/rollout_s": rollout_s,
-                                   "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9),
-                                   "rollout/episodes_per_hour": 3600 * len(everyone) / max(rollout_s, 1e-9),
-                                   "rollout/decisions": sum(e.length for e in everyone)}
-        if not usable_all:
-            metrics["rollout/empty"] = 1.0
-            return metrics
-        groups = group_ids(usable_all)
-        for group in np.unique(groups):
-            members = [e for e, g in zip(usable_all, groups) if g == group]
-            self.solved.update((members[0].task_id, members[0].init_state_id), [e.success for e in members])
-        for e in usable_all:
-            self.curriculum.update(e.task_id, e.success)
-        metrics.update({"rollout/success_rate": float(np.mean([e.success for e in usable_all])),
-                        "rollout/episode_length": float(np.mean([e.env_steps for e in usable_all])),
-                        "rollout/solved_contexts": float(sum(map(self.solved.skipped, self.solved.runs)))})
-        metrics.update(self.curriculum.metrics())
-        train_on = [e for e, k in zip(usable, keep) if k]
-        if cfg.ppo.uses_critic:
-            self._bootstrap_values(train_on)
-        else:
-            metrics.update({"rollout/groups": float(len(np.unique(groups))),
-                            "rollout/groups_kept": float(len(np.unique(groups[keep_all]))),
-                            "rollout/episodes_kept": float(keep_all.sum())})
-            if not keep_all.any():  # every group uniform: nothing to compare, no update (and no new version)
-                metrics["ppo/no_update"] = 1.0
-                return metrics
-        if self.prm is not None and train_on:
-            self.prm.score_episodes(train_on)
-        rewards = [episode_rewards(e, cfg.reward.success_weight, cfg.reward.prm_weight if self.prm else 0.0)
-                   for e in train_on]
-        start = time.perf_counter()
-        batch = build_batch(train_on, rewards, cfg.ppo.gamma, cfg.ppo.gae_lambda) if train_on else None
-        if batch is not None and not cfg.ppo.uses_critic:
-            returns = np.array([r.sum() for r in rewards])
-            advantages = group_advantages(returns, group_ids(train_on), cfg.ppo.advantage_estimator)
-            batch.advantages = torch.as_tensor(np.repeat(advantages, [e.length for e in train_on]),
-                                               dtype=torch.float32)
-        metrics.update(self.trainer.update(batch, self.generators["update"]))
-        metrics["time/update_s"] = time.perf_counter() - start
-        returns_all = self._everyone([float(r.sum()) for r in rewards], "returns")
-        metrics["rollout/return"] = float(np.mean(returns_all))
-        if self.prm is not None:
-            metrics["rollout/prm_final_progress"] = float(np.mean(self._everyone(
-                [float(e.progress[-1]) for e in train_on], "progress")))
+        finished = metrics["rollout/episodes"] + metrics["rollout/aborted"]
+        metrics.update({"rollout/env_steps": self.env_steps, "time/rollout_s": rollout_s,
+                        "rollout/env_steps_per_s": steps / max(rollout_s, 1e-9),
+                        "rollout/episodes_per_hour": 3600 * finished / max(rollout_s, 1e-9)})
         return metrics
 
     def evaluate(self) -> dict[str, Any]:
