@@ -137,3 +137,13 @@ def test_ppo_loss_warmup_keeps_only_value_term():
     expected = full.policy + 0.5 * full.value + 0.1 * full.kl_ref - 0.01 * 7.0
     assert full.total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert full.entropy.item() == pytest.approx(1.0)
+
+
+def test_behaviour_weights_are_the_capped_chunk_ratio():
+    from vla_rl_ros.core.rl.ppo_math import behaviour_weights
+    behaviour = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]))
+    proximal = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.5], [1.0, 1.0]]))
+    weights = behaviour_weights(proximal, behaviour, cap=2.0)
+    assert torch.allclose(weights, torch.tensor([1.0, 0.5, 2.0]))  # the last one is 4, capped
+    loss_weighted, _ = clipped_policy_loss(proximal, proximal, torch.ones(3), 0.2, weights=weights)
+    assert loss_weighted.item() == pytest.approx(-(1.0 + 0.5 + 2.0) / 3)

@@ -149,3 +149,47 @@ def test_target_kl_stops_early(policy):
     metrics = trainer.update(rollout_batch(policy, seed=3), torch.Generator().manual_seed(0))
     assert metrics["ppo/early_stop"] == 1.0
     assert metrics["ppo/optimizer_steps"] < 4 * 8 / 2
+
+
+def fresh_policy():
+    return VLAPolicy.create(PolicyConfig(size="tiny", image_size=32, seed=0),
+                            instructions=[toy_instruction(i) for i in range(8)])
+
+
+def test_decoupled_correction_changes_nothing_on_policy():
+    """Episodes of the current weights: proximal = behaviour, weights 1, the same update as 'none'."""
+    after = {}
+    for correction in ("none", "decoupled"):
+        policy = fresh_policy()
+        trainer = PPOTrainer(policy, PPOConfig(advantage_estimator="critic", critic_warmup_iters=0,
+                                               minibatch_size=8, policy_lr=1e-3,
+                                               behaviour_correction=correction))
+        metrics = trainer.update(rollout_batch(policy), torch.Generator().manual_seed(0))
+        after[correction] = params(trainer)[0]
+        if correction == "decoupled":
+            assert metrics["ppo/behaviour_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+            assert abs(metrics["ppo/behaviour_lag_kl"]) < 1e-4
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after["none"], after["decoupled"]))
+
+
+def test_decoupled_correction_learns_from_episodes_of_an_older_policy():
+    """Episodes decoded before the weights moved on (the graph's lag): the classic ratio, taken
+    against the old recorded log-probs, starts far from 1 and clips most of the update away;
+    decoupled PPO clips around the current weights and keeps learning, with weights <= the cap."""
+    policy = fresh_policy()
+    batch = rollout_batch(policy, seed=1)  # decoded by version 0
+    mover = PPOTrainer(policy, PPOConfig(advantage_estimator="critic", critic_warmup_iters=0,
+                                         minibatch_size=8, policy_lr=2e-2, epochs=4))
+    for _ in range(3):  # the learner moves on while these episodes wait
+        mover.update(rollout_batch(policy, seed=2), torch.Generator().manual_seed(0))
+    clip_fraction = {}
+    for correction in ("none", "decoupled"):
+        trainer = PPOTrainer(policy, PPOConfig(advantage_estimator="critic", critic_warmup_iters=0,
+                                               minibatch_size=64, epochs=1, policy_lr=1e-6,
+                                               behaviour_correction=correction, behaviour_weight_cap=2.0))
+        metrics = trainer.update(batch, torch.Generator().manual_seed(0))
+        clip_fraction[correction] = metrics["ppo/clipfrac"]
+        if correction == "decoupled":
+            assert 0.0 < metrics["ppo/behaviour_weight_mean"] <= 2.0
+            assert abs(metrics["ppo/behaviour_lag_kl"]) > 0.01
+    assert clip_fraction["decoupled"] < 0.05 < clip_fraction["none"], clip_fraction

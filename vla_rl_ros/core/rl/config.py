@@ -50,6 +50,14 @@ class PPOConfig:
     head, GAE, critic warm-up). The group estimators are the default: with a 0/1 reward and a few
     hundred episodes, a from-scratch critic is mostly noise, while a group comparison is exact
     (../shared/notes/field-2026-12.md). The critic, its warm-up and value loss act only with 'critic'."""
+    behaviour_correction: str = "none"
+    """'decoupled': clip the ratio around the learner's weights at the start of the update and weight
+    each step by min(pi_prox / pi_behaviour, ``behaviour_weight_cap``) (decoupled PPO), for
+    episodes decoded by older policy versions, as in the graph, where rollouts go on while the
+    learner trains (one extra no-grad pass over the batch). 'none': the classic ratio against the
+    recorded log-probs, exact for ``vla-rl train``'s on-policy batches."""
+    behaviour_weight_cap: float = 2.0
+    """Upper bound of the decoupled behaviour weight (bounds its variance)."""
 
     def __post_init__(self) -> None:
         check(0.0 < self.gamma <= 1.0, "ppo.gamma", self.gamma, "in (0, 1]")
@@ -68,6 +76,9 @@ class PPOConfig:
         check(self.critic_warmup_iters >= 0, "ppo.critic_warmup_iters", self.critic_warmup_iters, ">= 0")
         check(self.advantage_estimator in ("loo", "grpo", "critic"), "ppo.advantage_estimator",
               self.advantage_estimator, "'loo', 'grpo' or 'critic'")
+        check(self.behaviour_correction in ("none", "decoupled"), "ppo.behaviour_correction",
+              self.behaviour_correction, "'none' or 'decoupled'")
+        check(self.behaviour_weight_cap >= 1.0, "ppo.behaviour_weight_cap", self.behaviour_weight_cap, ">= 1")
 
     @property
     def uses_critic(self) -> bool:

@@ -6,6 +6,8 @@ and floats, never config objects, so they can be tested against hand-computed va
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -57,13 +59,14 @@ def approx_kl(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor) -> torch
 
 
 def clipped_policy_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
-                        advantages: torch.Tensor, clip_range: float, per_token: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        advantages: torch.Tensor, clip_range: float, per_token: bool = False,
+                        weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO clipped surrogate loss (to minimise) and the clipped fraction.
 
     ``new_log_probs``/``old_log_probs`` are ``[B, K]``; ``advantages`` is ``[B]``. With
     ``per_token=False`` the ratio is that of the whole action (summed token log-probs);
     with ``per_token=True`` every token has its own ratio sharing the step's advantage.
+    ``weights`` ``[B]`` scale each step's term (decoupled PPO's behaviour weights, below).
     """
     if new_log_probs.shape != old_log_probs.shape or new_log_probs.dim() != 2:
         raise ValueError(f"log-probs must be equal [B, K], got {tuple(new_log_probs.shape)} "
@@ -79,9 +82,26 @@ def clipped_policy_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor
     ratio = log_ratio.exp()
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * adv
-    loss = -torch.minimum(unclipped, clipped).mean()
+    surrogate = torch.minimum(unclipped, clipped)
+    if weights is not None:
+        surrogate = surrogate * (weights.unsqueeze(-1) if per_token else weights)
+    loss = -surrogate.mean()
     clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
     return loss, clip_fraction
+
+
+def behaviour_weights(proximal_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor,
+                      cap: float) -> torch.Tensor:
+    """Decoupled PPO's per-step weights ``min(pi_prox / pi_behav, cap)`` ``[B]`` (Hilton et al. 2021).
+
+    When the episodes were decoded by an older policy (the graph: rollouts go on while the learner
+    trains), the ratio is clipped around the *proximal* policy (the learner's weights when the
+    update starts) instead of around the behaviour policy, so a few versions of lag do not clip the
+    whole update away, and this weight corrects for sampling under the behaviour policy. The cap
+    bounds the variance (a chunk's 7 K tokens multiply into large ratios quickly).
+    """
+    log_ratio = (proximal_log_probs - behaviour_log_probs).sum(-1)
+    return log_ratio.clamp(max=math.log(cap)).exp()
 
 
 def clipped_value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -135,7 +155,8 @@ def ppo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_p
              entropy: torch.Tensor, new_values: torch.Tensor, old_values: torch.Tensor,
              advantages: torch.Tensor, returns: torch.Tensor, *, clip_range: float,
              value_clip_range: float, kl_coef: float, entropy_coef: float, value_coef: float,
-             per_token: bool = False, policy_enabled: bool = True, normalize: bool = True) -> LossTerms:
+             per_token: bool = False, policy_enabled: bool = True, normalize: bool = True,
+             behaviour_weights: torch.Tensor | None = None) -> LossTerms:
     """Total PPO loss for one minibatch.
 
     Advantages are normalised here (per minibatch) unless ``normalize`` is False: group
@@ -144,9 +165,11 @@ def ppo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_p
 
     ``entropy`` is per-token ``[B, K]``; the bonus uses the joint entropy (sum over tokens).
     ``policy_enabled=False`` (critic warm-up) keeps only the value term in ``total``.
+    ``behaviour_weights``: see :func:`behaviour_weights`.
     """
     adv = normalize_advantages(advantages) if normalize else advantages
-    pg, clip_fraction = clipped_policy_loss(new_log_probs, old_log_probs, adv, clip_range, per_token)
+    pg, clip_fraction = clipped_policy_loss(new_log_probs, old_log_probs, adv, clip_range, per_token,
+                                            behaviour_weights)
     v_loss = clipped_value_loss(new_values, old_values, returns, value_clip_range)
     kl_ref = kl_to_reference(new_log_probs, ref_log_probs).mean()
     ent = entropy.sum(-1).mean()

@@ -28,7 +28,7 @@ import torch
 from vla_rl_ros.core.rl.buffer import RolloutBatch
 from vla_rl_ros.core.rl.config import PPOConfig
 from vla_rl_ros.core.rl.distributed import Ranks, params_fingerprint
-from vla_rl_ros.core.rl.ppo_math import explained_variance, ppo_loss
+from vla_rl_ros.core.rl.ppo_math import behaviour_weights, explained_variance, ppo_loss
 
 REF_CHUNK = 64
 """Transitions per no-grad reference forward pass."""
@@ -99,14 +99,21 @@ class PPOTrainer:
 
     def reference_log_probs(self, batch: RolloutBatch) -> torch.Tensor:
         """Reference-policy log-probs ``[M, K]`` of the batch's tokens (no-grad chunks, policy's device)."""
+        return self._no_grad_log_probs(batch, self.policy.reference_log_probs)
+
+    def proximal_log_probs(self, batch: RolloutBatch) -> torch.Tensor:
+        """Log-probs ``[M, K]`` of the batch's tokens under the current weights (decoupled PPO)."""
+        return self._no_grad_log_probs(
+            batch, lambda *args, **kwargs: self.policy.evaluate(*args, **kwargs).log_probs)
+
+    def _no_grad_log_probs(self, batch: RolloutBatch, score) -> torch.Tensor:
         chunks = []
         with torch.no_grad():
             for start in range(0, batch.size, REF_CHUNK):
                 end = min(start + REF_CHUNK, batch.size)
-                ref = self.policy.reference_log_probs(batch.images[start:end], batch.instructions[start:end],
-                                                      batch.tokens[start:end],
-                                                      proprio=batch.proprio[start:end])
-                chunks.append(torch.as_tensor(ref, dtype=torch.float32).detach())
+                out = score(batch.images[start:end], batch.instructions[start:end], batch.tokens[start:end],
+                            proprio=batch.proprio[start:end])
+                chunks.append(torch.as_tensor(out, dtype=torch.float32).detach())
         return torch.cat(chunks)
 
     def update(self, batch: RolloutBatch | None,
@@ -136,12 +143,18 @@ class PPOTrainer:
         if total == 0:
             return self._skip(metrics, "no transition on any rank")
         use_ref = cfg.kl_coef > 0 and not warmup
-        old_log_probs = old_values = advantages = returns = ref_all = None
+        old_log_probs = old_values = advantages = returns = ref_all = weights = None
         if local:
             # The batch is built on the CPU; the loss meets the policy's outputs on the policy's device.
             device = self.policy.device
             old_log_probs, old_values, advantages, returns = (
                 t.to(device) for t in (batch.log_probs, batch.old_values, batch.advantages, batch.returns))
+            if cfg.behaviour_correction == "decoupled":
+                proximal = self.proximal_log_probs(batch).to(device)
+                weights = behaviour_weights(proximal, old_log_probs, cfg.behaviour_weight_cap)
+                metrics["ppo/behaviour_weight_mean"] = float(weights.mean())
+                metrics["ppo/behaviour_lag_kl"] = float((old_log_probs - proximal).sum(-1).mean())
+                old_log_probs = proximal
             ref_all = self.reference_log_probs(batch) if use_ref else old_log_probs
         snapshot = self._snapshot()
         sums: dict[str, list[float]] = {}
@@ -177,7 +190,8 @@ class PPOTrainer:
                                      entropy_coef=cfg.entropy_coef,
                                      value_coef=cfg.value_coef if cfg.uses_critic else 0.0,
                                      per_token=cfg.per_token_ratio, policy_enabled=not warmup,
-                                     normalize=normalize)
+                                     normalize=normalize,
+                                     behaviour_weights=None if weights is None else weights[index])
                 values = self._minibatch_terms(terms, share)
                 if not math.isfinite(values["total"]):
                     self._restore(snapshot)
