@@ -26,7 +26,8 @@ def test_libero_training_iteration_advances_the_policy_version(tmp_path, monkeyp
         "env": {"backend": "libero", "suite": "libero_object", "task_ids": [0], "num_envs": 1,
                 "image_size": 64, "max_episode_steps": 4, "settle_steps": 2},
         "policy": {"size": "tiny", "image_size": 64},
-        "ppo": {"critic_warmup_iters": 1, "minibatch_size": 8},
+        # critic: one 4-step episode an iteration is a group of one, which group estimators skip
+        "ppo": {"advantage_estimator": "critic", "critic_warmup_iters": 1, "minibatch_size": 8},
         "train": {"episodes_per_iter": 1, "output_dir": str(tmp_path / "run"), "torch_threads": 1},
         "graph": {"action_timeout_s": 120.0, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
     supervisor = Supervisor(build_graph("train_sim", config=str(config)), log_dir=str(tmp_path / "logs"))
