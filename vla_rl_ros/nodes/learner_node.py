@@ -142,12 +142,12 @@ class LearnerNode(Node):
     # ------------------------------------------------------------------ state
     @property
     def trainer(self):
-        """The PPO trainer (the core learner's)."""
+        """The core learner's PPO trainer."""
         return self.learner.trainer
 
     @property
     def curriculum(self):
-        """The task curriculum (the core learner's)."""
+        """The core learner's task curriculum."""
         return self.learner.curriculum
 
     def _resume(self) -> None:

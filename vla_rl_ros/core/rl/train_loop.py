@@ -166,12 +166,12 @@ class TrainingRun:
     # ------------------------------------------------------------------------ pieces
     @property
     def trainer(self) -> PPOTrainer:
-        """The PPO trainer (the learner's)."""
+        """The learner's PPO trainer."""
         return self.learner.trainer
 
     @property
     def curriculum(self) -> Any:
-        """The task curriculum (the learner's)."""
+        """The learner's task curriculum."""
         return self.learner.curriculum
 
     def rollout_plan(self) -> list[tuple[int, int]]:
