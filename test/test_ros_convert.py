@@ -165,9 +165,11 @@ def test_task_assignments_are_checked():
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
     msg.task_ids = [2, 1]
     assert convert.task_assignments_from_msg(msg, 2, {0, 1, 2}) == [(0, 2, 3), (1, 1, 4)]
-    msg.init_state_ids = [3, 50]
-    with pytest.raises(convert.MessageError, match="init_state_id 50 outside"):
+    msg.init_state_ids = [3, 50]  # neither a fixed init state nor a fresh layout id
+    with pytest.raises(convert.MessageError, match="init state 50 does not exist"):
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
+    msg.init_state_ids = [3, 270516]  # a fresh training layout, as the learner's plan draws them
+    assert convert.task_assignments_from_msg(msg, 2, {0, 1, 2}) == [(0, 2, 3), (1, 1, 270516)]
     msg.env_ids = [0, 5]
     with pytest.raises(convert.MessageError, match="env_id 5 outside"):
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})

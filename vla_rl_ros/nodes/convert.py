@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation
-from vla_rl_ros.core.envs.splits import LIBERO_INIT_STATES_PER_TASK
+from vla_rl_ros.core.envs.splits import LIBERO_INIT_STATES_PER_TASK, check_init_state_id
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch
 
 RGB8 = "rgb8"
@@ -374,7 +374,9 @@ def task_assignments_from_msg(
         _require(0 <= env_id < num_envs, f"task assignment: env_id {env_id} outside [0, {num_envs})")
         _require(task_id in known_task_ids,
                  f"task assignment: unknown task id {task_id}, known {sorted(known_task_ids)}")
-        _require(0 <= init_id < num_init_states,
-                 f"task assignment: init_state_id {init_id} outside [0, {num_init_states})")
+        try:  # a fixed init state or a fresh layout (the learner's plan draws both: splits.py)
+            check_init_state_id(init_id, num_init_states)
+        except ValueError as err:
+            raise MessageError(f"task assignment: {err}") from None
         out.append((int(env_id), int(task_id), int(init_id)))
     return out
