@@ -327,7 +327,13 @@ def test_prm_death_is_reported_and_training_goes_on(tmp_path, monkeypatch):
         assert scored > 0, "the PRM's step rewards never reached a bag"
     finally:
         if launcher.poll() is None:
-            launcher.kill()
+            # SIGINT first: the launcher stops its nodes (each in its own session); a SIGKILL alone
+            # would leave them running after a failed test, eating the CPU of every later test.
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
         watcher.close()
 
 
