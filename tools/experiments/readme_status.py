@@ -1,0 +1,131 @@
+"""Writes the README's Status table from the result files, so that it cannot drift from the data.
+
+The table between the README's ``<!-- status-table:begin -->`` and ``<!-- status-table:end -->``
+markers is generated here from ``docs/results/learning/summary.json`` (learning_summary.py),
+``docs/results/graph/libero_bench.json`` (``vla-rl bench graph``),
+``docs/results/graph/main_job/summary.json`` (``vla-rl train-graph``, when it has run) and
+``docs/results/libero_env/frame_cost_decimated.json`` (frame_cost.py)::
+
+    .venv/bin/python tools/experiments/readme_status.py            # rewrite the table
+    .venv/bin/python tools/experiments/readme_status.py --check    # exit 1 if the README differs
+
+test/test_readme_status.py runs the check, so a new result file without a regenerated README
+fails the suite.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BEGIN, END = "<!-- status-table:begin -->", "<!-- status-table:end -->"
+
+
+def _load(relative: str) -> dict | None:
+    path = ROOT / relative
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def rows() -> list[tuple[str, str, str]]:
+    """(target, measured, met) for each figure the open issues name."""
+    out = []
+    learning = _load("docs/results/learning/summary.json") or {}
+    sft = learning.get("sft")
+    if sft:
+        tasks = ", ".join(f"task {t}: {_pct(v)}" for t, v in sft["per_task"].items())
+        low, high = sft["ci95"]
+        measured = (f"{_pct(sft['heldout_success_greedy'])} of {sft['heldout_episodes']} "
+                    f"[{_pct(low)}, {_pct(high)}] ({tasks}); `{sft['source']}`")
+        out.append(("chunked SFT start solves >= 50 % of held-out episodes, greedy", measured,
+                    "yes" if sft["heldout_success_greedy"] >= 0.5 else "**no**"))
+    rollout = learning.get("rollout")
+    if rollout:
+        before = rollout.get("before", {})
+        met = rollout["env_steps_per_s"] >= 100 and rollout["episodes_per_hour"] >= 1500
+        out.append(("RL rollouts >= 100 env steps/s and >= 1,500 episodes/hour",
+                    f"{rollout['env_steps_per_s']:g} env steps/s, {rollout['episodes_per_hour']:,.0f} "
+                    f"episodes/hour (single-step before: {before.get('env_steps_per_s', 'n/a')}, "
+                    f"{before.get('episodes_per_hour', 'n/a')}); a frame "
+                    f"{rollout['step_parts_ms']['render_frame_ms']:g} ms, a physics step "
+                    f"{rollout['step_parts_ms']['physics_step_ms']:g} ms", "yes" if met else "**no**"))
+    frames = _load("docs/results/libero_env/frame_cost_decimated.json")
+    if frames:
+        by = frames["summary_by_faces"]
+        out.append(("decimated visual meshes (the next rollout lever)",
+                    f"a 128 px frame {by['0']['ms_per_frame']:g} ms -> {by['2000']['ms_per_frame']:g} ms "
+                    f"at 2,000 faces a mesh (mean pixel change {by['2000']['mean_abs_pixel_diff']:g} grey "
+                    "levels; "
+                    f"measured at load {frames['load_average_before'][0]:g} on {frames['cpus']} cores); "
+                    "off by default: the shipped policy saw original renderings", "built, not yet used"))
+    for arm in ("rl", "rl_critic"):
+        result = learning.get(arm)
+        if result is None:
+            continue
+        if result["status"] == "not run":
+            measured, met = "not run", "not yet"
+        else:
+            low, high = result["gain_ci95"]
+            measured = (f"{result['gain_points_mean']:+.1f} points over {len(result['seeds'])} seed(s), "
+                        f"pooled 95 % [{low:+.1f}, {high:+.1f}], {result['heldout_episodes_per_point']} "
+                        "held-out episodes a point, <= {result['hours_per_seed_max']:g} h a seed")
+            met = "yes" if len(result["seeds"]) >= 3 and result["gain_points_mean"] >= 15 else "**no**"
+        out.append((f"`{arm}` >= +15 points held out over its start, 3 seeds, <= 2 h each", measured, met))
+    bench = _load("docs/results/graph/libero_bench.json")
+    if bench:
+        ratio = bench["ratio_graph_over_in_process"]
+        out.append(("graph >= 90 % of the in-process env steps/s on the default LIBERO set",
+                    f"ratio {ratio:.3f} ({bench['graph']['env_steps_per_s']:.1f} vs "
+                    f"{bench['in_process']['env_steps_per_s']:.1f} env steps/s); "
+                    "`docs/results/graph/libero_bench.json`", "yes" if ratio >= 0.9 else "**no**"))
+    main_job = _load("docs/results/graph/main_job/summary.json")
+    if main_job:
+        first, last = main_job.get("eval_first"), main_job.get("eval_last")
+        evals = (f"; held out {_pct(first['eval/success_rate'])} -> {_pct(last['eval/success_rate'])} "
+                 f"over {last['eval/episodes']} episodes" if first and last else "")
+        out.append(("the main job (`tools/main.sh`) runs the graph and learns",
+                    f"{main_job['policy_versions']} policy versions, {main_job['env_steps']:,} env steps in "
+                    f"{main_job['wall_s_this_run'] / 60:.0f} min{evals}; `docs/results/graph/main_job/`",
+                    "runs; gain not resolved" if not last or last["eval/ci_low"] <= first["eval/ci_high"]
+                    else "yes"))
+    return out
+
+
+def table() -> str:
+    """The generated block, markers included."""
+    lines = [BEGIN, "<!-- generated by tools/experiments/readme_status.py from docs/results: do not edit -->",
+             "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {target} | {measured} | {met} |" for target, measured, met in rows()]
+    return "\n".join(lines + ["", END])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or ``--check``) the README's table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's table is not current")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"{readme}: no {BEGIN} ... {END} block", file=sys.stderr)
+        return 1
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = head + table() + tail
+    if args.check:
+        if new != text:
+            print(f"{readme}: the status table is not current; run {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
