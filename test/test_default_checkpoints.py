@@ -48,7 +48,7 @@ def test_a_corrupt_copy_of_the_shipped_policy_is_refused(tmp_path):
 
     from vla_rl_ros.core.config import load_config
     from vla_rl_ros.core.policy import VLAPolicy
-    from vla_rl_ros.core.policy.checkpoint import CheckpointError
+    from vla_rl_ros.core.policy.model_dir import CheckpointError
 
     copy = tmp_path / "policy"
     shutil.copytree(DEFAULT / "policy", copy)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import VLAPolicy
 from vla_rl_ros.core.policy.architecture import from_openvla_config
-from vla_rl_ros.core.policy.checkpoint import CheckpointError
+from vla_rl_ros.core.policy.model_dir import CheckpointError
 from vla_rl_ros.core.policy.model import OpenVLAModel
 
 

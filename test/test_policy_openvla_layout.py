@@ -28,7 +28,7 @@ from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
 from vla_rl_ros.core.policy.architecture import (KNOWN_TIMM_VITS, dino_spec, from_openvla_config, preset,
                                                  siglip_spec)
-from vla_rl_ros.core.policy.checkpoint import CheckpointError, write_shards
+from vla_rl_ros.core.policy.model_dir import CheckpointError, write_shards
 from vla_rl_ros.core.policy.model import new_model
 from vla_rl_ros.core.policy.policy import ChunkSizeError
 from vla_rl_ros.core.policy.processor import prompt_for

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.policy import PolicyConfig, VLAPolicy
-from vla_rl_ros.core.policy.checkpoint import ARCH_KEY, write_shards
+from vla_rl_ros.core.policy.model_dir import ARCH_KEY, write_shards
 from vla_rl_ros.core.policy.model import OpenVLAModel
 
 INSTRUCTIONS = ["pick up the black bowl and place it on the plate", "open the top drawer of the cabinet",

@@ -25,7 +25,7 @@ import torch
 
 from vla_rl_ros.core.config import ExperimentConfig
 from vla_rl_ros.core.envs.splits import train_init_states
-from vla_rl_ros.core.policy.checkpoint import commit_directory
+from vla_rl_ros.core.policy.model_dir import commit_directory
 
 CHECKPOINT_DIR, FINAL_DIR, TRAINER_FILE = "checkpoint", "policy", "trainer.pt"
 

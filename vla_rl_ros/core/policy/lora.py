@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
+from vla_rl_ros.core.policy.model_dir import atomic_directory, commit_directory
 
 WEIGHTS_FILE = "adapter.safetensors"
 META_FILE = "adapter.json"

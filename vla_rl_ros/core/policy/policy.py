@@ -19,8 +19,8 @@ from vla_rl_ros.core.config_io import ConfigError
 from vla_rl_ros.core.policy import lora
 from vla_rl_ros.core.policy.action_tokenizer import IDENTITY_NORM_STATS, ActionTokenizer, select_norm_stats
 from vla_rl_ros.core.policy.architecture import ACTION_TOKENS_PER_STEP, VLAArchitecture, preset
-from vla_rl_ros.core.policy.checkpoint import (ARCH_KEY, load_model, read_norm_stats,
-                                               read_preprocessor_config, read_tensors, save_model_dir)
+from vla_rl_ros.core.policy.model_dir import (ARCH_KEY, load_model, read_norm_stats,
+                                              read_preprocessor_config, read_tensors, save_model_dir)
 from vla_rl_ros.core.policy.config import PolicyConfig
 from vla_rl_ros.core.policy.decoding import (ActionSpace, decode_actions, decode_parallel, evaluate_actions,
                                              evaluate_parallel, sft_cross_entropy, sft_cross_entropy_parallel)

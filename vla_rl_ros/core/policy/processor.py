@@ -173,7 +173,7 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
     Never reaches ``AutoTokenizer`` (which may offer remote code and prompt on stdin); without the
     ``sentencepiece`` package a ``tokenizer.model``-only directory is refused with a one-line error.
     """
-    from vla_rl_ros.core.policy.checkpoint import CheckpointError
+    from vla_rl_ros.core.policy.model_dir import CheckpointError
     path = Path(directory) / "tokenizer.json"
     if path.is_file():
         return Tokenizer.from_file(str(path))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.config_io import ConfigError, flatten
-from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory
+from vla_rl_ros.core.policy.model_dir import atomic_directory, commit_directory
 
 STATE_FILE = "state.pt"
 RESUMABLE_CHANGES = ("train.iterations", "train.output_dir", "train.torch_threads", "train.eval_every",

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vla_rl_ros.core.config_io import ConfigError
-from vla_rl_ros.core.policy.checkpoint import atomic_directory, commit_directory, read_tensors
+from vla_rl_ros.core.policy.model_dir import atomic_directory, commit_directory, read_tensors
 from vla_rl_ros.core.policy.decoding import teacher_forced_hidden
 from vla_rl_ros.core.rl.rollout import Episode, step_inputs
 from vla_rl_ros.core.rl.segmentation import (eef_stop_events, gripper_closed_from_actions, gripper_events,
