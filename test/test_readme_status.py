@@ -1,4 +1,5 @@
 """The README's Status table is what tools/experiments/readme_status.py makes of docs/results."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,34 @@ def test_a_stale_table_is_caught(tmp_path):
     assert out.returncode == 1 and "not current" in out.stderr
     assert subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme)]).returncode == 0
     assert readme.read_text() == text  # regenerated from the data, the stray row is gone
+
+
+def test_the_table_is_made_from_the_result_files(tmp_path):
+    """Fixed fixtures, not the latest lab numbers: each row follows its file and its target."""
+    results = tmp_path / "docs" / "results"
+    (results / "learning").mkdir(parents=True)
+    (results / "graph").mkdir()
+    (results / "learning" / "summary.json").write_text(json.dumps({
+        "sft": {"heldout_success_greedy": 0.6, "heldout_episodes": 150, "ci95": [0.52, 0.68],
+                "per_task": {"1": 0.5, "5": 0.3, "6": 1.0}, "source": "fixture.json"},
+        "rl": {"status": "run", "seeds": [0, 1, 2], "gain_points_mean": 16.0, "gain_ci95": [8.0, 24.0],
+               "hours_per_seed_max": 2.0, "heldout_episodes_per_point": 150},
+        "rl_critic": {"status": "not run"}}))
+    (results / "graph" / "libero_bench.json").write_text(json.dumps({
+        "ratio_graph_over_in_process": 0.85, "graph": {"env_steps_per_s": 34.0},
+        "in_process": {"env_steps_per_s": 40.0}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- status-table:begin -->\n<!-- status-table:end -->\nend\n")
+    assert subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--root", str(tmp_path)]
+                          ).returncode == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in readme.read_text().splitlines()
+            if line.startswith("| ") and "---" not in line}
+    sft = rows["chunked SFT start solves >= 50 % of held-out episodes, greedy"]
+    assert "60.0 % of 150 [52.0 %, 68.0 %]" in sft and sft.endswith("| yes |")
+    rl = rows["`rl` >= +15 points held out over its start, 3 seeds, <= 2 h each"]
+    assert "+16.0 points over 3 seed(s)" in rl and rl.endswith("| yes |")
+    assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(
+        "| not run | not yet |")
+    graph = rows["graph >= 90 % of the in-process env steps/s on the default LIBERO set"]
+    assert "ratio 0.850" in graph and graph.endswith("| **no** |")
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("end\n")
