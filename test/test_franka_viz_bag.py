@@ -40,7 +40,8 @@ def test_viz_bag_holds_images_and_markers_per_step(tmp_path):
     from sensor_msgs.msg import Image
     from visualization_msgs.msg import MarkerArray
 
-    from vla_rl_ros.nodes.bag_viz import main, write_viz_bag
+    from vla_rl_ros.cli.main import main
+    from vla_rl_ros.nodes.bag_viz import write_viz_bag
     write_trajectory_bag(tmp_path / "iter_0000")
     counts = write_viz_bag(tmp_path / "iter_0000", tmp_path / "viz")
     assert counts == {"episodes": 1, "steps": 5}
@@ -57,4 +58,5 @@ def test_viz_bag_holds_images_and_markers_per_step(tmp_path):
     assert last["prm_progress"].text == "progress 0.80 (policy v2)"
     assert last["safety"].text.endswith("success")
     assert seen["/camera/image_raw"][0][1].encoding == "rgb8"
-    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "viz2")]) == 2
+    assert main(["viz-bag", str(tmp_path / "missing"), "--out", str(tmp_path / "viz2")]) == 2
+    assert main(["viz-bag", str(tmp_path / "iter_0000"), "--out", str(tmp_path / "viz3")]) == 0

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vla_rl_ros.cli.eval_cmd", "success rates on held-out init states with confidence intervals"),
     "bench": ("vla_rl_ros.cli.bench_cmd", "benchmarks (policy, env, graph) printed as JSON"),
     "launch": ("vla_rl_ros.cli.launch_cmd", "start a ROS 2 graph (train_sim, ...) without ros2 launch"),
+    "viz-bag": ("vla_rl_ros.cli.viz_bag_cmd", "camera frames and rviz markers of recorded episodes (a bag)"),
     "config": ("vla_rl_ros.cli.config_cmd", "print the resolved configuration as a ROS params YAML"),
 }
 

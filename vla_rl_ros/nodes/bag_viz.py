@@ -7,12 +7,10 @@ robot saw and did: ``/camera/image_raw`` (the policy's camera frames; with sever
 ``/env_<id>/image_raw``) and ``/markers`` (end-effector path from the proprio, task instruction,
 PRM progress). Steps are spaced at ``rate_hz`` from the start of the bag.
 
-    python -m vla_rl_ros.nodes.bag_viz runs/franka/bags/iter_0003 --out runs/franka/viz_0003
+    vla-rl viz-bag runs/franka/bags/iter_0003 --out runs/franka/viz_0003   (cli/viz_bag_cmd.py)
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,24 +70,3 @@ def write_viz_bag(bag_paths, out: str | Path, frame_id: str = "panda_link0", rat
     finally:
         writer.close()
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: trajectory bag directories in, one visualisation bag out."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("bags", nargs="+", help="trajectory bag directories (the recorder's iter_*)")
-    parser.add_argument("--out", required=True, help="output bag directory (must not exist)")
-    parser.add_argument("--frame", default="panda_link0", help="frame of the markers (sim: 'world')")
-    parser.add_argument("--rate", type=float, default=20.0, help="replay rate of the steps in Hz")
-    args = parser.parse_args(argv)
-    try:
-        counts = write_viz_bag(args.bags, args.out, args.frame, args.rate)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"bag_viz: {err}", file=sys.stderr)
-        return 2
-    print(f"bag_viz: {counts['episodes']} episodes, {counts['steps']} steps -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
