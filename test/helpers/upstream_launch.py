@@ -83,7 +83,7 @@ class Ros2Launch:
         # A session of its own: the test's SIGINT must reach the nodes only through the launch
         # (that is what it checks), and a failed test can still kill every node of this launch.
         self.process = subprocess.Popen(argv, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_default_signals)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -103,3 +103,16 @@ class Ros2Launch:
         except ProcessLookupError:  # the launch and all its nodes are gone already
             pass
         self.process.wait(timeout=30)
+
+
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM unblocked and at their defaults.
+
+    An ignored or blocked signal survives exec, and earlier tests in the same pytest process
+    (in-process nodes, rclpy's own signal handling) can leave the parent that way: ros2 launch
+    then never saw the test's Ctrl-C (every real-launch test timed out on it in the full suite,
+    none alone).
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
