@@ -49,7 +49,7 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     sft = rows["chunked SFT start solves >= 50 % of held-out episodes, greedy"]
     assert "60.0 % of 150 [52.0 %, 68.0 %]" in sft and sft.endswith("| yes |")
     rl = rows["`rl` >= +15 points held out over its start, 3 seeds, <= 2 h each"]
-    assert "+16.0 points over 3 seed(s)" in rl and rl.endswith("| yes |")
+    assert "+16.0 points over 3 seed(s)" in rl and "<= 2 h a seed" in rl and rl.endswith("| yes |")
     assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(
         "| not run | not yet |")
     graph = rows["graph >= 90 % of the in-process env steps/s on the default LIBERO set"]

@@ -75,7 +75,7 @@ def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
             low, high = result["gain_ci95"]
             measured = (f"{result['gain_points_mean']:+.1f} points over {len(result['seeds'])} seed(s), "
                         f"pooled 95 % [{low:+.1f}, {high:+.1f}], {result['heldout_episodes_per_point']} "
-                        "held-out episodes a point, <= {result['hours_per_seed_max']:g} h a seed")
+                        f"held-out episodes a point, <= {result['hours_per_seed_max']:g} h a seed")
             met = "yes" if len(result["seeds"]) >= 3 and result["gain_points_mean"] >= 15 else "**no**"
         out.append((f"`{arm}` >= +15 points held out over its start, 3 seeds, <= 2 h each", measured, met))
     bench = _load(root, "docs/results/graph/libero_bench.json")
