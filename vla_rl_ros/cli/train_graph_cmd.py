@@ -47,6 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def shown(path: str) -> str:
+    """``path`` relative to the repository when inside it: reports and results name no machine's folders.
+
+    The nodes get the absolute path (they may run from any directory); what is printed and kept
+    does not need it.
+    """
+    if not path:  # a new model (the toy graph): nothing to name
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return path
+
+
 def starting_point(args: argparse.Namespace) -> list[str]:
     """``--set`` items that point the graph at its start, unless the user set them."""
     cfg = load_config(args.config, args.overrides)
@@ -122,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
                         **({"config": args.config} if args.config else {}))
     supervisor = Supervisor(graph, log_dir=str(out / "logs"))
     started = time.time()
-    print(f"[train-graph] the train_sim graph for {args.hours:g} h from {cfg.policy.model_path}; node logs "
-          f"in {out / 'logs'}; Ctrl-C stops it (rerun to resume)", file=sys.stderr, flush=True)
+    print(f"[train-graph] the train_sim graph for {args.hours:g} h from {shown(cfg.policy.model_path)}; "
+          f"node logs in {out / 'logs'}; Ctrl-C stops it (rerun to resume)", file=sys.stderr, flush=True)
     stop = threading.Event()
     printer = threading.Thread(target=report_progress, args=(out, started, stop, args.status_every),
                                daemon=True)
@@ -155,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             evals.append(final)
     summary = {"route": "graph (train_sim)", "policy_versions": progress["version"],
                "env_steps": history[-1].get("rollout/env_steps", 0) if history else 0,
-               "wall_s_this_run": round(time.time() - started, 1), "start": cfg.policy.model_path,
+               "wall_s_this_run": round(time.time() - started, 1), "start": shown(cfg.policy.model_path),
                "eval_first": evals[0] if evals else None, "eval_last": evals[-1] if len(evals) > 1 else None}
     if len(evals) > 1:
         summary["eval_gain"] = evals[-1]["eval/success_rate"] - evals[0]["eval/success_rate"]
