@@ -77,6 +77,12 @@ def test_dataset_reads_frames_and_reports_bad_bags(tmp_path):
     write_demo_dir(tmp_path, episodes)
     dataset = DemoDataset(tmp_path, task_ids=[0, 1], init_state_ids=list(range(40)))
     assert len(dataset) == 10  # the held-out init state 45 is excluded
+    # What SFT reads: training init states and fresh training layouts, never a held-out context.
+    layouts = [make_episode(0, 1_005, steps=3, seed=2), make_episode(0, 1_000_003, steps=5, seed=3)]
+    write_demo_dir(tmp_path / "layouts", episodes + layouts)
+    training = DemoDataset(tmp_path / "layouts", num_train_init_states=40)
+    assert sorted(e["init_state_id"] for e in training.episodes) == [0, 3, 1_005]
+    assert len(training) == 4 + 6 + 3
     item = dataset[5]
     assert item["image"].shape == (16, 16, 3) and item["instruction"] == "pick up thing 1"
     assert dataset.instructions == ["pick up thing 0", "pick up thing 1"]

@@ -31,7 +31,20 @@ def test_demos_command_records_resumes_and_reads_back(tmp_path, capsys):
 def test_demos_refuses_held_out_init_states(tmp_path, capsys):
     code = main(["demos", "--init-states", "0,45", "--set", f"demos.output_dir={tmp_path}"])
     assert code == 2 and "held out for evaluation" in capsys.readouterr().err
+    code = main(["demos", "--init-states", "1000000", "--set", f"demos.output_dir={tmp_path}"])
+    assert code == 2 and "[1000000] are held out" in capsys.readouterr().err
+    code = main(["demos", "--init-states", "60", "--set", f"demos.output_dir={tmp_path}"])
+    assert code == 2 and "init state 60 does not exist" in capsys.readouterr().err
     assert not (tmp_path / "index.json").exists()
+
+
+def test_demos_default_plan_adds_fresh_training_layouts(tmp_path, capsys):
+    args = ["demos", "--no-progress", "--set", f"demos.output_dir={tmp_path}", "--set", "env.task_ids=[0]",
+            "--set", "env.num_envs=1", "--set", "env.image_size=32", "--set", "demos.episodes_per_task=1",
+            "--set", "demos.fresh_layouts_per_task=1", "--dry-run"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["init_state_ids"] == [0, 1000] and report["attempted"] == 2 and report["succeeded"] == 2
 
 
 def test_demos_with_noise_record_the_setting_and_refuse_mixing(tmp_path, capsys):

@@ -134,11 +134,12 @@ def test_ppo_raises_toy_success_rate(seed):
     assert after >= before + MARGIN, (before, after)
 
 
-def run_group_learning(seed=0, iterations=12, estimator="loo"):
+def run_group_learning(seed=0, iterations=12, estimator="loo", curve=None, checkpoints=()):
     """SFT on noisy demos, then the real training loop (``TrainingRun``) with group advantages.
 
     8 contexts x 8 rollouts per iteration, outcome reward only (no PRM): the group comparison
-    alone must carry the signal. Returns held-out success before and after.
+    alone must carry the signal. Returns held-out success before and after; ``curve`` (a dict)
+    also gets it after each iteration number in ``checkpoints``.
     """
     from vla_rl_ros.core.config import load_config
     from vla_rl_ros.core.rl.train_loop import TrainingRun
@@ -155,9 +156,11 @@ def run_group_learning(seed=0, iterations=12, estimator="loo"):
                              "ppo.kl_coef=0", "reward.prm_weight=0", "train.output_dir=/dev/null/unused"])
     run = TrainingRun(cfg, policy=policy, env=env, progress_bar=False, tensorboard=False)
     kept = []
-    for _ in range(iterations):
+    for iteration in range(1, iterations + 1):
         metrics = run.train_iteration()
         kept.append(metrics.get("rollout/groups_kept", 0.0))
+        if iteration in checkpoints:
+            curve[iteration] = held_out_success(policy, env, seed)
     assert sum(kept) > 0, "no group ever had mixed outcomes: nothing was learned from"
     return before, held_out_success(policy, env, seed)
 

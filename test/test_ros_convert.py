@@ -175,6 +175,15 @@ def test_task_assignments_are_checked():
         convert.task_assignments_from_msg(msg, 2, {0, 1, 2})
 
 
+def test_task_requests_name_a_bridge_and_its_waiting_envs_only():
+    request = TaskAssignment(bridge_id="b0", env_ids=[1, 0])
+    assert convert.task_request_from_msg(request) == [("b0", 1), ("b0", 0)]
+    for bad in (TaskAssignment(bridge_id="", env_ids=[0]), TaskAssignment(bridge_id="b0", env_ids=[]),
+                TaskAssignment(bridge_id="b0", env_ids=[0], task_ids=[1], init_state_ids=[2])):
+        with pytest.raises(convert.MessageError, match="task request: a bridge id and env ids only"):
+            convert.task_request_from_msg(bad)
+
+
 def test_episode_result_carries_terminal_observation():
     final = _observations(1)[0]
     msg = convert.episode_result_to_msg("b0", 1, 5, 0, 3, 12, True, False, False, final_observation=final)

@@ -35,7 +35,8 @@ def step_parts(env_cfg, repeats: int) -> dict:
     from vla_rl_ros.core.envs.libero_env import NOOP_ACTION, LiberoEnv
     from vla_rl_ros.core.envs.rendering import apply_gl_environment
     apply_gl_environment(env_cfg.renderer, None)
-    env = LiberoEnv(env_cfg.suite, image_size=env_cfg.image_size, settle_steps=env_cfg.settle_steps)
+    env = LiberoEnv(env_cfg.suite, image_size=env_cfg.image_size, settle_steps=env_cfg.settle_steps,
+                    visual_mesh_faces=env_cfg.visual_mesh_faces)
     try:
         env.reset(env_cfg.task_ids[0], 0)
         times = {"physics_step_ms": [], "render_frame_ms": [], "reset_ms": []}
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     policy = VLAPolicy.from_config(cfg.policy)
     result = {"command": " ".join(sys.argv), "policy": args.policy, "chunk_size": policy.chunk_size,
               "suite": cfg.env.suite, "task_ids": list(cfg.env.task_ids), "image_size": cfg.env.image_size,
+              "visual_mesh_faces": cfg.env.visual_mesh_faces,
               "mujoco_gl": os.environ.get("MUJOCO_GL", ""), "hardware": hardware_description()}
     result["step_parts"] = step_parts(cfg.env, args.repeats)
     result["decode"] = decode_cost(policy, cfg.env.num_envs, args.repeats)

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="run the expert without rendering or writing; print success rates as JSON")
     parser.add_argument("--init-states", default=None, metavar="IDS",
-                        help="comma-separated init-state ids (default: 0..demos.episodes_per_task-1)")
+                        help="comma-separated init-state or training layout ids (default: "
+                             "0..demos.episodes_per_task-1, then demos.fresh_layouts_per_task layouts)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -26,18 +27,27 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vla_rl_ros.core.data.recording import record_demonstrations
-    from vla_rl_ros.core.envs.splits import train_init_states
+    from vla_rl_ros.core.envs.splits import (TRAIN_LAYOUT_BASE, check_init_state_id, is_held_out,
+                                             train_init_states)
     cfg = load_config(args.config, args.overrides)
     training = train_init_states(cfg.env.num_train_init_states)
     if args.init_states:
         init_ids = [int(v) for v in args.init_states.split(",")]
-        held_out = [i for i in init_ids if i not in training]
+        try:
+            for init_id in init_ids:
+                check_init_state_id(init_id)
+        except ValueError as error:
+            print(f"vla-rl demos: {error}", file=sys.stderr)
+            return 2
+        held_out = [i for i in init_ids if is_held_out(i, cfg.env.num_train_init_states)]
         if held_out:
             print(f"vla-rl demos: init states {held_out} are held out for evaluation "
-                  f"(training ids are 0..{len(training) - 1})", file=sys.stderr)
+                  f"(training ids are 0..{len(training) - 1} and layouts {TRAIN_LAYOUT_BASE}..999999)",
+                  file=sys.stderr)
             return 2
     else:
-        init_ids = training[:cfg.demos.episodes_per_task or None]
+        layouts = range(TRAIN_LAYOUT_BASE, TRAIN_LAYOUT_BASE + cfg.demos.fresh_layouts_per_task)
+        init_ids = training[:cfg.demos.episodes_per_task or None] + list(layouts)
     env_cfg = replace(cfg.env, render=False) if args.dry_run else cfg.env
     report = record_demonstrations(env_cfg, cfg.demos.output_dir, init_ids, write=not args.dry_run,
                                    retry_failed=cfg.demos.retry_failed, progress=not args.no_progress,

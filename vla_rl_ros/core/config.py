@@ -81,6 +81,13 @@ class GraphConfig:
     """A bridge waiting longer than this for actions reports the policy as missing."""
     bag_dir: str = "runs/default/bags"
     """Where the recorder writes trajectory bags (MCAP)."""
+    lockstep: bool = False
+    """Rollouts in lockstep with the learner, as in ``vla-rl train``: each policy version runs
+    one plan of ``train.episodes_per_iter`` episodes (whole groups, every turn decoded by that
+    version) and an environment with nothing assigned waits for the next plan. false = streaming:
+    environments never wait (an unassigned one draws a training task), so the learner's batches
+    mix the versions of the last ``max_policy_lag`` updates; it overlaps rollouts with updates,
+    which pays off when they do not share the same few cores."""
 
     def __post_init__(self) -> None:
         check(self.viz_rate_hz > 0, "graph.viz_rate_hz", self.viz_rate_hz, "must be > 0")

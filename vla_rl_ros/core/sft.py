@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from vla_rl_ros.core.config import ExperimentConfig
-from vla_rl_ros.core.envs.splits import train_init_states
 from vla_rl_ros.core.policy.model_dir import commit_directory
 
 CHECKPOINT_DIR, FINAL_DIR, TRAINER_FILE = "checkpoint", "policy", "trainer.pt"
@@ -79,9 +78,10 @@ def train_sft(cfg: ExperimentConfig, progress: bool = True, max_steps: int | Non
     output.mkdir(parents=True, exist_ok=True)
     if sft.torch_threads:
         torch.set_num_threads(sft.torch_threads)
-    # Only training init states: the held-out ones are for evaluation, even if a bag exists.
+    # Only training contexts (init states and layouts): held-out ones are for evaluation, even if
+    # a bag exists.
     dataset = DemoDataset(sft.demo_dir, task_ids=list(cfg.env.task_ids),
-                          init_state_ids=train_init_states(cfg.env.num_train_init_states))
+                          num_train_init_states=cfg.env.num_train_init_states)
     norm_stats = dataset.norm_stats(cfg.env.suite)
     checkpoint = output / CHECKPOINT_DIR
     rng = np.random.default_rng(sft.seed)

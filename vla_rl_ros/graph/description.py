@@ -26,7 +26,8 @@ from vla_rl_ros.graph import topics
 PACKAGE = "vla_rl_ros"
 GRAPHS = ("train_sim", "eval_sim")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-SHARED_BRIDGE_TOPICS = (topics.OBSERVATIONS, topics.ACTIONS, topics.EPISODE_RESULTS, topics.TASK_ASSIGNMENTS)
+SHARED_BRIDGE_TOPICS = (topics.OBSERVATIONS, topics.ACTIONS, topics.EPISODE_RESULTS, topics.TASK_ASSIGNMENTS,
+                        topics.TASK_REQUESTS)
 
 
 @dataclass

@@ -380,3 +380,11 @@ def task_assignments_from_msg(
             raise MessageError(f"task assignment: {err}") from None
         out.append((int(env_id), int(task_id), int(init_id)))
     return out
+
+
+def task_request_from_msg(msg) -> list[tuple[str, int]]:
+    """The waiting ``(bridge_id, env_id)`` slots of a task request (graph.lockstep)."""
+    _require(bool(msg.bridge_id) and len(msg.env_ids) > 0 and not msg.task_ids and not msg.init_state_ids,
+             f"task request: a bridge id and env ids only, got bridge {msg.bridge_id!r}, env ids "
+             f"{list(msg.env_ids)}, {len(msg.task_ids)} task ids, {len(msg.init_state_ids)} init state ids")
+    return [(msg.bridge_id, int(env_id)) for env_id in msg.env_ids]

@@ -18,8 +18,9 @@ do not add up are named, counted rejections (``learner/rejected_*``).
 
 Task assignments follow the learner's plan: each finished episode frees its environment for the
 next (task, init state) of the plan, ``train.group_size`` episodes per context, so the episodes
-of a bag come in groups as in ``vla-rl train`` (a group split over two bags is learned from as
-two smaller groups; a group of one carries no comparison and is dropped).
+of a bag come in groups as in ``vla-rl train`` (nodes/plan_dispatch.py). Streaming, a group can
+straddle two bags and versions (GroupAssembler waits for it); with ``graph.lockstep`` each version
+runs exactly one plan, answering the bridges' ``task_requests``, as ``vla-rl train`` does.
 
 Its state is the core's checkpoint (core/rl/checkpoint.py, ``<train.output_dir>/checkpoints/
 latest``: weights, optimizer, curriculum, solved contexts, random streams) plus the graph's own
@@ -105,8 +106,9 @@ class LearnerNode(Node):
         arch = self.policy.arch
         self.token_range = (int(arch.action_vocab_start), int(arch.action_vocab_end))
         self.rejections = Rejections(self)
-        self.plan: list[tuple[int, int]] = []
-        """The rest of the current plan: the contexts the next finished episodes' envs get."""
+        from vla_rl_ros.nodes.plan_dispatch import PlanDispatcher
+        self.dispatch = PlanDispatcher(self.learner.plan, cfg.graph.lockstep,
+                                       stall_after_s=max(60.0, 2 * cfg.graph.action_timeout_s))
         self.env_steps = 0
         self.version, self.version_path, self.version_sha = 0, "", ""
         self.processed: list[str] = []
@@ -126,6 +128,10 @@ class LearnerNode(Node):
                                  guard("bag_notices", self._on_bag), qos.BAG_NOTICES)
         self.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, guard("episode_results",
                                  self._on_episode), qos.BATCH)
+        if cfg.graph.lockstep:
+            self.create_subscription(TaskAssignment, topics.TASK_REQUESTS, guard("task_requests",
+                                     self._on_task_request), qos.COMMAND)
+            self.create_timer(1.0, guard("task_requests", self._check_stall))
         # Training runs from a one-shot timer, so notices that arrived together are one look at the
         # bag directory; a guarded failure leaves the bags for the next look.
         self.train_timer = self.create_timer(0.01, guard("updates", self._train_waiting))
@@ -175,7 +181,7 @@ class LearnerNode(Node):
         self.processed = list(state["processed"])
         self.refused = list(state.get("refused", []))
         self.history = list(state.get("history", []))
-        self.plan = [tuple(c) for c in state.get("plan", [])]
+        self.dispatch.load_state_dict(state)
         self.ledger.load_state_dict(state.get("episodes", {}))
         self.ledger.count("lost_waiting", len(state.get("waiting_for_group", [])))
         self.carry = restore_carry(state.get("carry", {}), self.chunk_size, self.params.config.env.image_size)
@@ -201,7 +207,7 @@ class LearnerNode(Node):
                  "history": self.history, "evals": [],
                  "version": self.version, "processed": self.processed, "refused": self.refused,
                  "episodes": self.ledger.state_dict(), "carry": carry_reference(self.carry, self.processed),
-                 "plan": [list(c) for c in self.plan],
+                 **self.dispatch.state_dict(),
                  "waiting_for_group": self.groups.keys() if self.groups is not None else []}
         ckpt.save_checkpoint(self.out, state)
 
@@ -218,14 +224,31 @@ class LearnerNode(Node):
         except convert.MessageError as err:
             self.rejections("episode_results", str(err))
             return
-        if msg.aborted or msg.task_id not in self.curriculum.task_ids:
+        if (msg.aborted or msg.task_id not in self.curriculum.task_ids) and not self.dispatch.lockstep:
+            return  # the bridge draws that env's next task itself
+        self._assign(self.dispatch.finished((msg.bridge_id, int(msg.env_id)), len(self.processed)))
+
+    def _on_task_request(self, msg: TaskAssignment) -> None:
+        try:
+            slots = convert.task_request_from_msg(msg)
+        except convert.MessageError as err:
+            self.rejections("task_requests", str(err))
             return
-        if not self.plan:
-            self.plan = self.learner.plan()
-        task, init_state = self.plan.pop(0)
-        self.assign_pub.publish(TaskAssignment(
-            header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=msg.bridge_id,
-            env_ids=[msg.env_id], task_ids=[task], init_state_ids=[init_state]))
+        self._assign(self.dispatch.requested(slots, len(self.processed)))
+
+    def _check_stall(self) -> None:
+        stalls = self.dispatch.stalls
+        self._assign(self.dispatch.check_stall(len(self.processed)))
+        if self.dispatch.stalls > stalls:
+            self.get_logger().warning(f"lockstep: envs waited {self.dispatch.stall_after_s:.0f} s, the "
+                                      "plan out and no episode finished (lost with a bridge or recorder): "
+                                      "the next plan goes out")
+
+    def _assign(self, pairs) -> None:
+        for (bridge_id, env_id), (task, init_state) in pairs:
+            self.assign_pub.publish(TaskAssignment(
+                header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=bridge_id,
+                env_ids=[env_id], task_ids=[task], init_state_ids=[init_state]))
 
     # ------------------------------------------------------------------ learning
     def _on_bag(self, info: TrajectoryBagInfo) -> None:
@@ -341,6 +364,7 @@ class LearnerNode(Node):
                 why = metrics.get("ppo/skip_reason", "error")
                 self.get_logger().warning(f"bags {read}: update skipped ({why}); the policy stays at "
                                           f"v{self.version}")
+        self._assign(self.dispatch.trained(len(self.processed)))  # lockstep: the next plan goes out
         return metrics
 
     def _update(self, episodes) -> dict:

@@ -14,6 +14,12 @@ Every run of the node has its own ``incarnation`` (its start time in ns), carrie
 observations and episode results: step_seq and episode ids restart at every run, so a restarted
 bridge's episodes never collide with the previous run's (nor are a late reply to the previous run
 applied). Task assignments queue at most ``MAX_QUEUED_ASSIGNMENTS`` per env (oldest dropped, counted).
+
+With ``graph.lockstep`` an environment never draws a task itself: it starts, and after each
+episode stays, parked until an assignment comes, asking for one on ``task_requests`` (every
+``REQUEST_EVERY_S`` while it waits). Parked envs are left out of the ObservationBatches; an env
+assigned while a batch is in flight joins the next one (its reset waits for the step, which
+moves every running env).
 """
 from __future__ import annotations
 
@@ -46,6 +52,8 @@ EXTRA_PARAMETERS = {
 }
 MAX_QUEUED_ASSIGNMENTS = 4
 """Task assignments kept per env (the curriculum sends one per finished episode)."""
+REQUEST_EVERY_S = 1.0
+"""graph.lockstep: how often parked envs repeat their request (one lost, or a learner restarted)."""
 
 
 def make_environments(cfg) -> VectorEnvLike:
@@ -96,6 +104,10 @@ class SimBridgeNode(Node):
         self.rejected_pending = False
         self.rejections = Rejections(self)
         guard = self.rejections.guard
+        self.lockstep = bool(cfg.graph.lockstep)
+        self.parked: set[int] = set(range(self.num_envs)) if self.lockstep else set()
+        """Envs with no episode running (graph.lockstep): waiting for a TaskAssignment."""
+        self.requested_at = 0.0
 
         self.obs_pub = self.create_publisher(ObservationBatch, topics.OBSERVATIONS, qos.BATCH)
         self.result_pub = self.create_publisher(EpisodeResult, topics.EPISODE_RESULTS, qos.BATCH)
@@ -103,11 +115,13 @@ class SimBridgeNode(Node):
         self.create_subscription(TaskAssignment, topics.TASK_ASSIGNMENTS, guard("task_assignments",
                                  self._on_assignment), qos.COMMAND)
         self.create_service(Trigger, topics.RESET_SERVICE, self._on_reset_request)
+        self.request_pub = (self.create_publisher(TaskAssignment, topics.TASK_REQUESTS, qos.COMMAND)
+                            if self.lockstep else None)
         self.viz_images = [self.create_publisher(Image, topics.viz_image(i), qos.SENSOR_VIZ)
                            for i in range(self.num_envs)]
         self.viz_joints = [self.create_publisher(JointState, topics.viz_joint_states(i), qos.SENSOR_VIZ)
                            for i in range(self.num_envs)]
-        self.observations = self._reset_envs(list(range(self.num_envs)))
+        self.observations = {} if self.lockstep else self._reset_envs(list(range(self.num_envs)))
         self.create_timer(0.05, self._watchdog)
         self.started = time.monotonic()
         self.create_timer(10.0, self._log_rate)
@@ -148,8 +162,11 @@ class SimBridgeNode(Node):
         return Header(stamp=self.get_clock().now().to_msg(), frame_id=self.bridge_id)
 
     def _publish_observations(self) -> None:
+        env_ids = [i for i in range(self.num_envs) if i not in self.parked]
+        if not env_ids:  # graph.lockstep: every env waits for an assignment
+            self.pending = None
+            return
         self.step_seq += 1
-        env_ids = list(range(self.num_envs))
         self.pending = convert.observations_to_msg(
             self.bridge_id, self.step_seq, env_ids, [self.episode_ids[i] for i in env_ids],
             [self.observations[i] for i in env_ids], self._header(), self.incarnation)
@@ -175,11 +192,12 @@ class SimBridgeNode(Node):
             self.get_logger().warning(f"rejected ActionBatch step {msg.step_seq} "
                                       f"({self.rejected_actions} so far): {err}")
             return
+        env_ids = list(self.pending.env_ids)
         self.pending = None
         if self.reported_missing:
             self.get_logger().info("policy is back: actions received again")
             self.reported_missing = False
-        self._apply(batch.actions, batch.step_seq)
+        self._apply(batch.actions, batch.step_seq, env_ids)
 
     def _step_chunks(self, chunks: np.ndarray) -> list[StepResult]:
         if hasattr(self.env, "step_chunk"):
@@ -189,13 +207,17 @@ class SimBridgeNode(Node):
             result.info.setdefault("executed", 1)
         return results
 
-    def _apply(self, chunks: np.ndarray, step_seq: int) -> None:
-        """Run every env's chunk [N, K, 7] to its end (or its episode's), then observe once."""
-        chunks = np.asarray(chunks, np.float32).reshape(self.num_envs, self.chunk_size, ACTION_DIM)
-        results = self._step_chunks(chunks)
-        self.decisions_done += self.num_envs
+    def _apply(self, chunks: np.ndarray, step_seq: int, env_ids: list[int] | None = None) -> None:
+        """Run the batch's chunks [B, K, 7] (B = its ``env_ids``, default all) to their end (or
+        their episode's), then observe once. Envs outside the batch are parked: not running."""
+        env_ids = list(range(self.num_envs)) if env_ids is None else env_ids
+        every = np.zeros((self.num_envs, self.chunk_size, ACTION_DIM), np.float32)
+        every[env_ids] = np.asarray(chunks, np.float32).reshape(len(env_ids), self.chunk_size, ACTION_DIM)
+        results = self._step_chunks(every)
+        self.decisions_done += len(env_ids)
         done_ids = []
-        for env_id, result in enumerate(results):
+        for env_id in env_ids:
+            result = results[env_id]
             executed = int(result.info.get("executed", self.chunk_size))
             self.steps_done += executed
             self.episode_steps[env_id] += executed
@@ -206,13 +228,38 @@ class SimBridgeNode(Node):
                 self._finish(env_id, result.success, result.truncated, result.aborted,
                              str(result.info.get("reason", "")) if result.aborted else "")
                 done_ids.append(env_id)
-        if done_ids:
-            self.observations.update(self._reset_envs(done_ids))
+        self._start_next(done_ids)
         self._publish_observations()
 
+    def _start_next(self, finished: list[int]) -> None:
+        """Reset the finished envs (streaming) or those with an assignment (lockstep; the rest park)."""
+        newly_parked = False
+        if self.lockstep:
+            self.parked.update(finished)
+            ready = [i for i in sorted(self.parked) if self.assignments[i]]
+            self.parked.difference_update(ready)
+            newly_parked = any(i in self.parked for i in finished)
+            finished = ready
+        if finished:
+            self.observations.update(self._reset_envs(finished))
+        if newly_parked:  # ask at once; the watchdog repeats it while they wait
+            self._request_tasks()
+
+    def _request_tasks(self) -> None:
+        waiting = [i for i in sorted(self.parked) if not self.assignments[i]]
+        if not waiting:
+            return
+        self.request_pub.publish(TaskAssignment(header=self._header(), bridge_id=self.bridge_id,
+                                                env_ids=waiting, task_ids=[], init_state_ids=[]))
+        self.requested_at = time.monotonic()
+
     def _watchdog(self) -> None:
-        if self.pending is None and self.step_seq == 0:
+        if self.lockstep and self.parked and time.monotonic() - self.requested_at >= REQUEST_EVERY_S:
+            self._request_tasks()
+        if self.pending is None and (self.step_seq == 0 or self.lockstep):
+            # The first batch once the consumers listen; in lockstep also the first after all parked.
             if self.obs_pub.get_subscription_count() >= self.min_subscribers:
+                self._start_next([])
                 self._publish_observations()
             return
         if self.pending is None:
@@ -258,7 +305,7 @@ class SimBridgeNode(Node):
 
     def _on_reset_request(self, request, response):
         """Abort running episodes of envs with a queued assignment and start the assigned tasks now."""
-        env_ids = [i for i in range(self.num_envs) if self.assignments[i]]
+        env_ids = [i for i in range(self.num_envs) if self.assignments[i] and i not in self.parked]
         for env_id in env_ids:
             self._finish(env_id, False, False, True, "reset requested")
         if env_ids:

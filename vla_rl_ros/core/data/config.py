@@ -21,6 +21,10 @@ class DemosConfig:
     """Std of Gaussian noise added to the arm part of the actions the simulator executes while
     the recorded labels stay the expert's (DART): the demos then show recoveries from drift.
     0.1 keeps the expert at 100 % on the default tasks; 0.2 drops it to about 92 %, 0.3 to 33 %."""
+    fresh_layouts_per_task: int = 0
+    """Demonstrations per task on fresh training layouts (ids 1000, 1001, ...), after the fixed
+    init states. Held-out evaluation is mostly fresh held-out layouts; the 40 fixed init states
+    alone leave the object placements it meets unseen. Recorded with ``vla-rl demos``."""
     passes: int = 1
     """Expert episodes per (task, init state). Pass p > 0 replays the same scene with another
     action-noise stream (so it needs action_noise > 0 to differ from pass 0); bags of pass p > 0
@@ -31,6 +35,8 @@ class DemosConfig:
         check(self.episodes_per_task >= 0, "demos.episodes_per_task", self.episodes_per_task, "must be >= 0")
         check(0.0 <= self.action_noise <= 1.0, "demos.action_noise", self.action_noise, "in [0, 1]")
         check(self.passes >= 1, "demos.passes", self.passes, "must be >= 1")
+        check(self.fresh_layouts_per_task >= 0, "demos.fresh_layouts_per_task", self.fresh_layouts_per_task,
+              "must be >= 0")
 
 
 @dataclass

@@ -9,26 +9,31 @@ from torch.utils.data import Dataset
 
 from vla_rl_ros.core.data.episode_bag import BagError, read_episode_bag
 from vla_rl_ros.core.data.recording import load_index
+from vla_rl_ros.core.envs.splits import is_held_out
 
 
 class DemoDataset(Dataset):
     """Every (image, instruction, action) step of the successful episodes in a demo directory.
 
     All demonstration passes of an init state are read (``demos.passes``); ``init_state_ids``
-    filters init states, not passes.
+    filters init states, not passes. ``num_train_init_states`` drops every held-out context
+    (held-out init states and held-out layouts) and keeps training init states and fresh training
+    layouts (``demos.fresh_layouts_per_task``).
 
     The episodes are decoded once into memory (uint8 frames: about 50 kB per 128x128 step).
     A damaged bag raises :class:`BagError` naming the file; nothing is skipped silently.
     """
 
     def __init__(self, directory: str | Path, task_ids: list[int] | None = None,
-                 init_state_ids: list[int] | None = None) -> None:
+                 init_state_ids: list[int] | None = None, num_train_init_states: int | None = None) -> None:
         """Load the episodes of ``task_ids`` (default all) and ``init_state_ids`` (default all)."""
         self.directory = Path(directory)
         index = load_index(self.directory)
         entries = [e for e in index.get("episodes", []) if e.get("success") and e.get("bag")
                    and (task_ids is None or e["task_id"] in task_ids)
-                   and (init_state_ids is None or e["init_state_id"] in init_state_ids)]
+                   and (init_state_ids is None or e["init_state_id"] in init_state_ids)
+                   and (num_train_init_states is None
+                        or not is_held_out(e["init_state_id"], num_train_init_states))]
         if not entries:
             raise BagError(f"no successful demonstrations in {self.directory} "
                            f"(index {self.directory / 'index.json'}; tasks {task_ids})")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vla_rl_ros.core.envs.base import ACTION_DIM, Observation, StepResult
+from vla_rl_ros.core.envs.forward_once import ForwardOnce
 from vla_rl_ros.core.envs.splits import check_init_state_id, is_fresh_layout
 
 # Standard episode caps of LIBERO evaluation (OpenVLA's scripts); longest prefix wins, so the
@@ -212,6 +213,7 @@ class LiberoEnv:
         self.frames_rendered = 0
         """Camera frames rendered so far (rendering dominates a CPU step: benchmarks and tests count it)."""
         self._init_states: dict[int, np.ndarray] = {}
+        self.forward_once: ForwardOnce | None = None
         self.mesh_decimator = None
         """The :class:`VisualMeshDecimator` (its built/reused counters), when meshes are decimated."""
         if visual_mesh_faces > 0 and render:  # without rendering nothing would draw the copies
@@ -243,6 +245,7 @@ class LiberoEnv:
         # for every episode history, at a third of the reset time.
         self.sim.env.hard_reset = False
         self.sim.seed(self.seed)
+        self.forward_once = ForwardOnce(self.sim.env.sim)
         self.task = task
 
     def init_states(self, task_id: int) -> np.ndarray:
@@ -312,7 +315,8 @@ class LiberoEnv:
         if self.done:
             raise RuntimeError("LiberoEnv.step called on a finished episode: call reset first")
         safe_action, counts = sanitize_action(action)
-        raw, _, _, _ = self.sim.step(safe_action)
+        with self.forward_once:  # bit-exact, saves the controller's repeated forward each substep
+            raw, _, _, _ = self.sim.step(safe_action)
         self.raw_obs = raw
         self.step_count += 1
         success = bool(self.sim.check_success())
