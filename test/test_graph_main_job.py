@@ -25,7 +25,8 @@ def train_graph(config, tmp_path) -> subprocess.CompletedProcess:
 
 def test_train_graph_trains_evaluates_reports_and_resumes(tmp_path, monkeypatch):
     isolate_dds(monkeypatch)
-    config = write_toy_graph_params(tmp_path, episodes_per_iter=2, action_timeout_s=3.0)
+    # Lockstep, as config/train_sim.yaml ships the main job.
+    config = write_toy_graph_params(tmp_path, episodes_per_iter=2, action_timeout_s=3.0, lockstep=True)
     first = train_graph(config, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     results = tmp_path / "run" / "results"

@@ -4,7 +4,8 @@ from pathlib import Path
 import yaml
 
 
-def write_toy_graph_params(tmp_path: Path, episodes_per_iter: int = 2, action_timeout_s: float = 3.0) -> Path:
+def write_toy_graph_params(tmp_path: Path, episodes_per_iter: int = 2, action_timeout_s: float = 3.0,
+                           lockstep: bool = False) -> Path:
     """2 toy envs, 4-step episodes, ``episodes_per_iter`` per bag; run and bags under ``tmp_path/run``."""
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
@@ -17,5 +18,6 @@ def write_toy_graph_params(tmp_path: Path, episodes_per_iter: int = 2, action_ti
         "ppo": {"advantage_estimator": "critic", "critic_warmup_iters": 1, "minibatch_size": 8},
         "train": {"episodes_per_iter": episodes_per_iter, "output_dir": str(tmp_path / "run"),
                   "torch_threads": 1},
-        "graph": {"action_timeout_s": action_timeout_s, "bag_dir": str(tmp_path / "run" / "bags")}}}}))
+        "graph": {"action_timeout_s": action_timeout_s, "bag_dir": str(tmp_path / "run" / "bags"),
+                  "lockstep": lockstep}}}}))
     return config
