@@ -150,6 +150,8 @@ def test_judge_evaluates_other_protocols_again_once_as_in_run(tmp_path, headline
     # leave success at 0, so the identical final adapters are what shows the trainings are the same.)
     fresh = headline.main(["--out", greedy_out, *common, "--judge", "greedy"])["runs"]["rl"][0]
     assert fresh["protocol"] == "greedy" and "as_run" not in fresh
+    shared = json.loads((Path(greedy_out) / "start_greedy.json").read_text())
+    assert fresh["start"] == headline.held_out_counts(shared)  # one greedy start for every arm and seed
     assert (fresh["start"], fresh["end"]) == (judged["start"], judged["end"])
     final = [load_file(str(Path(r["output_dir"]) / "checkpoints/latest/adapters/adapter.safetensors"))
              for r in (as_run, fresh)]

@@ -133,6 +133,8 @@ def run_rl_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
                                                 f"train.time_budget_s={args.hours * 3600}"])
     _warn_if_arms_coincide(cfg, arm)
     run = TrainingRun(cfg, progress_bar=not args.no_progress, tensorboard=not args.no_tensorboard)
+    if args.judge == "greedy":
+        run.evals = [shared_greedy_start(args)]  # a resumed run keeps its own (resume() restores them)
     try:
         summary = run.run()
     finally:
@@ -181,6 +183,22 @@ def judge_result(args: argparse.Namespace, result: dict, forced: list[str], adap
         write_json_atomic(arm_dir(args, result["arm"], seed) / RESULT_FILE, result)
     as_run = {key: result[key] for key in ("protocol", "start", "end", "gain_points")}
     return {**result, "protocol": wanted, **judged[wanted], "as_run": as_run}
+
+
+def shared_greedy_start(args: argparse.Namespace) -> dict:
+    """The SFT start's greedy held-out evaluation, made once for every RL arm and seed.
+
+    Greedy decoding of one policy on the fixed held-out contexts does not depend on the seed nor
+    on an arm's switch (PRM, curriculum, estimator), so each seed evaluating it again (150
+    LIBERO episodes, ~5 min on 2 cores) would only repeat the same episodes. Kept in
+    ``<out>/start_greedy.json``; the iteration-0 evaluation of every RL seed is this one.
+    """
+    path = Path(args.out) / "start_greedy.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = evaluate_once(args, 0, Path(args.out) / "start_greedy", [], None)
+    write_json_atomic(path, start)
+    return start
 
 
 def evaluate_once(args: argparse.Namespace, seed: int, output: Path, forced: list[str],
