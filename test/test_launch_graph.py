@@ -168,3 +168,12 @@ def test_config_and_set_options_reach_every_node(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     assert all(f"--params-file {config}" in line and "-p ppo.clip_range:=0.1" in line for line in lines)
+
+
+def test_only_the_training_graph_runs_in_lockstep():
+    """config/train_sim.yaml ships graph.lockstep; eval_sim has no learner to hand out plans."""
+    train = {n.name: n.parameters for n in build_graph("train_sim").nodes}
+    evaluation = {n.name: n.parameters for n in build_graph("eval_sim", config="config/train_sim.yaml").nodes}
+    assert "graph.lockstep" not in train["sim_bridge"]  # the file's value (true) applies
+    assert evaluation["sim_bridge"]["graph.lockstep"] is False
+    assert evaluation["sim_bridge"]["init_states"] == "eval" and "learner" not in evaluation

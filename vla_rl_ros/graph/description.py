@@ -156,6 +156,7 @@ def build_graph(graph: str, overrides: dict[str, Any] | None = None, **arguments
         bridge_params = dict(shared, min_observation_subscribers=consumers)
         if graph == "eval_sim":
             bridge_params["init_states"] = "eval"
+            bridge_params["graph.lockstep"] = False  # no learner hands out plans in this graph
         if namespace:
             bridge_params["bridge_id"] = namespace
         nodes.append(NodeSpec("sim_bridge", "sim_bridge", namespace, bridge_params,
