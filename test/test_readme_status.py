@@ -40,6 +40,14 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     (results / "graph" / "libero_bench.json").write_text(json.dumps({
         "ratio_graph_over_in_process": 0.85, "graph": {"env_steps_per_s": 34.0},
         "in_process": {"env_steps_per_s": 40.0}}))
+    (results / "libero_env").mkdir()
+    (results / "libero_env" / "frame_cost_decimated.json").write_text(json.dumps({
+        "summary_by_faces": {"0": {"ms_per_frame": 100.0},
+                             "2000": {"ms_per_frame": 20.0, "mean_abs_pixel_diff": 2.0}},
+        "load_average_before": [1.0], "cpus": 2}))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "train_sim.yaml").write_text(
+        "/**:\n  ros__parameters:\n    env:\n      visual_mesh_faces: 2000\n")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- status-table:begin -->\n<!-- status-table:end -->\nend\n")
     assert subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--root", str(tmp_path)]
@@ -52,6 +60,8 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     assert "+16.0 points over 3 seed(s)" in rl and "<= 2 h a seed" in rl and rl.endswith("| yes |")
     assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(
         "| not run | not yet |")
+    meshes = rows["decimated visual meshes (the next rollout lever)"]
+    assert "100 ms -> 20 ms" in meshes and "used by config/train_sim.yaml (2,000 faces) | in use |" in meshes
     graph = rows["graph >= 90 % of the in-process env steps/s on the default LIBERO set"]
     assert "ratio 0.850" in graph and graph.endswith("| **no** |")
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("end\n")

@@ -34,6 +34,16 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _train_sim_mesh_faces(root: Path) -> int:
+    """env.visual_mesh_faces of ``root``'s config/train_sim.yaml (0 when absent)."""
+    import yaml
+    path = root / "config" / "train_sim.yaml"
+    if not path.is_file():
+        return 0
+    shared = yaml.safe_load(path.read_text()).get("/**", {}).get("ros__parameters", {})
+    return int(shared.get("env", {}).get("visual_mesh_faces", 0) or 0)
+
+
 def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
     """(target, measured, met) for each figure the open issues name, from the result files under ``root``."""
     out = []
@@ -55,16 +65,20 @@ def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
                     f"episodes/hour (single-step before: {before.get('env_steps_per_s', 'n/a')}, "
                     f"{before.get('episodes_per_hour', 'n/a')}); a frame "
                     f"{rollout['step_parts_ms']['render_frame_ms']:g} ms, a physics step "
-                    f"{rollout['step_parts_ms']['physics_step_ms']:g} ms", "yes" if met else "**no**"))
+                    f"{rollout['step_parts_ms']['physics_step_ms']:g} ms"
+                    + (f" (meshes decimated to {rollout['visual_mesh_faces']:,} faces)"
+                       if rollout.get("visual_mesh_faces") else ""), "yes" if met else "**no**"))
     frames = _load(root, "docs/results/libero_env/frame_cost_decimated.json")
     if frames:
+        faces = _train_sim_mesh_faces(root)
         by = frames["summary_by_faces"]
         out.append(("decimated visual meshes (the next rollout lever)",
                     f"a 128 px frame {by['0']['ms_per_frame']:g} ms -> {by['2000']['ms_per_frame']:g} ms "
                     f"at 2,000 faces a mesh (mean pixel change {by['2000']['mean_abs_pixel_diff']:g} grey "
                     "levels; "
-                    f"measured at load {frames['load_average_before'][0]:g} on {frames['cpus']} cores); "
-                    "off by default: the shipped policy saw original renderings", "built, not yet used"))
+                    f"measured at load {frames['load_average_before'][0]:g} on {frames['cpus']} cores)"
+                    + (f"; used by config/train_sim.yaml ({faces:,} faces)" if faces else
+                       "; off in config/train_sim.yaml"), "in use" if faces else "built, not yet used"))
     for arm in ("rl", "rl_critic"):
         result = learning.get(arm)
         if result is None:
