@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The chunked start of the default task set, and what it is measured by (issue: RL that improves
 # the policy). Each step is a command line over the product; each skips what is already on disk.
-#   1. demonstrations (vla-rl demos), 2. chunked SFT, 3. its held-out evaluation, greedy, 150
+#   1. demonstrations (vla-rl demos: per task the 40 training init states and 40 fresh training
+#   layouts, rendered with the decimated meshes of config/train_sim.yaml), 2. chunked SFT on all of
+#   them, 3. its held-out evaluation, greedy, 150
 #   episodes (30 held-out init states + 120 held-out layouts), 4. the PRM for that policy,
 #   5. rollout cost with the chunked policy (and, if OLD_POLICY is set, with a K = 1 policy),
 #   6. docs/results/learning/summary.json.
@@ -20,7 +22,7 @@ mkdir -p "$out" "$results"
 cfg=(--config config/train_sim.yaml)
 
 [ -f data/demos/default/index.json ] || "$vla" demos "${cfg[@]}"
-# 4000 steps of batch 32 (about 9 passes over the 13.6 k frames): the chunk labels carry 8 actions
+# 4000 steps of batch 32 (about 5 passes over the ~26 k frames): the chunk labels carry 8 actions
 # each, and the loss still fell at 2500.
 [ -f "$out/sft/sft_result.json" ] || "$vla" sft "${cfg[@]}" --set sft.output_dir="$out/sft" \
   --set sft.steps="$steps" --set sft.checkpoint_every=500
