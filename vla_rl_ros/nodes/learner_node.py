@@ -49,13 +49,14 @@ from vla_rl_ros.core.config_io import to_dict
 from vla_rl_ros.core.rl import checkpoint as ckpt
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import EpisodeResult, PolicyVersion, TaskAssignment, TrajectoryBagInfo
-from vla_rl_ros.nodes import convert, qos
+from vla_rl_ros.nodes import qos
 from vla_rl_ros.nodes.adapters import latest_version, version_dir, weights_checksum
 from vla_rl_ros.nodes.learner_bags import (EpisodeLedger, GroupAssembler, carry_reference, complete_bags,
                                            inside, restore_carry)
 from vla_rl_ros.nodes.params import ExperimentParameters
 from vla_rl_ros.nodes.rejections import Rejections
 from vla_rl_ros.nodes.runner import run_node
+from vla_rl_ros.nodes.task_assignments import TaskAssignments
 from vla_rl_ros.nodes.trajectory_bags import read_episodes, rebuild_keyed
 
 EXTRA_PARAMETERS = {
@@ -77,7 +78,7 @@ EXTRA_PARAMETERS = {
 }
 
 
-class LearnerNode(Node):
+class LearnerNode(TaskAssignments, Node):
     """Consumes trajectory bags (TrajectoryBagInfo), produces PolicyVersion and TaskAssignment."""
 
     def __init__(self, policy=None, **kwargs) -> None:
@@ -216,39 +217,6 @@ class LearnerNode(Node):
             header=Header(stamp=self.get_clock().now().to_msg()), version=self.version,
             adapter_path=self.version_path, sha256=self.version_sha, iteration=len(self.processed),
             chunk_size=self.chunk_size))
-
-    # ------------------------------------------------------------------ curriculum
-    def _on_episode(self, msg: EpisodeResult) -> None:
-        try:
-            convert.check_episode_result(msg)
-        except convert.MessageError as err:
-            self.rejections("episode_results", str(err))
-            return
-        if (msg.aborted or msg.task_id not in self.curriculum.task_ids) and not self.dispatch.lockstep:
-            return  # the bridge draws that env's next task itself
-        self._assign(self.dispatch.finished((msg.bridge_id, int(msg.env_id)), len(self.processed)))
-
-    def _on_task_request(self, msg: TaskAssignment) -> None:
-        try:
-            slots = convert.task_request_from_msg(msg)
-        except convert.MessageError as err:
-            self.rejections("task_requests", str(err))
-            return
-        self._assign(self.dispatch.requested(slots, len(self.processed)))
-
-    def _check_stall(self) -> None:
-        stalls = self.dispatch.stalls
-        self._assign(self.dispatch.check_stall(len(self.processed)))
-        if self.dispatch.stalls > stalls:
-            self.get_logger().warning(f"lockstep: envs waited {self.dispatch.stall_after_s:.0f} s, the "
-                                      "plan out and no episode finished (lost with a bridge or recorder): "
-                                      "the next plan goes out")
-
-    def _assign(self, pairs) -> None:
-        for (bridge_id, env_id), (task, init_state) in pairs:
-            self.assign_pub.publish(TaskAssignment(
-                header=Header(stamp=self.get_clock().now().to_msg()), bridge_id=bridge_id,
-                env_ids=[env_id], task_ids=[task], init_state_ids=[init_state]))
 
     # ------------------------------------------------------------------ learning
     def _on_bag(self, info: TrajectoryBagInfo) -> None:
