@@ -1,5 +1,7 @@
-"""Which environment slot runs which context of the learner's plan (no ROS here: the learner node
-turns what it returns into TaskAssignments).
+"""Which environment slot runs which context of the learner's plan.
+
+No ROS here: the learner node (nodes/task_assignments.py) turns what it returns into
+TaskAssignments.
 
 A slot is ``(bridge_id, env_id)``. The plan is the core Learner's: ``train.episodes_per_iter``
 (task, init state) contexts in groups of ``train.group_size``.

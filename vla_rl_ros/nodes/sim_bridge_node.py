@@ -208,8 +208,10 @@ class SimBridgeNode(Node):
         return results
 
     def _apply(self, chunks: np.ndarray, step_seq: int, env_ids: list[int] | None = None) -> None:
-        """Run the batch's chunks [B, K, 7] (B = its ``env_ids``, default all) to their end (or
-        their episode's), then observe once. Envs outside the batch are parked: not running."""
+        """Run the batch's chunks [B, K, 7] to their end (or their episode's), then observe once.
+
+        B is the batch's ``env_ids`` (default all); envs outside the batch are parked (not running).
+        """
         env_ids = list(range(self.num_envs)) if env_ids is None else env_ids
         every = np.zeros((self.num_envs, self.chunk_size, ACTION_DIM), np.float32)
         every[env_ids] = np.asarray(chunks, np.float32).reshape(len(env_ids), self.chunk_size, ACTION_DIM)
