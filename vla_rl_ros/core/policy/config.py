@@ -69,7 +69,7 @@ class PolicyConfig:
     """New models with ``chunk_size`` > 1: 'parallel' (one forward pass predicts all K x 7 action
     tokens, each given the observation only, as OpenVLA-OFT) or 'autoregressive' (K x 7 tokens one
     after the other). Parallel is the default: 28.5 ms a call against 195 ms autoregressive for 8
-    actions at batch 2 on the CPU (docs/results/learning/rollout_cost_k8.json), and PPO scores it
+    actions at batch 2 on the CPU (docs/results/learning/rollout_cost_k8_full_meshes.json), and PPO scores it
     with the same single pass."""
     center_crop_area: float = 1.0
     """Keep this central fraction of each frame's area and resize it back (tf ``crop_and_resize``),
