@@ -10,10 +10,11 @@ the graph's held-out success after GRAPH_VERSIONS does not fall.
 
 Not asserted, because it does not hold reliably: that the graph's curve matches the in-process
 one. In-process the seed gives 0.758/0.922/0.938 after 4/8/12 iterations (from 0.555); three
-graph runs gave 0.773/0.938/0.961, 0.578/0.609/0.648 (inside the full suite; its first update far
-off-policy: approx KL 0.17, clip fraction 0.72, against ~0.015 and ~0.2 afterwards) and
-0.555/0.688/0.805. The cause of that spread is not found yet; streaming had given 0.570-0.898
-after 16 versions in three runs.
+graph runs gave 0.773/0.938/0.961, 0.578/0.609/0.648 (inside the full suite) and
+0.555/0.688/0.805. Each graph version learned from a whole plan of 64 episodes, and the first
+update's approx KL and clip fraction (0.17, 0.72) are like the in-process first iteration's
+(0.12, 0.74), so the cause of the spread is not found yet; streaming had given 0.570-0.898 after
+16 versions in three runs.
 """
 from __future__ import annotations
 
