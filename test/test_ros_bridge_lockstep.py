@@ -1,13 +1,7 @@
 """graph.lockstep on a real rclpy sim_bridge (toy env): envs park, ask for tasks, run what comes."""
-import time
-
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.parameter import Parameter
 
-from dds_domains import isolate_dds
+from fuzz_harness import Harness
 from vla_rl_ros.graph import topics
 from vla_rl_ros.msg import ActionBatch, EpisodeResult, ObservationBatch, TaskAssignment
 from vla_rl_ros.nodes import convert, qos
@@ -15,30 +9,15 @@ from vla_rl_ros.nodes.sim_bridge_node import SimBridgeNode
 
 
 def test_lockstep_envs_wait_for_assignments_and_batches_hold_only_running_envs(monkeypatch):
-    isolate_dds(monkeypatch)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    overrides = [Parameter(name, value=value) for name, value in (
-        ("env.backend", "toy"), ("env.image_size", 32), ("env.task_ids", [0, 1]), ("env.num_envs", 2),
-        ("env.max_episode_steps", 3), ("graph.action_timeout_s", 5.0), ("graph.lockstep", True),
-        ("bridge_id", "b0"))]
-    node = SimBridgeNode(context=context, parameter_overrides=overrides)
-    client = Node("lockstep_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    for n in (node, client):
-        executor.add_node(n)
-    obs, results, requests = [], [], []
-    client.create_subscription(ObservationBatch, topics.OBSERVATIONS, obs.append, qos.BATCH)
-    client.create_subscription(EpisodeResult, topics.EPISODE_RESULTS, results.append, qos.BATCH)
-    client.create_subscription(TaskAssignment, topics.TASK_REQUESTS, requests.append, qos.COMMAND)
-    act_pub = client.create_publisher(ActionBatch, topics.ACTIONS, qos.BATCH)
-    task_pub = client.create_publisher(TaskAssignment, topics.TASK_ASSIGNMENTS, qos.COMMAND)
-
-    def spin_until(predicate, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not predicate():
-            executor.spin_once(timeout_sec=0.05)
-        return predicate()
+    # TINY: 2 toy envs, tasks 0 and 1, 3-step episodes.
+    h = Harness(monkeypatch, SimBridgeNode, **{"graph.action_timeout_s": 5.0, "graph.lockstep": True,
+                                               "bridge_id": "b0"})
+    node, spin_until = h.node, h.spin_until
+    obs = h.listen(ObservationBatch, topics.OBSERVATIONS)
+    results = h.listen(EpisodeResult, topics.EPISODE_RESULTS)
+    requests = h.listen(TaskAssignment, topics.TASK_REQUESTS, qos.COMMAND)
+    act_pub = h.publisher(ActionBatch, topics.ACTIONS)
+    task_pub = h.publisher(TaskAssignment, topics.TASK_ASSIGNMENTS, qos.COMMAND)
 
     def reply(batch):
         count = len(batch.env_ids)
@@ -61,7 +40,7 @@ def test_lockstep_envs_wait_for_assignments_and_batches_hold_only_running_envs(m
         reply(obs[-1])
         assert spin_until(lambda: len(obs) >= 2)
         assign(0, 0, 7)  # while env 1's batch is in flight: env 0 joins the next batch
-        spin_until(lambda: False, timeout=0.3)
+        h.settle(0.3)
         reply(obs[-1])
         assert spin_until(lambda: len(obs) >= 3)
         assert list(obs[-1].env_ids) == [0, 1] and list(obs[-1].step_indices) == [0, 2]
@@ -76,11 +55,8 @@ def test_lockstep_envs_wait_for_assignments_and_batches_hold_only_running_envs(m
             assert spin_until(lambda n=len(obs) + 1: len(obs) >= n or len(results) == 2)
         assert spin_until(lambda: len(results) == 2)
         assert results[1].env_id == 0 and results[1].task_id == 0 and results[1].init_state_id == 7
-        spin_until(lambda: False, timeout=1.2)
+        h.settle(1.2)
         assert len(obs) == 5 and node.pending is None  # both parked: the bridge waits, nothing stepped
         assert list(requests[-1].env_ids) == [0, 1] and node.steps_done == 6
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        client.destroy_node()
-        rclpy.shutdown(context=context)
+        h.close()
