@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vla_rl_ros.core.data.recording import record_demonstrations
-    from vla_rl_ros.core.envs.splits import (TRAIN_LAYOUT_BASE, check_init_state_id, is_held_out,
-                                             train_init_states)
+    from vla_rl_ros.core.envs.splits import (HELDOUT_LAYOUT_BASE, TRAIN_LAYOUT_BASE, check_init_state_id,
+                                             is_held_out, train_init_states)
     cfg = load_config(args.config, args.overrides)
     training = train_init_states(cfg.env.num_train_init_states)
     if args.init_states:
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         held_out = [i for i in init_ids if is_held_out(i, cfg.env.num_train_init_states)]
         if held_out:
             print(f"vla-rl demos: init states {held_out} are held out for evaluation "
-                  f"(training ids are 0..{len(training) - 1} and layouts {TRAIN_LAYOUT_BASE}..999999)",
+                  f"(training ids are 0..{len(training) - 1} and layouts "
+                  f"{TRAIN_LAYOUT_BASE}..{HELDOUT_LAYOUT_BASE - 1})",
                   file=sys.stderr)
             return 2
     else:
