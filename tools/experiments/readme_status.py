@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/experiments, for analysis
+# The repository (for vla_rl_ros) and this folder (for analysis), whoever runs or loads the script.
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from analysis.stats import gain_interval  # noqa: E402
 BEGIN, END = "<!-- status-table:begin -->", "<!-- status-table:end -->"
 
@@ -35,13 +36,10 @@ def _pct(value: float) -> str:
 
 
 def _train_sim_mesh_faces(root: Path) -> int:
-    """env.visual_mesh_faces of ``root``'s config/train_sim.yaml (0 when absent)."""
-    import yaml
+    """env.visual_mesh_faces as ``root``'s config/train_sim.yaml resolves it (0 when the file is absent)."""
+    from vla_rl_ros.core.config import load_config
     path = root / "config" / "train_sim.yaml"
-    if not path.is_file():
-        return 0
-    shared = yaml.safe_load(path.read_text()).get("/**", {}).get("ros__parameters", {})
-    return int(shared.get("env", {}).get("visual_mesh_faces", 0) or 0)
+    return load_config(path).env.visual_mesh_faces if path.is_file() else 0
 
 
 def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:

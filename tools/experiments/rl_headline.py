@@ -176,8 +176,9 @@ def judge_result(args: argparse.Namespace, result: dict, forced: list[str], adap
             raise SystemExit(f"rl_headline: cannot judge {result['arm']} seed {result['seed']} {args.judge}: "
                              f"its final adapters {adapters} are missing")
         seed, folder = result["seed"], arm_dir(args, result["arm"], result["seed"]) / "judged" / args.judge
-        if start is None:
-            start = held_out_counts(evaluate_once(args, seed, folder / "start", forced, None))
+        if start is None:  # greedy: the one start evaluation every arm and seed shares
+            start = held_out_counts(shared_greedy_start(args) if args.judge == "greedy"
+                                    else evaluate_once(args, seed, folder / "start", forced, None))
         end = held_out_counts(evaluate_once(args, seed, folder / "end", forced, adapters))
         judged[wanted] = {"start": start, "end": end, "gain_points": 100.0 * (end["rate"] - start["rate"])}
         write_json_atomic(arm_dir(args, result["arm"], seed) / RESULT_FILE, result)
