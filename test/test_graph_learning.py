@@ -42,7 +42,7 @@ NOT_WORSE_BY = 0.1
 """About 2 standard deviations of the difference of two 128-episode estimates near 0.6."""
 
 
-def graph_params(tmp_path: Path, model_dir: Path) -> Path:
+def graph_params(tmp_path: Path, model_dir: Path, seed: int = SEED) -> Path:
     """train_sim on the learning tests' toy with run_group_learning's recipe."""
     config = tmp_path / "learning.yaml"
     env = {"backend": "toy", "task_ids": [0], "num_envs": 16, "image_size": SUCCESS_ENV["image_size"],
@@ -54,10 +54,47 @@ def graph_params(tmp_path: Path, model_dir: Path) -> Path:
                    "model_path": str(model_dir)},
         "ppo": {"advantage_estimator": "loo", "policy_lr": 5.0e-4, "epochs": 2, "kl_coef": 0.0},
         "reward": {"prm_weight": 0.0},
-        "train": {"seed": SEED, "episodes_per_iter": 64, "group_size": 8, "torch_threads": 1,
+        "train": {"seed": seed, "episodes_per_iter": 64, "group_size": 8, "torch_threads": 1,
                   "output_dir": str(tmp_path / "run")},
         "graph": {"action_timeout_s": 30.0, "bag_dir": str(tmp_path / "run" / "bags"), "lockstep": True}}}}))
     return config
+
+
+def run_graph_learning(work: Path, seed: int = SEED, versions: int = GRAPH_VERSIONS,
+                       checkpoints=CHECKPOINTS) -> dict:
+    """The in-process test's SFT start, then ``versions`` lockstep versions through the graph.
+
+    Returns ``before`` (held-out success of the start), ``curve`` (after each version in
+    ``checkpoints``), ``history`` (the learner's per-version metrics) and ``seconds``. The caller
+    isolates DDS. tools/experiments/graph_toy_match.py runs this for several seeds.
+    """
+    policy = tiny_policy(temperature=0.5, seed=seed)
+    env = ToyVectorEnv(num_envs=16, **SUCCESS_ENV)
+    prm_data.toy_sft_warm_start(policy, env, steps=40, noise=1.0, seed=seed)
+    before = held_out_success(policy, env, seed)
+    model_dir = work / "sft"
+    policy.save(str(model_dir))  # the model directory every node of the graph loads
+    graph = build_graph("train_sim", config=str(graph_params(work, model_dir, seed)))
+    supervisor = Supervisor(graph, log_dir=str(work / "logs"))
+    watcher = Watcher(work / "logs")
+    start = time.time()
+    supervisor.start()
+    try:
+        watcher.wait_for(lambda: any(v.version >= versions for v in watcher.versions), 600,
+                         f"policy version {versions}")
+    finally:
+        supervisor.stop(grace_s=10.0)
+        watcher.close()
+    seconds = time.time() - start
+    curve = {}
+    for version in checkpoints:
+        adapters = next(v.adapter_path for v in watcher.versions if v.version == version)
+        graph_policy = VLAPolicy.load(str(model_dir), PolicyConfig(
+            size="tiny", image_size=32, temperature=0.5, seed=seed, state_prompt=False))
+        graph_policy.load_adapters(adapters)
+        curve[version] = held_out_success(graph_policy, env, seed)
+    history = ckpt.load_checkpoint(work / "run")["history"][:versions]
+    return {"before": before, "curve": curve, "history": history, "seconds": seconds}
 
 
 def test_the_graph_trains_in_lockstep_beside_the_in_process_loop(tmp_path, monkeypatch):
@@ -67,40 +104,14 @@ def test_the_graph_trains_in_lockstep_beside_the_in_process_loop(tmp_path, monke
     before_in_process, _ = run_group_learning(seed=SEED, iterations=max(CHECKPOINTS), curve=in_process,
                                               checkpoints=CHECKPOINTS)
     in_process_s = time.time() - start
-    # The in-process test's SFT start, saved as the model directory every node of the graph loads.
-    policy = tiny_policy(temperature=0.5, seed=SEED)
-    env = ToyVectorEnv(num_envs=16, **SUCCESS_ENV)
-    prm_data.toy_sft_warm_start(policy, env, steps=40, noise=1.0, seed=SEED)
-    before = held_out_success(policy, env, SEED)
+    graph = run_graph_learning(tmp_path)
+    before, history, graph_curve = graph["before"], graph["history"], graph["curve"]
     assert before == before_in_process
-    model_dir = tmp_path / "sft"
-    policy.save(str(model_dir))
-
-    graph = build_graph("train_sim", config=str(graph_params(tmp_path, model_dir)))
-    supervisor = Supervisor(graph, log_dir=str(tmp_path / "logs"))
-    watcher = Watcher(tmp_path / "logs")
-    start = time.time()
-    supervisor.start()
-    try:
-        watcher.wait_for(lambda: any(v.version >= GRAPH_VERSIONS for v in watcher.versions), 600,
-                         f"policy version {GRAPH_VERSIONS}")
-    finally:
-        supervisor.stop(grace_s=10.0)
-        watcher.close()
-    graph_s = time.time() - start
-    history = ckpt.load_checkpoint(tmp_path / "run")["history"][:GRAPH_VERSIONS]
     assert len(history) == GRAPH_VERSIONS
     assert all("rollout/groups_kept" in h and not h.get("ppo/no_update") for h in history)
     # Lockstep: every version learned from one whole plan (64 episodes, 8 groups of 8), nothing stale.
     assert [h["rollout/episodes"] for h in history] == [64] * GRAPH_VERSIONS
     assert all(h.get("learner/rejected_episodes_stale", 0) == 0 for h in history)
-    graph_curve = {}
-    for version in CHECKPOINTS:
-        adapters = next(v.adapter_path for v in watcher.versions if v.version == version)
-        graph_policy = VLAPolicy.load(str(model_dir), PolicyConfig(
-            size="tiny", image_size=32, temperature=0.5, seed=SEED, state_prompt=False))
-        graph_policy.load_adapters(adapters)
-        graph_curve[version] = held_out_success(graph_policy, env, SEED)
     print(f"\nheld-out success from {before:.3f}: in-process {in_process} ({in_process_s:.0f} s), "
-          f"graph {graph_curve} ({graph_s:.0f} s)")
+          f"graph {graph_curve} ({graph['seconds']:.0f} s)")
     assert graph_curve[max(CHECKPOINTS)] >= before - NOT_WORSE_BY, (before, graph_curve)
