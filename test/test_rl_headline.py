@@ -62,6 +62,12 @@ def test_two_arms_two_seeds_summary_and_resume(tmp_path, headline, one_torch_thr
     assert written["arms"] == json.loads(json.dumps(summary["arms"]))
     assert "| rl |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "summary.png").stat().st_size > 1000
+    for arm, runs in summary["runs"].items():  # learning curves: one rollout point per iteration run
+        for run in runs:
+            curve = written["curves"][arm][f"seed{run['seed']}"]
+            assert len(curve["iteration"]) == len(curve["rollout_success"]) == run["iterations"]
+            assert curve["env_steps"][-1] == run["env_steps"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
     # A rerun retrains nothing: finished arms are read back.
     logs = sorted(tmp_path.glob("*/seed*/train/metrics.jsonl"))

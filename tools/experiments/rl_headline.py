@@ -44,6 +44,7 @@ from typing import Any
 # The repository root (for vla_rl_ros) and this folder (for analysis), whoever runs or loads the script.
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
+from analysis.curves import plot_curves, rollout_curves  # noqa: E402
 from analysis.headline import ARMS, RESULT_FILE, summarize_arms, write_summary  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 
@@ -373,7 +374,9 @@ def main(argv: list[str] | None = None) -> dict:
                "overrides": args.overrides,
                "sft_policy": args.sft_policy, "prm": args.prm, "demos": args.demos,
                "read_back": list(read_back), **summarize_arms(per_arm, rl_results)}
+    summary["curves"] = rollout_curves(out, [arm for arm in per_arm if arm in RL_ARMS])
     write_summary(out, summary)
+    plot_curves(summary["curves"], summary["runs"], out / "curves.png")
     return summary
 
 
