@@ -71,6 +71,15 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     assert rl["hours_per_seed_max"] == pytest.approx(1.94, abs=0.01)
     assert summary["rl_critic"]["status"] == "not run" and summary["rl_critic"]["gain_ci95"] is None
     assert json.loads((tmp_path / "out.json").read_text()) == summary
+    # Seeds sharing one start evaluation (identical counts): the start counts once, the ends each.
+    for seed in (0, 1):
+        path = tmp_path / "headline" / "rl" / f"seed{seed}" / "arm_result.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "start": {"wins": 84, "episodes": 150}}))
+    shared = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+                        "--headline", str(tmp_path / "headline"), "--out", str(tmp_path / "out.json")])["rl"]
+    assert shared["start_pooled"] == [84, 150] and shared["end_pooled"] == [189, 300]
+    assert shared["gain_ci95"] == stats.gain_interval(84, 150, 189, 300)
     (tmp_path / "sampled.json").write_text(json.dumps({"greedy": False}))
     with pytest.raises(SystemExit, match="greedy"):
         tool.main(["--sft-eval", str(tmp_path / "sampled.json"), "--rollout", str(tmp_path / "roll.json"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/experiments, for analysis
 
+from analysis.headline import pooled_counts  # noqa: E402
 from analysis.stats import gain_interval, t_interval  # noqa: E402
 
 
@@ -33,10 +34,8 @@ def arm_summary(folder: Path | None, arm: str) -> dict:
     if not results:
         return {"status": "not run", "seeds": [], "gain_points_mean": None, "gain_ci95": None,
                 "hours_per_seed_max": None, "heldout_episodes_per_point": None}
-    start_wins = sum(r["start"]["wins"] for r in results)
-    start_n = sum(r["start"]["episodes"] for r in results)
-    end_wins = sum(r["end"]["wins"] for r in results)
-    end_n = sum(r["end"]["episodes"] for r in results)
+    start_wins, start_n = pooled_counts(results, "start")  # a start shared by the seeds counts once
+    end_wins, end_n = pooled_counts(results, "end")
     gains = [r["gain_points"] for r in results]
     return {"status": "run", "seeds": [r["seed"] for r in results],
             "protocol": sorted({r["protocol"] for r in results}),

@@ -22,11 +22,25 @@ RESULT_FILE = "arm_result.json"
 
 
 # ---------------------------------------------------------------------------------------- statistics
+def pooled_counts(results: list[dict], key: str) -> tuple[int, int]:
+    """Wins and episodes of ``key`` (``"start"`` or ``"end"``) pooled over seeds; a shared start once.
+
+    Seeds that start from one SFT policy judged greedy on the same held-out episodes (``--judge
+    greedy`` evaluates it once for all of them) hold one measurement of the start, not one per seed:
+    counted per seed, the start's interval would shrink by the square root of the seeds. Identical
+    start counts are therefore pooled once (for independent sampled evaluations that only makes the
+    interval wider). The ends are different policies, one measurement each.
+    """
+    counts = [(r[key]["wins"], r[key]["episodes"]) for r in results]
+    if key == "start" and len(set(counts)) == 1:
+        return counts[0]
+    return sum(w for w, _ in counts), sum(n for _, n in counts)
+
+
 def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict:
     """One arm across seeds: mean and per-seed rates, pooled Wilson intervals, gain t-interval."""
     def pooled(key: str) -> dict:
-        wins = sum(r[key]["wins"] for r in results)
-        episodes = sum(r[key]["episodes"] for r in results)
+        wins, episodes = pooled_counts(results, key)
         rates = [r[key]["rate"] for r in results]
         return {"mean": sum(rates) / len(rates), "per_seed": rates, "wins": wins, "episodes": episodes,
                 "ci95_wilson_pooled": list(wilson_interval(wins, episodes))}
