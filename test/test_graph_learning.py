@@ -1,20 +1,20 @@
-"""The graph trains with ``vla-rl train``'s recipe through the same core Learner, shown through DDS.
+"""The graph learns like ``vla-rl train``: the same recipe and seed, in-process and through DDS.
 
 The recipe and seed of the in-process group-advantage test (test_rl_learning.py: a tiny VLA SFT'd
 on noisy toy-oracle demos, 64 episodes an iteration in groups of 8, leave-one-out advantages,
 outcome reward only) run as the train_sim graph with ``graph.lockstep``: a bridge of 16 toy envs,
 the policy node, the recorder and the learner node as separate processes over loopback DDS. The
-same recipe also runs in-process (``run_group_learning``) in this test and both curves are
-printed. Asserted: every version learned from one whole plan (64 episodes, nothing stale), and
-the graph's held-out success after GRAPH_VERSIONS does not fall.
+same recipe also runs in-process (``run_group_learning``) and both curves are printed. Asserted:
+every version learned from one whole plan (64 episodes, nothing stale), and the graph's held-out
+success after GRAPH_VERSIONS is within MATCH_WITHIN of the in-process loop's.
 
-Not asserted, because it does not hold reliably: that the graph's curve matches the in-process
-one. In-process the seed gives 0.758/0.922/0.938 after 4/8/12 iterations (from 0.555); three
-graph runs gave 0.773/0.938/0.961, 0.578/0.609/0.648 (inside the full suite) and
-0.555/0.688/0.805. Each graph version learned from a whole plan of 64 episodes, and the first
-update's approx KL and clip fraction (0.17, 0.72) are like the in-process first iteration's
-(0.12, 0.74), so the cause of the spread is not found yet; streaming had given 0.570-0.898 after
-16 versions in three runs.
+Within noise, not equal: an in-process seed is deterministic, a graph run is not (the order in
+which episodes reach the learner reorders its minibatches, and the policy node's batches mix
+envs differently), so one graph run is one draw from the recipe's run-to-run spread.
+tools/experiments/graph_toy_match.py measures that spread over seeds, both routes from the same
+start (docs/results/graph/toy_match.json): over 10 seeds the mean gain is +0.185 through the
+graph and +0.174 in-process, the paired difference +0.011 (95 % [-0.054, +0.076], standard
+deviation 0.091), which sets MATCH_WITHIN.
 """
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ pytestmark = pytest.mark.slow
 GRAPH_VERSIONS = 12
 CHECKPOINTS = (4, 8, 12)
 SEED = 0
-NOT_WORSE_BY = 0.1
-"""About 2 standard deviations of the difference of two 128-episode estimates near 0.6."""
+MATCH_WITHIN = 0.3
+"""About 3.3 standard deviations of the paired graph - in-process difference of the gain (0.091 over
+10 seeds, graph_toy_match.py); the widest gap seen in 14 graph runs of the recipe was 0.29 (seed 0,
+inside the full suite). A run outside it differs from the in-process loop by more than noise."""
 
 
 def graph_params(tmp_path: Path, model_dir: Path, seed: int = SEED) -> Path:
@@ -114,4 +116,5 @@ def test_the_graph_trains_in_lockstep_beside_the_in_process_loop(tmp_path, monke
     assert all(h.get("learner/rejected_episodes_stale", 0) == 0 for h in history)
     print(f"\nheld-out success from {before:.3f}: in-process {in_process} ({in_process_s:.0f} s), "
           f"graph {graph_curve} ({graph['seconds']:.0f} s)")
-    assert graph_curve[max(CHECKPOINTS)] >= before - NOT_WORSE_BY, (before, graph_curve)
+    last = max(CHECKPOINTS)
+    assert abs(graph_curve[last] - in_process[last]) <= MATCH_WITHIN, (before, in_process, graph_curve)
