@@ -99,22 +99,34 @@ def run_graph_learning(work: Path, seed: int = SEED, versions: int = GRAPH_VERSI
     return {"before": before, "curve": curve, "history": history, "seconds": seconds}
 
 
-def test_the_graph_trains_in_lockstep_beside_the_in_process_loop(tmp_path, monkeypatch):
-    isolate_dds(monkeypatch)
+def run_both_routes(work: Path, seed: int = SEED, checkpoints=CHECKPOINTS) -> dict:
+    """The recipe in-process, then through the graph, from the same start (checked).
+
+    Returns ``before``, ``in_process`` (success after each iteration in ``checkpoints``),
+    ``in_process_s`` and ``graph`` (:func:`run_graph_learning`'s result). The caller isolates DDS.
+    """
     in_process = {}
     start = time.time()
-    before_in_process, _ = run_group_learning(seed=SEED, iterations=max(CHECKPOINTS), curve=in_process,
-                                              checkpoints=CHECKPOINTS)
+    before, _ = run_group_learning(seed=seed, iterations=max(checkpoints), curve=in_process,
+                                   checkpoints=checkpoints)
     in_process_s = time.time() - start
-    graph = run_graph_learning(tmp_path)
-    before, history, graph_curve = graph["before"], graph["history"], graph["curve"]
-    assert before == before_in_process
+    graph = run_graph_learning(work, seed=seed, versions=max(checkpoints), checkpoints=checkpoints)
+    if graph["before"] != before:  # both routes must start from the same policy, or nothing is compared
+        raise AssertionError(f"seed {seed}: the graph's start {graph['before']} != in-process {before}")
+    return {"before": before, "in_process": in_process, "in_process_s": in_process_s, "graph": graph}
+
+
+def test_the_graph_trains_in_lockstep_beside_the_in_process_loop(tmp_path, monkeypatch):
+    isolate_dds(monkeypatch)
+    routes = run_both_routes(tmp_path)
+    before, in_process, graph = routes["before"], routes["in_process"], routes["graph"]
+    history, graph_curve = graph["history"], graph["curve"]
     assert len(history) == GRAPH_VERSIONS
     assert all("rollout/groups_kept" in h and not h.get("ppo/no_update") for h in history)
     # Lockstep: every version learned from one whole plan (64 episodes, 8 groups of 8), nothing stale.
     assert [h["rollout/episodes"] for h in history] == [64] * GRAPH_VERSIONS
     assert all(h.get("learner/rejected_episodes_stale", 0) == 0 for h in history)
-    print(f"\nheld-out success from {before:.3f}: in-process {in_process} ({in_process_s:.0f} s), "
+    print(f"\nheld-out success from {before:.3f}: in-process {in_process} ({routes['in_process_s']:.0f} s), "
           f"graph {graph_curve} ({graph['seconds']:.0f} s)")
     last = max(CHECKPOINTS)
     assert abs(graph_curve[last] - in_process[last]) <= MATCH_WITHIN, (before, in_process, graph_curve)

@@ -4,9 +4,9 @@ For each seed, test_graph_learning's recipe (a tiny VLA SFT'd on noisy toy-oracl
 episodes an iteration in groups of 8, leave-one-out advantages, outcome reward only) runs twice from
 the same start: in-process (``run_group_learning``, deterministic per seed) and through the train_sim
 graph in lockstep (``run_graph_learning``: a bridge of 16 toy envs, the policy node, the recorder and
-the learner node as separate processes over loopback DDS). The runs are the tests' own functions,
-imported from test/, so this measures exactly what the test runs; the test itself runs one seed,
-which cannot tell a systematic difference from noise, hence this script.
+the learner node as separate processes over loopback DDS). Both run through the test's own
+``run_both_routes``, imported from test/, so this measures exactly what the test runs; the test
+itself runs one seed, which cannot tell a systematic difference from noise, hence this script.
 
 Writes ``--out`` (JSON) after every seed, and skips the seeds already in it when rerun:
 
@@ -30,7 +30,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,24 +37,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "test"), str(ROOT / "test" / "helpers"), s
 
 
 def run_seed(seed: int, checkpoints: tuple[int, ...], work: Path) -> dict:
-    """Both routes of one seed, from the same SFT start."""
+    """Both routes of one seed, from the same SFT start, as a JSON record."""
     from dds_domains import loopback_dds_env
-    from test_graph_learning import run_graph_learning
-    from test_rl_learning import run_group_learning
+    from test_graph_learning import run_both_routes
 
     os.environ.update(loopback_dds_env())  # a fresh loopback-only domain for this seed's graph
-    in_process = {}
-    start = time.time()
-    before, _ = run_group_learning(seed=seed, iterations=max(checkpoints), curve=in_process,
-                                   checkpoints=checkpoints)
-    in_process_s = time.time() - start
-    graph = run_graph_learning(work, seed=seed, versions=max(checkpoints), checkpoints=checkpoints)
-    if graph["before"] != before:  # both routes must start from the same policy, or nothing is compared
-        raise RuntimeError(f"seed {seed}: the graph's start {graph['before']} != in-process {before}")
+    routes = run_both_routes(work, seed=seed, checkpoints=checkpoints)
+    before, in_process, graph = routes["before"], routes["in_process"], routes["graph"]
     last = max(checkpoints)
     return {"seed": seed, "before": before,
             "in_process": {"curve": {str(k): v for k, v in in_process.items()},
-                           "gain": in_process[last] - before, "seconds": round(in_process_s, 1)},
+                           "gain": in_process[last] - before, "seconds": round(routes["in_process_s"], 1)},
             "graph": {"curve": {str(k): v for k, v in graph["curve"].items()},
                       "gain": graph["curve"][last] - before, "seconds": round(graph["seconds"], 1),
                       "episodes_per_version": [h.get("rollout/episodes") for h in graph["history"]],
