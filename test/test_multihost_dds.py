@@ -45,6 +45,8 @@ while time.monotonic() < end:
     if got:  # go on talking a little, for the other side to hear this one too
         end = min(end, time.monotonic() + 5.0)
 print('heard ' + got[0] if got else 'heard nothing', flush=True)
+node.destroy_node()  # in order, as the nodes' runner does: teardown at exit is where DDS hangs
+rclpy.try_shutdown()
 """
 
 
@@ -77,7 +79,29 @@ def chat(hosts: TwoHosts, domain: str, profile_a: Path, range_a: str, profile_b:
                             env=dds_env(domain, profile_a, range_a))
     on_b = subprocess.Popen([str(hosts.run_on_b), *command, "node_b", str(seconds)],
                             env=dds_env(domain, profile_b, range_b), stdout=subprocess.PIPE, text=True)
-    return tuple(node.communicate(timeout=seconds + 60)[0].strip() for node in (on_a, on_b))
+    return tuple(heard(node, seconds + 60) for node in (on_a, on_b))
+
+
+def heard(node: subprocess.Popen, timeout: float) -> str:
+    """What a chat node printed; one that printed it but hangs on the way out is killed.
+
+    Fast DDS can hang tearing a participant down at exit (CI saw it: 'heard hello from node_b'
+    printed, then no exit for 90 s; eProsima/Fast-DDS issues 235, 1921). Discovery, not teardown,
+    is what these tests check, so the line printed before the hang is the answer.
+    """
+    try:
+        return node.communicate(timeout=timeout)[0].strip()
+    except subprocess.TimeoutExpired:
+        node.kill()
+        return node.communicate(timeout=30)[0].strip()
+
+
+def test_a_chat_node_that_hangs_after_answering_still_answers():
+    answers_then_hangs = "import time; print('heard x', flush=True); time.sleep(600)"
+    stuck = subprocess.Popen([sys.executable, "-c", answers_then_hangs], stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    assert heard(stuck, 3) == "heard x"
+    assert stuck.poll() is not None and time.monotonic() - started < 30
 
 
 def test_the_profile_opens_one_interface_and_names_the_peers():
