@@ -71,6 +71,21 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     assert rl["hours_per_seed_max"] == pytest.approx(1.94, abs=0.01)
     assert summary["rl_critic"]["status"] == "not run" and summary["rl_critic"]["gain_ci95"] is None
     assert json.loads((tmp_path / "out.json").read_text()) == summary
+    assert summary["ablations"] == {}  # none ran
+    # An ablation of rl on seed 1 only: compared with rl's end on that seed.
+    folder = tmp_path / "headline" / "no_prm" / "seed1"
+    folder.mkdir(parents=True)
+    (folder / "arm_result.json").write_text(json.dumps({
+        "seed": 1, "protocol": "greedy", "wall_s": 900.0, "gain_points": 2.0,
+        "start": {"wins": 72, "episodes": 150}, "end": {"wins": 75, "episodes": 150}}))
+    ablation = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+                          "--headline", str(tmp_path / "headline"),
+                          "--out", str(tmp_path / "out.json")])["ablations"]["no_prm"]
+    assert ablation["seeds"] == [1] and ablation["baseline"] == "rl"
+    against = ablation["end_minus_baseline_end"]
+    assert against["points_per_seed"] == [-16.0] and against["points_mean"] == -16.0
+    assert against["ci95_pooled"] == stats.gain_interval(99, 150, 75, 150)
+    assert 0 < against["fisher_p_pooled"] < 0.05
     # Seeds sharing one start evaluation (identical counts): the start counts once, the ends each.
     for seed in (0, 1):
         path = tmp_path / "headline" / "rl" / f"seed{seed}" / "arm_result.json"

@@ -10,7 +10,8 @@ Every figure is read from a file another command wrote; nothing is typed in by h
 
 ``--sft-eval``: a ``vla-rl eval`` result (greedy); ``--rollout``: ``rollout_cost.py`` output;
 ``--headline``: an ``rl_headline.py`` output folder (``<arm>/seed<k>/arm_result.json``). Arms not
-run yet are written with null figures and ``"status": "not run"``.
+run yet are written with null figures and ``"status": "not run"``. The ablations and ``more_data``
+that ran are under ``ablations``, each with its end compared with its baseline arm's end.
 """
 from __future__ import annotations
 
@@ -22,15 +23,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/experiments, for analysis
 
 from analysis.headline import pooled_counts  # noqa: E402
-from analysis.stats import gain_interval, t_interval  # noqa: E402
+from analysis.stats import fisher_exact_p, gain_interval, t_interval  # noqa: E402
+
+
+ABLATION_BASELINES = {"no_prm": "rl", "no_curriculum": "rl", "no_warmup": "rl_critic", "more_data": "rl"}
+"""Each ablation (and more_data) against the arm it switches one thing off of (or races)."""
+
+
+def arm_results(folder: Path | None, arm: str) -> list[dict]:
+    """The judged seeds of one arm of an ``rl_headline.py`` folder (none without a folder)."""
+    if folder is None:
+        return []
+    return [json.loads(path.read_text()) for path in sorted((folder / arm).glob("seed*/arm_result.json"))]
+
+
+def against_baseline(results: list[dict], baseline: list[dict]) -> dict | None:
+    """End minus the baseline arm's end on the seeds both ran, in points (None if none shared).
+
+    The interval treats the two ends as independent samples (they judge the same held-out states,
+    so it is conservative); Fisher's exact p compares the pooled end counts.
+    """
+    ends = {r["seed"]: r["end"] for r in baseline}
+    shared = [r for r in results if r["seed"] in ends]
+    if not shared:
+        return None
+    differences = [round(100.0 * (r["end"]["wins"] / r["end"]["episodes"]
+                                  - ends[r["seed"]]["wins"] / ends[r["seed"]]["episodes"]), 2)
+                   for r in shared]
+    own = [sum(r["end"][k] for r in shared) for k in ("wins", "episodes")]
+    base = [sum(ends[r["seed"]][k] for r in shared) for k in ("wins", "episodes")]
+    return {"seeds": [r["seed"] for r in shared], "points_per_seed": differences,
+            "points_mean": round(sum(differences) / len(differences), 2),
+            "ci95_pooled": gain_interval(base[0], base[1], own[0], own[1]),
+            "fisher_p_pooled": round(fisher_exact_p(own[0], own[1], base[0], base[1]), 4)}
 
 
 def arm_summary(folder: Path | None, arm: str) -> dict:
     """Mean gain over seeds, pooled interval of the gain, episodes per point, for one arm."""
-    results = []
-    if folder is not None:
-        for path in sorted((folder / arm).glob("seed*/arm_result.json")):
-            results.append(json.loads(path.read_text()))
+    results = arm_results(folder, arm)
     if not results:
         return {"status": "not run", "seeds": [], "gain_points_mean": None, "gain_ci95": None,
                 "hours_per_seed_max": None, "heldout_episodes_per_point": None}
@@ -79,6 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
+    summary["ablations"] = {}
+    for arm, baseline in ABLATION_BASELINES.items():
+        if not arm_results(headline, arm):
+            continue
+        comparison = against_baseline(arm_results(headline, arm), arm_results(headline, baseline))
+        summary["ablations"][arm] = {**arm_summary(headline, arm), "baseline": baseline,
+                                     "end_minus_baseline_end": comparison}
     if args.rollout_before:
         before = json.loads(Path(args.rollout_before).read_text())
         summary["rollout"]["before"] = {"chunk_size": before["chunk_size"],
