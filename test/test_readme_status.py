@@ -36,7 +36,11 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
                 "per_task": {"1": 0.5, "5": 0.3, "6": 1.0}, "source": "fixture.json"},
         "rl": {"status": "run", "seeds": [0, 1, 2], "gain_points_mean": 16.0, "gain_ci95": [8.0, 24.0],
                "hours_per_seed_max": 2.0, "heldout_episodes_per_point": 150},
-        "rl_critic": {"status": "not run"}}))
+        "rl_critic": {"status": "not run"},
+        "ablations": {"no_prm": {
+            "seeds": [0, 1, 2], "gain_points_mean": 4.0, "baseline": "rl",
+            "end_minus_baseline_end": {"points_mean": -12.0, "ci95_pooled": [-20.0, -4.0],
+                                       "fisher_p_pooled": 0.01}}}}))
     (results / "graph" / "libero_bench.json").write_text(json.dumps({
         "ratio_graph_over_in_process": 0.85, "graph": {"env_steps_per_s": 34.0},
         "in_process": {"env_steps_per_s": 40.0}}))
@@ -60,6 +64,11 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     assert "+16.0 points over 3 seed(s)" in rl and "<= 2 h a seed" in rl and rl.endswith("| yes |")
     assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(
         "| not run | not yet |")
+    ablations = rows[
+        "ablations of the best recipe (no PRM, no curriculum; `rl_critic` without warm-up), 3 seeds"]
+    assert ("`no_prm`: +4.0 points over 3 seed(s); end minus `rl`'s end -12.0 [-20.0, -4.0], p = 0.01"
+            in ablations)
+    assert ablations.endswith("| **partly run** |")  # no_curriculum and no_warmup have not run
     meshes = rows["decimated visual meshes (the next rollout lever)"]
     assert "100 ms -> 20 ms" in meshes and "used by config/train_sim.yaml (2,000 faces) | in use |" in meshes
     graph = rows["graph >= 90 % of the in-process env steps/s on the default LIBERO set"]

@@ -90,6 +90,20 @@ def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
                         f"held-out episodes a point, <= {result['hours_per_seed_max']:g} h a seed")
             met = "yes" if len(result["seeds"]) >= 3 and result["gain_points_mean"] >= 15 else "**no**"
         out.append((f"`{arm}` >= +15 points held out over its start, 3 seeds, <= 2 h each", measured, met))
+    ablations = learning.get("ablations")
+    if ablations:
+        parts = []
+        for arm, result in ablations.items():
+            against = result["end_minus_baseline_end"] or {}
+            low, high = against.get("ci95_pooled") or (float("nan"), float("nan"))
+            parts.append(f"`{arm}`: {result['gain_points_mean']:+.1f} points over {len(result['seeds'])} "
+                         f"seed(s); end minus `{result['baseline']}`'s end "
+                         f"{against.get('points_mean', float('nan')):+.1f} [{low:+.1f}, {high:+.1f}], "
+                         f"p = {against.get('fisher_p_pooled', float('nan')):.2f}")
+        wanted = ("no_prm", "no_curriculum", "no_warmup")
+        done = all(len(ablations.get(arm, {}).get("seeds", [])) >= 3 for arm in wanted)
+        target = "ablations of the best recipe (no PRM, no curriculum; `rl_critic` without warm-up), 3 seeds"
+        out.append((target, "; ".join(parts), "run" if done else "**partly run**"))
     bench = _load(root, "docs/results/graph/libero_bench.json")
     if bench:
         ratio = bench["ratio_graph_over_in_process"]
