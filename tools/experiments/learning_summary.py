@@ -55,7 +55,7 @@ def against_baseline(results: list[dict], baseline: list[dict]) -> dict | None:
     return {"seeds": [r["seed"] for r in shared], "points_per_seed": differences,
             "points_mean": round(sum(differences) / len(differences), 2),
             "ci95_pooled": gain_interval(base[0], base[1], own[0], own[1]),
-            "fisher_p_pooled": round(fisher_exact_p(own[0], own[1], base[0], base[1]), 4)}
+            "fisher_p_pooled": float(f"{fisher_exact_p(own[0], own[1], base[0], base[1]):.3g}")}
 
 
 def arm_summary(folder: Path | None, arm: str) -> dict:

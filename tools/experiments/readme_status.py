@@ -99,7 +99,7 @@ def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
             parts.append(f"`{arm}`: {result['gain_points_mean']:+.1f} points over {len(result['seeds'])} "
                          f"seed(s); end minus `{result['baseline']}`'s end "
                          f"{against.get('points_mean', float('nan')):+.1f} [{low:+.1f}, {high:+.1f}], "
-                         f"p = {against.get('fisher_p_pooled', float('nan')):.2f}")
+                         f"p = {against.get('fisher_p_pooled', float('nan')):.2g}")
         wanted = ("no_prm", "no_curriculum", "no_warmup")
         done = all(len(ablations.get(arm, {}).get("seeds", [])) >= 3 for arm in wanted)
         target = "ablations of the best recipe (no PRM, no curriculum; `rl_critic` without warm-up), 3 seeds"
