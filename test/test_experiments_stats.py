@@ -57,7 +57,8 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
         folder.mkdir(parents=True)
         (folder / "arm_result.json").write_text(json.dumps({
             "seed": seed, "protocol": "greedy", "wall_s": 7000.0 + seed, "gain_points": (end - start) / 1.5,
-            "start": {"wins": start, "episodes": 150}, "end": {"wins": end, "episodes": 150}}))
+            "start": {"wins": start, "episodes": 150},
+            "end": {"wins": end, "episodes": 150, "rate": end / 150}}))
     summary = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
                          "--headline", str(tmp_path / "headline"),
                          "--out", str(tmp_path / "out.json")])
@@ -77,7 +78,7 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     folder.mkdir(parents=True)
     (folder / "arm_result.json").write_text(json.dumps({
         "seed": 1, "protocol": "greedy", "wall_s": 900.0, "gain_points": 2.0,
-        "start": {"wins": 72, "episodes": 150}, "end": {"wins": 75, "episodes": 150}}))
+        "start": {"wins": 72, "episodes": 150}, "end": {"wins": 75, "episodes": 150, "rate": 0.5}}))
     ablation = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
                           "--headline", str(tmp_path / "headline"),
                           "--out", str(tmp_path / "out.json")])["ablations"]["no_prm"]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/experiments, for analysis
 
-from analysis.headline import pooled_counts  # noqa: E402
-from analysis.stats import fisher_exact_p, gain_interval, t_interval  # noqa: E402
+from analysis.headline import end_against, pooled_counts  # noqa: E402
+from analysis.stats import gain_interval, t_interval  # noqa: E402
 
 
 ABLATION_BASELINES = {"no_prm": "rl", "no_curriculum": "rl", "no_warmup": "rl_critic", "more_data": "rl"}
@@ -40,27 +40,26 @@ def arm_results(folder: Path | None, arm: str) -> list[dict]:
 def against_baseline(results: list[dict], baseline: list[dict]) -> dict | None:
     """End minus the baseline arm's end on the seeds both ran, in points (None if none shared).
 
-    The interval treats the two ends as independent samples (they judge the same held-out states,
-    so it is conservative); Fisher's exact p compares the pooled end counts.
+    The per-seed differences and Fisher's p are ``analysis.headline.end_against``'s; the interval
+    added here treats the two pooled ends as independent samples (they judge the same held-out
+    states, so it is conservative).
     """
-    ends = {r["seed"]: r["end"] for r in baseline}
-    shared = [r for r in results if r["seed"] in ends]
-    if not shared:
+    versus = end_against(results, baseline)
+    if versus is None:
         return None
-    differences = [round(100.0 * (r["end"]["wins"] / r["end"]["episodes"]
-                                  - ends[r["seed"]]["wins"] / ends[r["seed"]]["episodes"]), 2)
-                   for r in shared]
-    own = [sum(r["end"][k] for r in shared) for k in ("wins", "episodes")]
-    base = [sum(ends[r["seed"]][k] for r in shared) for k in ("wins", "episodes")]
-    return {"seeds": [r["seed"] for r in shared], "points_per_seed": differences,
-            "points_mean": round(sum(differences) / len(differences), 2),
+
+    def pooled_end(records: list[dict]) -> list[int]:
+        ends = [r["end"] for r in records if r["seed"] in versus["seeds"]]
+        return [sum(e["wins"] for e in ends), sum(e["episodes"] for e in ends)]
+    own, base = pooled_end(results), pooled_end(baseline)
+    return {"seeds": versus["seeds"], "points_per_seed": [round(d, 2) for d in versus["per_seed"]],
+            "points_mean": round(versus["mean"], 2),
             "ci95_pooled": gain_interval(base[0], base[1], own[0], own[1]),
-            "fisher_p_pooled": float(f"{fisher_exact_p(own[0], own[1], base[0], base[1]):.3g}")}
+            "fisher_p_pooled": float(f"{versus['fisher_p_pooled']:.3g}")}
 
 
-def arm_summary(folder: Path | None, arm: str) -> dict:
-    """Mean gain over seeds, pooled interval of the gain, episodes per point, for one arm."""
-    results = arm_results(folder, arm)
+def arm_summary(results: list[dict]) -> dict:
+    """Mean gain over seeds, pooled interval of the gain, episodes per point, for one arm's results."""
     if not results:
         return {"status": "not run", "seeds": [], "gain_points_mean": None, "gain_ci95": None,
                 "hours_per_seed_max": None, "heldout_episodes_per_point": None}
@@ -94,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{args.sft_eval}: the SFT target is judged greedy; this evaluation sampled")
     rollout = json.loads(Path(args.rollout).read_text())
     headline = Path(args.headline) if args.headline else None
+    runs = {arm: arm_results(headline, arm) for arm in ("rl", "rl_critic", *ABLATION_BASELINES)}  # read once
     summary = {
         "sft": {"heldout_success_greedy": round(sft["overall"]["success_rate"], 4),
                 "heldout_episodes": sft["overall"]["episodes"], "ci95": sft["overall"]["ci95"],
@@ -104,17 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
                     "chunk_size": rollout["chunk_size"], "step_parts_ms": rollout["step_parts"],
                     "decode": rollout["decode"], "visual_mesh_faces": rollout.get("visual_mesh_faces", 0),
                     "source": args.rollout},
-        "rl": arm_summary(headline, "rl"),
-        "rl_critic": arm_summary(headline, "rl_critic"),
+        "rl": arm_summary(runs["rl"]),
+        "rl_critic": arm_summary(runs["rl_critic"]),
         "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
     summary["ablations"] = {}
     for arm, baseline in ABLATION_BASELINES.items():
-        if not arm_results(headline, arm):
+        if not runs[arm]:
             continue
-        comparison = against_baseline(arm_results(headline, arm), arm_results(headline, baseline))
-        summary["ablations"][arm] = {**arm_summary(headline, arm), "baseline": baseline,
+        comparison = against_baseline(runs[arm], runs[baseline])
+        summary["ablations"][arm] = {**arm_summary(runs[arm]), "baseline": baseline,
                                      "end_minus_baseline_end": comparison}
     if args.rollout_before:
         before = json.loads(Path(args.rollout_before).read_text())

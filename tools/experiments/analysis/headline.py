@@ -55,21 +55,32 @@ def aggregate(results: list[dict], rl_results: list[dict] | None = None) -> dict
                "env_steps": {"mean": sum(r["env_steps"] for r in results) / len(results),
                              "per_seed": [r["env_steps"] for r in results]},
                "wall_s": _mean_known([r.get("wall_s") for r in results])}
-    paired = {r["seed"]: r["end"] for r in (rl_results or [])}
-    shared = [r for r in results if r["seed"] in paired]
-    if rl_results and results[0]["arm"] != "rl" and shared:
-        # Paired by seed (same SFT start, same held-out states): the comparison the claim is about.
-        differences = [100.0 * (r["end"]["rate"] - paired[r["seed"]]["rate"]) for r in shared]
-        # Fisher on the ends pooled over those seeds: with 2-3 seeds the t interval is too wide
-        # to say anything, while the pooled counts still carry 60-90 episodes a side.
-        own, rl = [r["end"] for r in shared], [paired[r["seed"]] for r in shared]
-        pooled_p = fisher_exact_p(sum(e["wins"] for e in own), sum(e["episodes"] for e in own),
-                                  sum(e["wins"] for e in rl), sum(e["episodes"] for e in rl))
-        summary["end_minus_rl_end_points"] = {"mean": sum(differences) / len(differences),
-                                              "per_seed": differences, "ci95_t": t_interval(differences),
-                                              "seeds": [r["seed"] for r in shared],
-                                              "fisher_p_pooled": pooled_p}
+    if rl_results and results[0]["arm"] != "rl":
+        versus = end_against(results, rl_results)
+        if versus is not None:
+            summary["end_minus_rl_end_points"] = versus
     return summary
+
+
+def end_against(results: list[dict], baseline: list[dict]) -> dict | None:
+    """End minus ``baseline``'s end on the seeds both ran, in points (None when they share none).
+
+    Paired by seed (same SFT start, same held-out states): the comparison an ablation's claim is
+    about. ``seeds``, ``per_seed``, ``mean``, ``ci95_t`` and ``fisher_p_pooled``: Fisher on the
+    ends pooled over those seeds, because with 2-3 seeds the t interval is too wide to say
+    anything, while the pooled counts still carry 60-90 episodes a side.
+    """
+    paired = {r["seed"]: r["end"] for r in baseline}
+    shared = [r for r in results if r["seed"] in paired]
+    if not shared:
+        return None
+    differences = [100.0 * (r["end"]["rate"] - paired[r["seed"]]["rate"]) for r in shared]
+    own, other = [r["end"] for r in shared], [paired[r["seed"]] for r in shared]
+    pooled_p = fisher_exact_p(sum(e["wins"] for e in own), sum(e["episodes"] for e in own),
+                              sum(e["wins"] for e in other), sum(e["episodes"] for e in other))
+    return {"mean": sum(differences) / len(differences), "per_seed": differences,
+            "ci95_t": t_interval(differences), "seeds": [r["seed"] for r in shared],
+            "fisher_p_pooled": pooled_p}
 
 
 def _mean_known(values: list[float | None]) -> dict:
