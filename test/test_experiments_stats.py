@@ -96,6 +96,20 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
                         "--headline", str(tmp_path / "headline"), "--out", str(tmp_path / "out.json")])["rl"]
     assert shared["start_pooled"] == [84, 150] and shared["end_pooled"] == [189, 300]
     assert shared["gain_ci95"] == stats.gain_interval(84, 150, 189, 300)
+    # A second run of the SFT recipe: 75/150 against 90/150 agrees (the difference's interval holds
+    # zero); 30/150 does not.
+    for name, rate in (("repeat.json", 0.5), ("far.json", 0.2)):
+        (tmp_path / name).write_text(json.dumps({
+            "greedy": True, "per_task": {"1": {"success_rate": rate}},
+            "overall": {"success_rate": rate, "episodes": 150, "ci95": [rate - 0.08, rate + 0.08]}}))
+    repeat = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+                        "--sft-eval-repeat", str(tmp_path / "repeat.json"),
+                        "--out", str(tmp_path / "out.json")])["sft"]["repeat"]
+    assert repeat["heldout_success_greedy"] == 0.5 and repeat["difference_points"] == -10.0
+    assert repeat["difference_ci95"] == stats.gain_interval(90, 150, 75, 150) and repeat["agrees"]
+    far = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+                     "--sft-eval-repeat", str(tmp_path / "far.json"), "--out", str(tmp_path / "out.json")])
+    assert far["sft"]["repeat"]["agrees"] is False and far["sft"]["repeat"]["difference_ci95"][1] < 0
     (tmp_path / "sampled.json").write_text(json.dumps({"greedy": False}))
     with pytest.raises(SystemExit, match="greedy"):
         tool.main(["--sft-eval", str(tmp_path / "sampled.json"), "--rollout", str(tmp_path / "roll.json"),

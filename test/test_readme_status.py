@@ -33,7 +33,9 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     (results / "graph").mkdir()
     (results / "learning" / "summary.json").write_text(json.dumps({
         "sft": {"heldout_success_greedy": 0.6, "heldout_episodes": 150, "ci95": [0.52, 0.68],
-                "per_task": {"1": 0.5, "5": 0.3, "6": 1.0}, "source": "fixture.json"},
+                "per_task": {"1": 0.5, "5": 0.3, "6": 1.0}, "source": "fixture.json",
+                "repeat": {"heldout_success_greedy": 0.55, "difference_points": -5.0,
+                           "difference_ci95": [-16.0, 6.0], "agrees": True, "source": "again.json"}},
         "rl": {"status": "run", "seeds": [0, 1, 2], "gain_points_mean": 16.0, "gain_ci95": [8.0, 24.0],
                "hours_per_seed_max": 2.0, "heldout_episodes_per_point": 150},
         "rl_critic": {"status": "not run"},
@@ -60,6 +62,7 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
             if line.startswith("| ") and "---" not in line}
     sft = rows["chunked SFT start solves >= 50 % of held-out episodes, greedy"]
     assert "60.0 % of 150 [52.0 %, 68.0 %]" in sft and sft.endswith("| yes |")
+    assert "a second run of the recipe 55.0 %, -5.0 points [-16.0, +6.0] (agrees); `again.json`" in sft
     rl = rows["`rl` >= +15 points held out over its start, 3 seeds, <= 2 h each"]
     assert "+16.0 points over 3 seed(s)" in rl and "<= 2 h a seed" in rl and rl.endswith("| yes |")
     assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(

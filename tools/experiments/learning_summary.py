@@ -6,9 +6,12 @@ Every figure is read from a file another command wrote; nothing is typed in by h
         --sft-eval docs/results/learning/sft_eval_greedy.json \\
         --rollout docs/results/learning/rollout_cost_k8.json \\
         [--rollout-before docs/results/learning/rollout_cost_k1.json] \\
+        [--sft-eval-repeat docs/results/learning/sft_eval_greedy_seed1.json] \\
         [--headline runs/experiments/headline] --out docs/results/learning/summary.json
 
-``--sft-eval``: a ``vla-rl eval`` result (greedy); ``--rollout``: ``rollout_cost.py`` output;
+``--sft-eval``: a ``vla-rl eval`` result (greedy); ``--sft-eval-repeat``: the same evaluation of a
+second run of the SFT recipe (another seed), compared with the first under ``sft.repeat``;
+``--rollout``: ``rollout_cost.py`` output;
 ``--headline``: an ``rl_headline.py`` output folder (``<arm>/seed<k>/arm_result.json``). Arms not
 run yet are written with null figures and ``"status": "not run"``. The ablations and ``more_data``
 that ran are under ``ablations``, each with its end compared with its baseline arm's end.
@@ -58,6 +61,23 @@ def against_baseline(results: list[dict], baseline: list[dict]) -> dict | None:
             "fisher_p_pooled": float(f"{versus['fisher_p_pooled']:.3g}")}
 
 
+def sft_repeat(first: dict, second: dict, source: str) -> dict:
+    """A second run of the SFT recipe against the first: its rate, and the difference's interval.
+
+    The two agree when the 95 % interval of the difference (Newcombe, the two evaluations as
+    independent samples) holds zero: what "two runs of the recipe agree within their intervals" asks.
+    """
+    if not second.get("greedy"):
+        raise SystemExit(f"{source}: the SFT target is judged greedy; this evaluation sampled")
+    one, two = first["overall"], second["overall"]
+    wins = [round(r["success_rate"] * r["episodes"]) for r in (one, two)]
+    difference = gain_interval(wins[0], one["episodes"], wins[1], two["episodes"])
+    return {"heldout_success_greedy": round(two["success_rate"], 4), "heldout_episodes": two["episodes"],
+            "ci95": two["ci95"], "per_task": {t: v["success_rate"] for t, v in second["per_task"].items()},
+            "difference_points": round(100 * (two["success_rate"] - one["success_rate"]), 2),
+            "difference_ci95": difference, "agrees": difference[0] <= 0 <= difference[1], "source": source}
+
+
 def arm_summary(results: list[dict]) -> dict:
     """Mean gain over seeds, pooled interval of the gain, episodes per point, for one arm's results."""
     if not results:
@@ -83,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft-eval", required=True)
+    parser.add_argument("--sft-eval-repeat", default=None)
     parser.add_argument("--rollout", required=True)
     parser.add_argument("--rollout-before", default=None)
     parser.add_argument("--headline", default=None)
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
+    if args.sft_eval_repeat:
+        summary["sft"]["repeat"] = sft_repeat(sft, json.loads(Path(args.sft_eval_repeat).read_text()),
+                                              args.sft_eval_repeat)
     summary["ablations"] = {}
     for arm, baseline in ABLATION_BASELINES.items():
         if not runs[arm]:

@@ -52,6 +52,12 @@ def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
         low, high = sft["ci95"]
         measured = (f"{_pct(sft['heldout_success_greedy'])} of {sft['heldout_episodes']} "
                     f"[{_pct(low)}, {_pct(high)}] ({tasks}); `{sft['source']}`")
+        repeat = sft.get("repeat")
+        if repeat:
+            low, high = repeat["difference_ci95"]
+            measured += (f"; a second run of the recipe {_pct(repeat['heldout_success_greedy'])}, "
+                         f"{repeat['difference_points']:+.1f} points [{low:+.1f}, {high:+.1f}] "
+                         f"({'agrees' if repeat['agrees'] else '**does not agree**'}); `{repeat['source']}`")
         out.append(("chunked SFT start solves >= 50 % of held-out episodes, greedy", measured,
                     "yes" if sft["heldout_success_greedy"] >= 0.5 else "**no**"))
     rollout = learning.get("rollout")
