@@ -45,6 +45,10 @@ if [ -n "${OLD_POLICY:-}" ]; then
     --set policy.chunk_size=1 --policy "$OLD_POLICY" --episodes 24 --out "$results/rollout_cost_k1.json"
   before=(--rollout-before "$results/rollout_cost_k1.json")
 fi
+repeat=()  # a repeat of the recipe (SFT_SEED=1 above), compared under sft.repeat
+for f in "$results"/sft_eval_greedy_seed*.json; do
+  if [ -f "$f" ]; then repeat=(--sft-eval-repeat "$f"); break; fi
+done
 "$py" tools/experiments/learning_summary.py --sft-eval "$results/sft_eval_greedy.json" \
-  --rollout "$results/rollout_cost_k8.json" "${before[@]}" ${HEADLINE:+--headline "$HEADLINE"} \
+  --rollout "$results/rollout_cost_k8.json" "${before[@]}" "${repeat[@]}" ${HEADLINE:+--headline "$HEADLINE"} \
   --out "$results/summary.json"
