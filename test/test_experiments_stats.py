@@ -48,7 +48,7 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     tool = experiments_module("learning_summary")
     (tmp_path / "sft.json").write_text(json.dumps({
         "greedy": True, "uses_training_init_states": False, "per_task": {"1": {"success_rate": 0.6}},
-        "overall": {"success_rate": 0.6, "episodes": 150, "ci95": [0.52, 0.68]}}))
+        "overall": {"successes": 90, "success_rate": 0.6, "episodes": 150, "ci95": [0.52, 0.68]}}))
     (tmp_path / "roll.json").write_text(json.dumps({
         "chunk_size": 8, "step_parts": {"physics_step_ms": 7.0}, "decode": {"ms_per_call": 20.0},
         "rollout": {"env_steps_per_s": 120.0, "episodes_per_hour": 1900.0}}))
@@ -101,7 +101,8 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     for name, rate in (("repeat.json", 0.5), ("far.json", 0.2)):
         (tmp_path / name).write_text(json.dumps({
             "greedy": True, "per_task": {"1": {"success_rate": rate}},
-            "overall": {"success_rate": rate, "episodes": 150, "ci95": [rate - 0.08, rate + 0.08]}}))
+            "overall": {"successes": round(150 * rate), "success_rate": rate, "episodes": 150,
+                        "ci95": [rate - 0.08, rate + 0.08]}}))
     repeat = tool.main(["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
                         "--sft-eval-repeat", str(tmp_path / "repeat.json"),
                         "--out", str(tmp_path / "out.json")])["sft"]["repeat"]

@@ -61,17 +61,22 @@ def against_baseline(results: list[dict], baseline: list[dict]) -> dict | None:
             "fisher_p_pooled": float(f"{versus['fisher_p_pooled']:.3g}")}
 
 
+def greedy_evaluation(path: str) -> dict:
+    """A ``vla-rl eval`` result; SystemExit if it sampled (the SFT target is judged greedy)."""
+    evaluation = json.loads(Path(path).read_text())
+    if not evaluation.get("greedy"):
+        raise SystemExit(f"{path}: the SFT target is judged greedy; this evaluation sampled")
+    return evaluation
+
+
 def sft_repeat(first: dict, second: dict, source: str) -> dict:
     """A second run of the SFT recipe against the first: its rate, and the difference's interval.
 
     The two agree when the 95 % interval of the difference (Newcombe, the two evaluations as
     independent samples) holds zero: what "two runs of the recipe agree within their intervals" asks.
     """
-    if not second.get("greedy"):
-        raise SystemExit(f"{source}: the SFT target is judged greedy; this evaluation sampled")
     one, two = first["overall"], second["overall"]
-    wins = [round(r["success_rate"] * r["episodes"]) for r in (one, two)]
-    difference = gain_interval(wins[0], one["episodes"], wins[1], two["episodes"])
+    difference = gain_interval(one["successes"], one["episodes"], two["successes"], two["episodes"])
     return {"heldout_success_greedy": round(two["success_rate"], 4), "heldout_episodes": two["episodes"],
             "ci95": two["ci95"], "per_task": {t: v["success_rate"] for t, v in second["per_task"].items()},
             "difference_points": round(100 * (two["success_rate"] - one["success_rate"]), 2),
@@ -109,9 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--headline", default=None)
     parser.add_argument("--out", default="docs/results/learning/summary.json")
     args = parser.parse_args(argv)
-    sft = json.loads(Path(args.sft_eval).read_text())
-    if not sft.get("greedy"):
-        raise SystemExit(f"{args.sft_eval}: the SFT target is judged greedy; this evaluation sampled")
+    sft = greedy_evaluation(args.sft_eval)
     rollout = json.loads(Path(args.rollout).read_text())
     headline = Path(args.headline) if args.headline else None
     runs = {arm: arm_results(headline, arm) for arm in ("rl", "rl_critic", *ABLATION_BASELINES)}  # read once
@@ -131,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
     if args.sft_eval_repeat:
-        summary["sft"]["repeat"] = sft_repeat(sft, json.loads(Path(args.sft_eval_repeat).read_text()),
-                                              args.sft_eval_repeat)
+        repeat = greedy_evaluation(args.sft_eval_repeat)
+        summary["sft"]["repeat"] = sft_repeat(sft, repeat, args.sft_eval_repeat)
     summary["ablations"] = {}
     for arm, baseline in ABLATION_BASELINES.items():
         if not runs[arm]:
