@@ -42,7 +42,12 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
         "ablations": {"no_prm": {
             "seeds": [0, 1, 2], "gain_points_mean": 4.0, "baseline": "rl",
             "end_minus_baseline_end": {"points_mean": -12.0, "ci95_pooled": [-20.0, -4.0],
-                                       "fisher_p_pooled": 0.01}}}}))
+                                       "fisher_p_pooled": 0.01}},
+                      "more_data": {
+            "seeds": [0, 1, 2], "gain_points_mean": 20.0, "baseline": "rl", "hours_per_seed_max": 1.2,
+            "start_pooled": [252, 450], "end_pooled": [342, 450],
+            "end_minus_baseline_end": {"points_mean": 4.0, "ci95_pooled": [-2.0, 10.0],
+                                       "fisher_p_pooled": 0.2}}}}))
     (results / "graph" / "libero_bench.json").write_text(json.dumps({
         "ratio_graph_over_in_process": 0.85, "graph": {"env_steps_per_s": 34.0},
         "in_process": {"env_steps_per_s": 40.0}}))
@@ -72,6 +77,10 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     assert ("`no_prm`: +4.0 points over 3 seed(s); end minus `rl`'s end -12.0 [-20.0, -4.0], p = 0.01"
             in ablations)
     assert ablations.endswith("| **partly run** |")  # no_curriculum and no_warmup have not run
+    assert "more_data" not in ablations  # context, not an ablation: its own row
+    more_data = rows["`more_data` as context: `rl`'s env steps spent on expert demonstrations + SFT, 3 seeds"]
+    assert ("252/450 -> 342/450; `more_data`: +20.0 points over 3 seed(s); end minus `rl`'s end "
+            "+4.0 [-2.0, +10.0], p = 0.2; <= 1.2 h a seed" in more_data and more_data.endswith("| run |"))
     meshes = rows["decimated visual meshes (the next rollout lever)"]
     assert "100 ms -> 20 ms" in meshes and "used by config/train_sim.yaml (2,000 faces) | in use |" in meshes
     graph = rows["graph >= 90 % of the in-process env steps/s on the default LIBERO set"]
