@@ -174,3 +174,30 @@ def test_judge_evaluates_other_protocols_again_once_as_in_run(tmp_path, headline
     shutil.rmtree(Path(as_run["output_dir"]) / "checkpoints" / "latest" / "adapters")
     with pytest.raises(SystemExit, match="final adapters .* are missing"):
         headline.main(["--out", sampled_out, *common, "--judge", "greedy"])
+
+
+def test_extend_continues_a_shorter_run_to_a_longer_budget(tmp_path, headline, one_torch_thread):
+    shorter, longer = tmp_path / "shorter", tmp_path / "longer"
+    common = ["--seeds", "0", "--arms", "rl", "--judge", "greedy", "--no-progress", "--no-tensorboard",
+              *sum([["--set", s] for s in TINY_TOY], [])]
+    first = headline.main(["--out", str(shorter), "--hours", str(60 / 3600), *common])["runs"]["rl"][0]
+    assert first["iterations"] == 2 and [e["iteration"] for e in first["evaluations"]] == [0, 2]
+    untouched = {p: p.read_bytes() for p in shorter.rglob("*") if p.is_file()}
+    more = [*common, "--set", "train.iterations=4", "--extend", str(shorter)]
+
+    with pytest.raises(SystemExit, match="not less than --hours"):  # the same budget is no extension
+        headline.main(["--out", str(longer), "--hours", str(60 / 3600), *more])
+    with pytest.raises(SystemExit, match="seed 1 has not finished there"):
+        headline.main(["--out", str(longer), "--hours", str(120 / 3600), *more, "--seeds", "1"])
+    with pytest.raises(SystemExit):
+        headline.main(["--out", str(shorter), "--hours", str(120 / 3600), *more])
+    assert not (longer / "rl" / "seed0" / "train").exists()
+
+    result = headline.main(["--out", str(longer), "--hours", str(120 / 3600), *more])["runs"]["rl"][0]
+    assert result["resumed"] is True and result["extended_from"] == str(shorter)
+    assert result["iterations"] == 4 and result["env_steps"] > first["env_steps"]
+    # The longer run's first updates and held-out points are the shorter run's own.
+    assert [e["iteration"] for e in result["evaluations"]] == [0, 2, 4]
+    assert result["evaluations"][:2] == first["evaluations"] and result["start"] == first["start"]
+    assert (longer / "start_greedy.json").read_bytes() == (shorter / "start_greedy.json").read_bytes()
+    assert {p: p.read_bytes() for p in shorter.rglob("*") if p.is_file()} == untouched
