@@ -115,3 +115,40 @@ def test_learning_summary_reads_every_figure_from_result_files(tmp_path):
     with pytest.raises(SystemExit, match="greedy"):
         tool.main(["--sft-eval", str(tmp_path / "sampled.json"), "--rollout", str(tmp_path / "roll.json"),
                    "--out", str(tmp_path / "x.json")])
+
+
+def test_learning_summary_rl_is_the_longest_budget_that_ran_every_seed(tmp_path):
+    import json
+    tool = experiments_module("learning_summary")
+    (tmp_path / "sft.json").write_text(json.dumps({
+        "greedy": True, "uses_training_init_states": False, "per_task": {},
+        "overall": {"successes": 84, "success_rate": 0.56, "episodes": 150, "ci95": [0.48, 0.64]}}))
+    (tmp_path / "roll.json").write_text(json.dumps({
+        "chunk_size": 8, "step_parts": {}, "decode": {}, "rollout": {"env_steps_per_s": 104.0,
+                                                                     "episodes_per_hour": 2098.0}}))
+
+    def seeds(folder, arm, ends, wall_s):
+        for seed, end in enumerate(ends):
+            path = tmp_path / folder / arm / f"seed{seed}"
+            path.mkdir(parents=True)
+            (path / "arm_result.json").write_text(json.dumps({
+                "seed": seed, "protocol": "greedy", "wall_s": wall_s, "gain_points": (end - 84) / 1.5,
+                "start": {"wins": 84, "episodes": 150}, "end": {"wins": end, "episodes": 150,
+                                                                "rate": end / 150}}))
+    seeds("h15", "rl", [106, 101, 96], 950.0)
+    seeds("h15", "no_prm", [71, 80, 49], 950.0)
+    seeds("h30", "rl", [109, 104, 100], 1850.0)
+    seeds("h60", "rl", [120], 3650.0)  # one seed so far: not the headline's three
+    common = ["--sft-eval", str(tmp_path / "sft.json"), "--rollout", str(tmp_path / "roll.json"),
+              "--headline", str(tmp_path / "h15"), "--out", str(tmp_path / "out.json")]
+    summary = tool.main(common + ["--rl-longer", str(tmp_path / "h60"), "--rl-longer", str(tmp_path / "h30")])
+    by_budget = summary["rl_by_budget"]
+    assert [b["source"] for b in by_budget] == [str(tmp_path / h) for h in ("h15", "h30", "h60")]
+    assert summary["rl"]["hours_per_seed_max"] == pytest.approx(0.51, abs=0.01)  # h30, not the 1-seed h60
+    assert summary["rl"]["end_pooled"] == [313, 450] and "source" not in summary["rl"]
+    assert summary["rl"]["gain_ci95"] == stats.gain_interval(84, 150, 313, 450)
+    # The ablations ran at the headline's budget and are compared with rl there.
+    against = summary["ablations"]["no_prm"]["end_minus_baseline_end"]
+    assert against["ci95_pooled"] == stats.gain_interval(303, 450, 200, 450)
+    without = tool.main(common)
+    assert "rl_by_budget" not in without and without["rl"]["end_pooled"] == [303, 450]

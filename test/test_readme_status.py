@@ -38,7 +38,13 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
                            "difference_ci95": [-16.0, 6.0], "agrees": True, "source": "again.json"}},
         "rl": {"status": "run", "seeds": [0, 1, 2], "gain_points_mean": 16.0, "gain_ci95": [8.0, 24.0],
                "hours_per_seed_max": 2.0, "heldout_episodes_per_point": 150},
-        "rl_critic": {"status": "not run"},
+        "rl_by_budget": [{"seeds": [0, 1, 2], "gain_points_mean": 11.0, "gain_ci95": [2.0, 20.0],
+                          "hours_per_seed_max": 0.27},
+                         {"seeds": [0, 1, 2], "gain_points_mean": 16.0, "gain_ci95": [8.0, 24.0],
+                          "hours_per_seed_max": 2.0}],
+        "rl_critic": {"status": "run", "seeds": [0, 1, 2], "gain_points_mean": 15.5,
+                      "gain_ci95": [-1.0, 30.0],
+                      "hours_per_seed_max": 2.0, "heldout_episodes_per_point": 150},
         "ablations": {"no_prm": {
             "seeds": [0, 1, 2], "gain_points_mean": 4.0, "baseline": "rl",
             "end_minus_baseline_end": {"points_mean": -12.0, "ci95_pooled": [-20.0, -4.0],
@@ -70,8 +76,11 @@ def test_the_table_is_made_from_the_result_files(tmp_path):
     assert "a second run of the recipe 55.0 %, -5.0 points [-16.0, +6.0] (agrees); `again.json`" in sft
     rl = rows["`rl` >= +15 points held out over its start, 3 seeds, <= 2 h each"]
     assert "+16.0 points over 3 seed(s)" in rl and "<= 2 h a seed" in rl and rl.endswith("| yes |")
+    assert ("by budget: <= 0.27 h +11.0 [+2.0, +20.0] (3 seed(s)), <= 2 h +16.0 [+8.0, +24.0] (3 seed(s))"
+            in rl)
+    # +15 on average is not enough: the target also wants the pooled interval above zero.
     assert rows["`rl_critic` >= +15 points held out over its start, 3 seeds, <= 2 h each"].endswith(
-        "| not run | not yet |")
+        "[-1.0, +30.0], 150 held-out episodes a point, <= 2 h a seed | **no** |")
     ablations = rows[
         "ablations of the best recipe (no PRM, no curriculum; `rl_critic` without warm-up), 3 seeds"]
     assert ("`no_prm`: +4.0 points over 3 seed(s); end minus `rl`'s end -12.0 [-20.0, -4.0], p = 0.01"

@@ -13,8 +13,12 @@ Every figure is read from a file another command wrote; nothing is typed in by h
 second run of the SFT recipe (another seed), compared with the first under ``sft.repeat``;
 ``--rollout``: ``rollout_cost.py`` output;
 ``--headline``: an ``rl_headline.py`` output folder (``<arm>/seed<k>/arm_result.json``). Arms not
-run yet are written with null figures and ``"status": "not run"``. The ablations and ``more_data``
-that ran are under ``ablations``, each with its end compared with its baseline arm's end.
+run yet are written with null figures and ``"status": "not run"``. ``--rl-longer`` (repeatable): a
+folder whose ``rl`` seeds continue ``--headline``'s to a longer budget (``rl_headline.py --extend``);
+every budget is listed under ``rl_by_budget``, and ``rl`` is the longest one that ran every seed the
+headline ran: a continued run's last evaluation is its result, whichever budget scored best.
+The ablations and ``more_data`` that ran are under ``ablations``, each with its end compared with
+its baseline arm's end (``rl``'s at the headline's own budget, the one they ran).
 """
 from __future__ import annotations
 
@@ -103,6 +107,21 @@ def arm_summary(results: list[dict]) -> dict:
             "hours_per_seed_max": round(max(r["wall_s"] for r in results) / 3600, 2)}
 
 
+def rl_budgets(base: list[dict], headline: Path | None, longer: list[str]) -> list[dict]:
+    """The ``rl`` arm at each budget it ran, shortest first: the headline's, then each continuation's."""
+    found = [(base, headline)] + [(arm_results(Path(folder), "rl"), folder) for folder in longer]
+    budgets = [{**arm_summary(results), "source": str(folder)} for results, folder in found if results]
+    return sorted(budgets, key=lambda budget: budget["hours_per_seed_max"])
+
+
+def rl_at_longest_budget(base: list[dict], headline: Path | None, longer: list[str]) -> dict:
+    """The longest budget whose seeds cover the headline's (the headline's own without ``longer``)."""
+    complete = [b for b in rl_budgets(base, headline, longer)
+                if set(b["seeds"]) >= {r["seed"] for r in base}]
+    return {key: value for key, value in complete[-1].items() if key != "source"} if complete \
+        else arm_summary(base)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -112,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rollout", required=True)
     parser.add_argument("--rollout-before", default=None)
     parser.add_argument("--headline", default=None)
+    parser.add_argument("--rl-longer", action="append", default=[], metavar="DIR")
     parser.add_argument("--out", default="docs/results/learning/summary.json")
     args = parser.parse_args(argv)
     sft = greedy_evaluation(args.sft_eval)
@@ -128,11 +148,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "chunk_size": rollout["chunk_size"], "step_parts_ms": rollout["step_parts"],
                     "decode": rollout["decode"], "visual_mesh_faces": rollout.get("visual_mesh_faces", 0),
                     "source": args.rollout},
-        "rl": arm_summary(runs["rl"]),
+        "rl": rl_at_longest_budget(runs["rl"], headline, args.rl_longer),
         "rl_critic": arm_summary(runs["rl_critic"]),
         "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
+    if args.rl_longer:
+        summary["rl_by_budget"] = rl_budgets(runs["rl"], headline, args.rl_longer)
     if args.sft_eval_repeat:
         repeat = greedy_evaluation(args.sft_eval_repeat)
         summary["sft"]["repeat"] = sft_repeat(sft, repeat, args.sft_eval_repeat)
