@@ -93,10 +93,12 @@ def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int)
     finally:
         if envs is not None:
             envs.close()
+    written = dict(ledger)
     ledger.update(target_env_steps=target_steps, extra_env_steps=demo_steps(load_index(copy)) - base_steps,
                   passes=1 + max((e.get("pass", 0) for e in load_index(copy)["episodes"]), default=0),
                   directory=str(copy))
-    write_json_atomic(ledger_path, ledger)
+    if ledger != written:  # a rerun with nothing left to record leaves the finished folder as it was
+        write_json_atomic(ledger_path, ledger)
     return ledger
 
 
