@@ -17,7 +17,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 out="${OUT:-runs/learning_start}"
 results="${RESULTS:-docs/results/learning}"
-steps="${SFT_STEPS:-4000}"
 vla=".venv/bin/vla-rl"
 py=".venv/bin/python"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST MUJOCO_GL="${MUJOCO_GL:-egl}" HF_HUB_OFFLINE=1
@@ -25,11 +24,10 @@ mkdir -p "$out" "$results"
 cfg=(--config config/train_sim.yaml)
 
 [ -f data/demos/default/index.json ] || "$vla" demos "${cfg[@]}"
-# 4000 steps of batch 32 (about 5 passes over the ~26 k frames): the chunk labels carry 8 actions
-# each, and the loss still fell at 2500.
+# The recipe's steps and batch are config/train_sim.yaml's (sft.steps, with its reason).
 sft_seed="${SFT_SEED:-0}"
 [ -f "$out/sft/sft_result.json" ] || "$vla" sft "${cfg[@]}" --set sft.output_dir="$out/sft" \
-  --set sft.steps="$steps" --set sft.checkpoint_every=500 --set sft.seed="$sft_seed"
+  --set sft.checkpoint_every=500 --set sft.seed="$sft_seed"
 sft_eval="$results/sft_eval_greedy.json"
 [ "$sft_seed" = 0 ] || sft_eval="$results/sft_eval_greedy_seed$sft_seed.json"
 [ -f "$sft_eval" ] || "$vla" eval "${cfg[@]}" --policy "$out/sft/policy" --seeds 0 \
