@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,13 @@ def result_record(arm: str, seed: int, start: dict, end: dict, protocol: str, en
             "start": start, "end": end,
             "gain_points": 100.0 * (end["rate"] - start["rate"]), "env_steps": int(env_steps),
             "wall_s": round(float(wall_s), 1), "output_dir": str(output_dir)}
+
+
+def copy_directory_once(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` unless it is there; a half-made copy is never taken for the real one."""
+    if target.is_dir():
+        return
+    staging = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted copy
+    shutil.copytree(source, staging)
+    os.replace(staging, target)

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from headline_arms import (RESULT_FILE, arm_dir, evaluate_once, held_out_counts, judge_result,
-                           load_arm_config, read_result, result_record)
+from headline_arms import (RESULT_FILE, arm_dir, copy_directory_once, evaluate_once, held_out_counts,
+                           judge_result, load_arm_config, read_result, result_record)
 from vla_rl_ros.core.rl.results import write_json_atomic
 
 
@@ -55,11 +54,7 @@ def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int)
     from vla_rl_ros.core.envs.vector import VectorEnv
     folder = arm_dir(args, "more_data")
     copy = folder / "demos"
-    if not copy.is_dir():
-        staging = folder / "demos.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(args.demos, staging)
-        os.replace(staging, copy)  # a half-made copy is never mistaken for the real one
+    copy_directory_once(Path(args.demos), copy)
     original = load_index(args.demos)
     base_steps = demo_steps(original)
     noise = float(original.get("action_noise", 0.0))

@@ -37,7 +37,6 @@ runs from any directory. The arms' shared plumbing is in ``headline_arms.py``, `
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,8 +47,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 
 from analysis.curves import plot_curves, rollout_curves  # noqa: E402
 from analysis.headline import ARMS, RESULT_FILE, summarize_arms, write_summary  # noqa: E402
-from headline_arms import (JUDGES, RL_ARMS, arm_dir, held_out_counts, judge_result,  # noqa: E402
-                           load_arm_config, read_result, result_record, shared_greedy_start)
+from headline_arms import (JUDGES, RL_ARMS, arm_dir, copy_directory_once, held_out_counts,  # noqa: E402
+                           judge_result, load_arm_config, read_result, result_record, shared_greedy_start)
 from headline_more_data import run_more_data  # noqa: E402
 from vla_rl_ros.core.rl.results import write_json_atomic  # noqa: E402
 
@@ -147,10 +146,7 @@ def continue_shorter_run(args: argparse.Namespace, arm: str, seed: int) -> None:
     if budget >= args.hours * 3600:
         raise SystemExit(f"rl_headline: --extend {args.extend}: {arm} seed {seed} had a budget of "
                          f"{budget:.0f} s, not less than --hours {args.hours:g}")
-    staging = folder / "train.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source / "train", staging)
-    os.replace(staging, folder / "train")  # a half-made copy is never resumed
+    copy_directory_once(source / "train", folder / "train")
 
 
 def _warn_if_arms_coincide(cfg: Any, arm: str) -> None:
