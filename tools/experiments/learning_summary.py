@@ -114,10 +114,9 @@ def rl_budgets(base: list[dict], headline: Path | None, longer: list[str]) -> li
     return sorted(budgets, key=lambda budget: budget["hours_per_seed_max"])
 
 
-def rl_at_longest_budget(base: list[dict], headline: Path | None, longer: list[str]) -> dict:
-    """The longest budget whose seeds cover the headline's (the headline's own without ``longer``)."""
-    complete = [b for b in rl_budgets(base, headline, longer)
-                if set(b["seeds"]) >= {r["seed"] for r in base}]
+def rl_at_longest_budget(budgets: list[dict], base: list[dict]) -> dict:
+    """The longest of ``budgets`` whose seeds cover the headline's ``base`` seeds."""
+    complete = [b for b in budgets if set(b["seeds"]) >= {r["seed"] for r in base}]
     return {key: value for key, value in complete[-1].items() if key != "source"} if complete \
         else arm_summary(base)
 
@@ -138,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     rollout = json.loads(Path(args.rollout).read_text())
     headline = Path(args.headline) if args.headline else None
     runs = {arm: arm_results(headline, arm) for arm in ("rl", "rl_critic", *ABLATION_BASELINES)}  # read once
+    budgets = rl_budgets(runs["rl"], headline, args.rl_longer)
     summary = {
         "sft": {"heldout_success_greedy": round(sft["overall"]["success_rate"], 4),
                 "heldout_episodes": sft["overall"]["episodes"], "ci95": sft["overall"]["ci95"],
@@ -148,13 +148,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "chunk_size": rollout["chunk_size"], "step_parts_ms": rollout["step_parts"],
                     "decode": rollout["decode"], "visual_mesh_faces": rollout.get("visual_mesh_faces", 0),
                     "source": args.rollout},
-        "rl": rl_at_longest_budget(runs["rl"], headline, args.rl_longer),
+        "rl": rl_at_longest_budget(budgets, runs["rl"]),
         "rl_critic": arm_summary(runs["rl_critic"]),
         "targets": {"sft.heldout_success_greedy": 0.5, "rollout.env_steps_per_s": 100,
                     "rollout.episodes_per_hour": 1500, "rl.gain_points_mean": 15},
     }
     if args.rl_longer:
-        summary["rl_by_budget"] = rl_budgets(runs["rl"], headline, args.rl_longer)
+        summary["rl_by_budget"] = budgets
     if args.sft_eval_repeat:
         repeat = greedy_evaluation(args.sft_eval_repeat)
         summary["sft"]["repeat"] = sft_repeat(sft, repeat, args.sft_eval_repeat)
