@@ -78,3 +78,23 @@ def test_more_data_refuses_without_demos_or_rl_results(tmp_path, original_demos)
     with pytest.raises(SystemExit, match=r"missing seeds \[0\]"):
         more_data.run_more_data(headline_args(tmp_path, original_demos), [])
     assert not (tmp_path / "more_data").exists()
+
+
+def test_extra_passes_replay_the_demos_training_mix_and_never_held_out_contexts():
+    # 2 training init states, 3 training layouts, and held-out ids that demos must never hold
+    # (a held-out init state, a held-out layout): replayed alternating, held-out ones dropped.
+    ids = [0, 1, 1_000, 1_001, 1_002, 45, 1_000_000]
+    index = {"episodes": [{"init_state_id": i, "task_id": t} for i in ids for t in (0, 1)]}
+    assert more_data.replayed_contexts(index, num_train_init_states=40) == [0, 1_000, 1, 1_001, 1_002]
+    only_states = {"episodes": [{"init_state_id": i} for i in (3, 2)]}
+    assert more_data.replayed_contexts(only_states, num_train_init_states=40) == [2, 3]
+
+
+def test_more_data_refuses_a_copy_recorded_on_other_contexts(tmp_path, original_demos):
+    # An older rule replayed other contexts: a rerun must not count those passes as this arm's.
+    folder = tmp_path / "more_data"
+    folder.mkdir()
+    (folder / "extra.json").write_text(json.dumps({"record_wall_s": 5.0}))
+    with pytest.raises(SystemExit, match="other contexts"):
+        more_data.run_more_data(headline_args(tmp_path, original_demos), [rl_result()])
+    assert json.loads((folder / "extra.json").read_text()) == {"record_wall_s": 5.0}

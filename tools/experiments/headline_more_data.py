@@ -17,6 +17,7 @@ from typing import Any
 
 from headline_arms import (RESULT_FILE, arm_dir, copy_directory_once, evaluate_once, held_out_counts,
                            judge_result, load_arm_config, read_result, result_record)
+from vla_rl_ros.core.envs.splits import is_fresh_layout, is_held_out
 from vla_rl_ros.core.rl.results import write_json_atomic
 
 
@@ -42,15 +43,31 @@ def demo_steps(index: dict) -> int:
     return sum(int(e["num_steps"]) for e in index.get("episodes", []))
 
 
+def replayed_contexts(index: dict, num_train_init_states: int) -> list[int]:
+    """The demos' own training contexts, fixed init states and fresh layouts alternating.
+
+    Extra passes replay the start's mix, so the arm measures the quantity of expert data and not a
+    shift of its mix: replaying only the init states (as this arm first did) left 14 % of the frames
+    on layouts while 80 % of the held-out episodes are layouts. Alternating keeps a partial last
+    pass, and every chunk of workers, at the same mix. Held-out ids are never replayed.
+    """
+    ids = sorted({int(e["init_state_id"]) for e in index["episodes"]})
+    training = [i for i in ids if not is_held_out(i, num_train_init_states)]
+    states = [i for i in training if not is_fresh_layout(i)]
+    layouts = [i for i in training if is_fresh_layout(i)]
+    paired = [i for pair in zip(states, layouts) for i in pair]
+    shorter = min(len(states), len(layouts))
+    return paired + states[shorter:] + layouts[shorter:]
+
+
 def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int) -> dict:
     """Copy ``--demos`` and record extra passes into the copy until they hold >= ``target_steps``.
 
-    Passes go init state chunk by chunk (one chunk = one episode per worker), so the overshoot is
+    Passes go context chunk by chunk (one chunk = one episode per worker), so the overshoot is
     at most one chunk, not a whole pass. Resumable: the copy's index says what is done, and
     ``extra.json`` keeps the recording wall time across interruptions.
     """
     from vla_rl_ros.core.data.recording import load_index, plan_pass_episodes, record_demonstrations
-    from vla_rl_ros.core.envs.splits import train_init_states
     from vla_rl_ros.core.envs.vector import VectorEnv
     folder = arm_dir(args, "more_data")
     copy = folder / "demos"
@@ -60,12 +77,15 @@ def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int)
     noise = float(original.get("action_noise", 0.0))
     if noise == 0:
         print("[rl_headline] the demos have no action noise: extra passes repeat pass 0", file=sys.stderr)
-    training = set(train_init_states(cfg.env.num_train_init_states))
-    init_ids = sorted({e["init_state_id"] for e in original["episodes"]} & training)
+    init_ids = replayed_contexts(original, cfg.env.num_train_init_states)
     tasks = [t for t in cfg.env.task_ids if t in {e["task_id"] for e in original["episodes"]}]
     env_cfg = replace(cfg.env, task_ids=tasks)
     ledger_path = folder / "extra.json"
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {"record_wall_s": 0.0}
+    fresh = {"record_wall_s": 0.0, "contexts": init_ids}
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else fresh
+    if ledger.get("contexts") != init_ids:
+        raise SystemExit(f"rl_headline: {copy} was recorded on other contexts than the demos' training "
+                         f"contexts (an older rule or other demos): move {folder} away to record it again")
     envs = None
     demo_pass = 1
     try:
