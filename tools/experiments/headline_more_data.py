@@ -47,7 +47,7 @@ def replayed_contexts(index: dict, num_train_init_states: int) -> list[int]:
     """The demos' own training contexts, fixed init states and fresh layouts alternating.
 
     Extra passes replay the start's mix, so the arm measures the quantity of expert data and not a
-    shift of its mix: replaying only the init states (as this arm first did) left 14 % of the frames
+    shift of its mix: replaying only the init states (as this arm first did) left 14 % of the episodes
     on layouts while 80 % of the held-out episodes are layouts. Alternating keeps a partial last
     pass, and every chunk of workers, at the same mix. Held-out ids are never replayed.
     """
@@ -77,21 +77,21 @@ def extend_demonstrations(args: argparse.Namespace, cfg: Any, target_steps: int)
     noise = float(original.get("action_noise", 0.0))
     if noise == 0:
         print("[rl_headline] the demos have no action noise: extra passes repeat pass 0", file=sys.stderr)
-    init_ids = replayed_contexts(original, cfg.env.num_train_init_states)
+    contexts = replayed_contexts(original, cfg.env.num_train_init_states)
     tasks = [t for t in cfg.env.task_ids if t in {e["task_id"] for e in original["episodes"]}]
     env_cfg = replace(cfg.env, task_ids=tasks)
     ledger_path = folder / "extra.json"
-    fresh = {"record_wall_s": 0.0, "contexts": init_ids}
+    fresh = {"record_wall_s": 0.0, "contexts": contexts}
     ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else fresh
-    if ledger.get("contexts") != init_ids:
+    if ledger.get("contexts") != contexts:
         raise SystemExit(f"rl_headline: {copy} was recorded on other contexts than the demos' training "
                          f"contexts (an older rule or other demos): move {folder} away to record it again")
     envs = None
     demo_pass = 1
     try:
         while demo_steps(load_index(copy)) - base_steps < target_steps:
-            for start in range(0, len(init_ids), env_cfg.num_envs):
-                chunk = init_ids[start:start + env_cfg.num_envs]
+            for start in range(0, len(contexts), env_cfg.num_envs):
+                chunk = contexts[start:start + env_cfg.num_envs]
                 index = load_index(copy)
                 if demo_steps(index) - base_steps >= target_steps:
                     break
