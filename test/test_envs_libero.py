@@ -184,14 +184,36 @@ def test_fresh_layouts_are_seeded_scenes_apart_from_the_init_states(object_env):
     for layout in (TRAIN_LAYOUT_BASE + 7, TRAIN_LAYOUT_BASE + 7, TRAIN_LAYOUT_BASE + 8, HELDOUT_LAYOUT_BASE):
         object_env.reset(1, layout)
         positions.setdefault(layout, []).append(object_env.sim.sim.data.qpos.copy())
-    # Same id, same scene (the gripper fingers keep the controller's warm state: < 3e-4).
-    np.testing.assert_allclose(*positions[TRAIN_LAYOUT_BASE + 7], atol=5e-4)
+    # Same id, same scene, exactly.
+    np.testing.assert_array_equal(*positions[TRAIN_LAYOUT_BASE + 7])
     assert np.abs(positions[TRAIN_LAYOUT_BASE + 7][0] - positions[TRAIN_LAYOUT_BASE + 8][0]).max() > 1e-3
     object_env.reset(1, 0)
     fixed = object_env.sim.sim.data.qpos.copy()
     assert np.abs(fixed - positions[HELDOUT_LAYOUT_BASE][0]).max() > 1e-3
     with pytest.raises(TaskError, match="does not exist"):
         object_env.reset(1, 999)
+
+
+def test_an_episode_does_not_depend_on_what_its_env_ran_before(object_env):
+    from vla_rl_ros.core.envs.splits import TRAIN_LAYOUT_BASE
+    close_gripper = np.array([0.3, 0.0, -0.2, 0.0, 0.0, 0.0, 1.0])
+    object_env.reset(1, 3)
+    for _ in range(15):  # leaves the gripper's rate-limited command fully closed
+        object_env.step(close_gripper)
+    used = {}
+    for context in (TRAIN_LAYOUT_BASE + 2, 4):
+        object_env.reset(1, context)
+        used[context] = (object_env.sim.sim.data.qpos.copy(), object_env.step(close_gripper).observation.proprio)
+    fresh = LiberoEnv("libero_object", image_size=64, render=False)
+    try:
+        for context, (qpos, proprio) in used.items():
+            fresh.reset(1, context)
+            # Before the gripper's command was cleared on reset, qpos was 5e-3 apart after one settle step.
+            np.testing.assert_array_equal(fresh.sim.sim.data.qpos, qpos)
+            np.testing.assert_array_equal(fresh.step(close_gripper).observation.proprio, proprio)
+            fresh.reset(0, 0)  # the next context starts after another task's scene, too
+    finally:
+        fresh.close()
 
 
 def test_libero_config_never_prompts(tmp_path, monkeypatch):

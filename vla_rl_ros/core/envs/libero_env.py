@@ -241,8 +241,9 @@ class LiberoEnv:
             self.sim = OffScreenRenderEnv(**kwargs)
         # robosuite rebuilds the whole MuJoCo model and renderer on every reset by default (3-6 s on
         # a CPU). set_init_state overwrites the full simulator state anyway: measured against hard
-        # resets, proprio differs by < 3e-4 and pixels by <= 2/255 (controller warm state), the same
-        # for every episode history, at a third of the reset time.
+        # resets, proprio differs by < 3e-4 and pixels by <= 2/255 (controller warm state), at a third
+        # of the reset time; reset() clears the one thing a soft reset keeps (the gripper's command),
+        # so an episode does not depend on the episodes its process ran before.
         self.sim.env.hard_reset = False
         self.sim.seed(self.seed)
         self.forward_once = ForwardOnce(self.sim.env.sim)
@@ -279,6 +280,7 @@ class LiberoEnv:
         else:
             self.sim.reset()
             raw = self.sim.set_init_state(self.init_states(task_id)[init_state_id])
+        self._forget_gripper_command()
         for _ in range(self.settle_steps):
             raw, _, _, _ = self.sim.step(NOOP_ACTION)
         self.raw_obs = raw
@@ -286,6 +288,19 @@ class LiberoEnv:
         self.step_count = 0
         self.done = False
         return self.observation()
+
+    def _forget_gripper_command(self) -> None:
+        """Start the gripper's rate-limited command from rest, as a hard reset would.
+
+        robosuite's grippers move their command toward the action's sign by a fixed speed per
+        step and keep it in the gripper model, which only a hard reset rebuilds. Left over, the last
+        episode's command moved the fingers differently during the settle steps (qpos 5e-3 apart
+        after one step), so an episode depended on what its process ran before it.
+        """
+        for robot in self.sim.env.robots:
+            gripper = getattr(robot, "gripper", None)
+            if gripper is not None and hasattr(gripper, "current_action"):
+                gripper.current_action = np.zeros_like(gripper.current_action)
 
     def observation(self) -> Observation:
         """Build what the policy sees now (frames upright: LIBERO renders them rotated 180 degrees)."""
