@@ -203,12 +203,13 @@ def test_an_episode_does_not_depend_on_what_its_env_ran_before(object_env):
     used = {}
     for context in (TRAIN_LAYOUT_BASE + 2, 4):
         object_env.reset(1, context)
-        used[context] = (object_env.sim.sim.data.qpos.copy(), object_env.step(close_gripper).observation.proprio)
+        qpos = object_env.sim.sim.data.qpos.copy()
+        used[context] = (qpos, object_env.step(close_gripper).observation.proprio)
     fresh = LiberoEnv("libero_object", image_size=64, render=False)
     try:
         for context, (qpos, proprio) in used.items():
             fresh.reset(1, context)
-            # Before the gripper's command was cleared on reset, qpos was 5e-3 apart after one settle step.
+            # Before reset cleared the gripper's command, qpos was 5e-3 apart after one settle step.
             np.testing.assert_array_equal(fresh.sim.sim.data.qpos, qpos)
             np.testing.assert_array_equal(fresh.step(close_gripper).observation.proprio, proprio)
             fresh.reset(0, 0)  # the next context starts after another task's scene, too
