@@ -1,4 +1,6 @@
 """tools/experiments/analysis/stats.py: Fisher's exact test, t intervals and sample sizes, checked by hand."""
+import json
+
 import pytest
 
 from file_modules import experiments_module
@@ -152,3 +154,37 @@ def test_learning_summary_rl_is_the_longest_budget_that_ran_every_seed(tmp_path)
     assert against["ci95_pooled"] == stats.gain_interval(303, 450, 200, 450)
     without = tool.main(common)
     assert "rl_by_budget" not in without and without["rl"]["end_pooled"] == [303, 450]
+
+
+def test_sign_test_p_known_values():
+    # 6 gained, 2 lost: 2 * (1 + 8 + 28) / 2**8; one-sided counts give the same p either way.
+    assert stats.sign_test_p(6, 2) == pytest.approx(2 * 37 / 256)
+    assert stats.sign_test_p(2, 6) == stats.sign_test_p(6, 2)
+    assert stats.sign_test_p(10, 0) == pytest.approx(2 / 1024)
+    assert stats.sign_test_p(0, 0) == 1.0 and stats.sign_test_p(4, 4) == 1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        stats.sign_test_p(-1, 3)
+
+
+def test_paired_eval_counts_flips_and_refuses_different_episodes(tmp_path):
+    paired = experiments_module("paired_eval")
+
+    def evaluation(name, wins):
+        episodes = [{"task_id": 1, "init_state_id": 40 + i, "seed": 0, "success": won}
+                    for i, won in enumerate(wins)]
+        (tmp_path / name).write_text(json.dumps({"episodes": episodes}))
+        return tmp_path / name
+
+    before = evaluation("before.json", [True, True, False, False, True])
+    after = evaluation("after.json", [True, False, True, True, True])
+    result = paired.main([str(before), str(after), "--out", str(tmp_path / "paired.json")])
+    assert json.loads((tmp_path / "paired.json").read_text()) == result
+    assert (result["successes_before"], result["successes_after"]) == (3, 4)
+    assert (result["unchanged"], result["gained"], result["lost"]) == (2, 2, 1)
+    assert result["sign_test_p"] == pytest.approx(1.0)
+    shorter = evaluation("shorter.json", [True, True, False, False])
+    with pytest.raises(SystemExit, match="different episodes"):
+        paired.main([str(before), str(shorter), "--out", str(tmp_path / "x.json")])
+    (tmp_path / "empty.json").write_text(json.dumps({"overall": {}}))
+    with pytest.raises(SystemExit, match="lists no episodes"):
+        paired.main([str(before), str(tmp_path / "empty.json"), "--out", str(tmp_path / "x.json")])

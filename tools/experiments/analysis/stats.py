@@ -20,6 +20,13 @@ def fisher_exact_p(wins_a: int, episodes_a: int, wins_b: int, episodes_b: int) -
     return float(stats.fisher_exact(table, alternative="two-sided").pvalue)
 
 
+def sign_test_p(gained: int, lost: int) -> float:
+    """Exact two-sided p that paired episodes flip either way alike (1.0 when none flipped)."""
+    if gained < 0 or lost < 0:
+        raise ValueError(f"sign_test_p: counts must be >= 0, got {gained} and {lost}")
+    return float(stats.binomtest(gained, gained + lost).pvalue) if gained + lost else 1.0
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
     """Student-t interval of the mean of ``values`` (None for fewer than 2 values)."""
     n = len(values)
